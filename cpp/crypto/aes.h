@@ -1,0 +1,46 @@
+// AES-128 encryption (FIPS-197), the primitive under pie's PRG and the
+// fixed-key hashes of garbling and OT extension.
+//
+// Two backends with identical results: AES-NI (selected at run time when the
+// CPU has it; compiled through per-function target attributes, so no global
+// -maes / -march flag is needed) and OpenSSL's EVP AES-128-ECB, the portable
+// fallback (OpenSSL picks its own constant-time implementation).
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "crypto/block.h"
+
+namespace pie {
+
+enum class AesBackend { kAesNi, kOpenSsl };
+
+std::string to_string(AesBackend b);
+
+/// True if this build has the AES-NI path and the running CPU supports it.
+bool aesni_available();
+
+/// AES-NI when available, otherwise OpenSSL.
+AesBackend default_aes_backend();
+
+class Aes128 {
+ public:
+  /// Expands `key` (its 16 bytes in memory order are the AES key).
+  /// @throws std::invalid_argument if `backend` is AES-NI and unavailable.
+  explicit Aes128(const Block& key, AesBackend backend = default_aes_backend());
+
+  /// out[i] = AES_key(in[i]) for i < n; in and out may alias. Safe to call
+  /// concurrently from several threads.
+  void encrypt(const Block* in, Block* out, std::size_t n) const;
+  Block encrypt(const Block& x) const;
+
+  AesBackend backend() const { return backend_; }
+
+ private:
+  AesBackend backend_;
+  Block key_;
+  Block round_keys_[11];  // AES-NI key schedule
+};
+
+}  // namespace pie

@@ -1,0 +1,90 @@
+// The transport every protocol in pie talks through (DESIGN.md section 7).
+//
+// A Channel is a reliable, ordered, bidirectional byte stream with exact-size
+// reads, sender-side buffering and traffic counters. Bulk data (garbled tables,
+// ciphertexts) goes through send/recv of sizes both sides know; control
+// messages go through send_frame/recv_frame, which carry a type and a length
+// and are checked against the reader's expectations.
+//
+// Thread safety: a channel end is used by one thread at a time (recv flushes
+// pending output, and the counters are plain integers). Parties that need
+// concurrent streams open several channels.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "io/errors.h"
+
+namespace pie {
+
+/// Traffic counters of one channel end, as seen by that end.
+struct ChannelStats {
+  std::uint64_t bytes_sent = 0;
+  std::uint64_t bytes_received = 0;
+  /// Flushes that pushed at least one byte: a proxy for the number of
+  /// one-way messages (rounds) this end originated.
+  std::uint64_t flushes = 0;
+};
+
+class Channel {
+ public:
+  /// Frame header: 4-byte type, 8-byte payload length, little endian.
+  static constexpr std::size_t kFrameHeaderBytes = 12;
+
+  Channel() = default;
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+  virtual ~Channel() = default;
+
+  /// Queues n bytes; they reach the peer at the latest on flush().
+  /// @throws ChannelError (PeerClosedError, ChannelTimeoutError) when the
+  ///         buffer spills and the transport fails.
+  void send(const void* data, std::size_t n);
+
+  /// Blocks until exactly n bytes arrived (flushing pending output first, so
+  /// a request/response exchange never deadlocks on our own buffer).
+  /// @throws PeerClosedError if the peer closes before n bytes arrived;
+  ///         ChannelTimeoutError if no progress happens within timeout().
+  void recv(void* data, std::size_t n);
+
+  /// Pushes buffered bytes to the peer.
+  void flush();
+
+  /// Sends one framed control message and flushes it.
+  void send_frame(std::uint32_t type, const void* payload, std::size_t n);
+
+  /// Receives one framed message of the given type whose payload is at most
+  /// max_bytes long.
+  /// @throws ProtocolError on another type; OversizeMessageError if the
+  ///         announced length exceeds max_bytes (nothing more is read).
+  std::vector<std::uint8_t> recv_frame(std::uint32_t expected_type, std::size_t max_bytes);
+
+  /// Closes this end; the peer's pending and future reads fail with
+  /// PeerClosedError once it has consumed what was already delivered.
+  virtual void close() = 0;
+
+  const ChannelStats& stats() const { return stats_; }
+  void reset_stats() { stats_ = ChannelStats{}; }
+
+  /// Deadline for every blocking operation (no progress for this long fails).
+  std::chrono::milliseconds timeout() const { return timeout_; }
+  void set_timeout(std::chrono::milliseconds t);
+
+ protected:
+  /// Delivers n bytes to the transport (blocking until accepted).
+  virtual void write_all(const std::uint8_t* data, std::size_t n) = 0;
+  /// Fills exactly n bytes from the transport.
+  virtual void read_all(std::uint8_t* data, std::size_t n) = 0;
+
+ private:
+  static constexpr std::size_t kBufferBytes = 1 << 20;
+
+  std::vector<std::uint8_t> out_;
+  ChannelStats stats_;
+  std::chrono::milliseconds timeout_{std::chrono::seconds(120)};
+};
+
+}  // namespace pie

@@ -1,0 +1,33 @@
+// An in-process connected pair of channels (tests, the embedded demo).
+#pragma once
+
+#include <memory>
+#include <utility>
+
+#include "io/channel.h"
+
+namespace pie {
+
+struct MemoryPipe;  // one direction of the pair; defined in memory_channel.cpp
+
+class MemoryChannel final : public Channel {
+ public:
+  /// Each direction holds at most capacity_bytes in flight: a sender that runs
+  /// ahead blocks (up to its timeout) like a TCP sender with a full window.
+  static std::pair<std::unique_ptr<MemoryChannel>, std::unique_ptr<MemoryChannel>> make_pair(
+      std::size_t capacity_bytes = std::size_t{64} << 20);
+
+  MemoryChannel(std::shared_ptr<MemoryPipe> out, std::shared_ptr<MemoryPipe> in);
+  ~MemoryChannel() override;
+  void close() override;
+
+ protected:
+  void write_all(const std::uint8_t* data, std::size_t n) override;
+  void read_all(std::uint8_t* data, std::size_t n) override;
+
+ private:
+  std::shared_ptr<MemoryPipe> out_;
+  std::shared_ptr<MemoryPipe> in_;
+};
+
+}  // namespace pie

@@ -1,0 +1,149 @@
+#include <pybind11/chrono.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "buffer.h"
+#include "io/channel.h"
+#include "io/memory_channel.h"
+#include "io/tcp_channel.h"
+#include "register.h"
+
+namespace py = pybind11;
+
+namespace pie::bindings {
+
+namespace {
+
+std::chrono::milliseconds to_ms(double seconds, const char* field) {
+  if (!(seconds > 0.0) || seconds > 1e7) {
+    throw std::invalid_argument(std::string(field) + " must be a positive number of seconds");
+  }
+  return std::chrono::milliseconds(static_cast<long long>(seconds * 1000.0 + 0.5));
+}
+
+}  // namespace
+
+void register_io(py::module_& m) {
+  // Exception family: translators registered later are tried first, so the
+  // base class goes first.
+  auto base = py::register_exception<ChannelError>(m, "ChannelError", PyExc_ConnectionError);
+  base.doc() = "A channel failed; the connection is unusable afterwards.";
+  py::register_exception<PeerClosedError>(m, "PeerClosedError", base)
+      .doc() = "The peer closed the connection, possibly in the middle of a message.";
+  py::register_exception<ChannelTimeoutError>(m, "ChannelTimeoutError",
+                                              py::make_tuple(base, py::handle(PyExc_TimeoutError)))
+      .doc() = "A read, write, connect or accept made no progress within its deadline.";
+  py::register_exception<OversizeMessageError>(m, "OversizeMessageError", base)
+      .doc() = "A framed message announced more bytes than the reader allows.";
+  py::register_exception<ProtocolError>(m, "ProtocolError", base)
+      .doc() = "A framed message had an unexpected type or layout.";
+
+  py::class_<Channel, std::shared_ptr<Channel>>(m, "Channel", R"doc(
+A reliable byte stream between the two parties with exact-size reads and
+traffic counters. Blocking calls release the GIL. One thread at a time.)doc")
+      .def(
+          "send",
+          [](Channel& ch, py::handle data) {
+            BufferView view(data, false);
+            py::gil_scoped_release release;
+            ch.send(view.data(), view.size());
+          },
+          py::arg("data"), "Queue bytes (any C-contiguous buffer); they leave at flush() or recv().")
+      .def(
+          "recv",
+          [](Channel& ch, std::size_t n) {
+            std::uint8_t* dst = nullptr;
+            py::bytes out = new_bytes(n, &dst);
+            {
+              py::gil_scoped_release release;
+              ch.recv(dst, n);
+            }
+            return out;
+          },
+          py::arg("n"), "Receive exactly n bytes.")
+      .def(
+          "recv_into",
+          [](Channel& ch, py::handle buffer) {
+            BufferView view(buffer, true);
+            py::gil_scoped_release release;
+            ch.recv(view.data(), view.size());
+          },
+          py::arg("buffer"), "Fill a writable buffer completely.")
+      .def("flush", &Channel::flush, py::call_guard<py::gil_scoped_release>(),
+           "Push buffered bytes to the peer.")
+      .def("close", &Channel::close, py::call_guard<py::gil_scoped_release>(),
+           "Close this end; the peer's reads then fail with PeerClosedError.")
+      .def(
+          "send_frame",
+          [](Channel& ch, std::uint32_t type, py::handle payload) {
+            BufferView view(payload, false);
+            py::gil_scoped_release release;
+            ch.send_frame(type, view.data(), view.size());
+          },
+          py::arg("type"), py::arg("payload"), "Send one framed message (type, length, payload) and flush.")
+      .def(
+          "recv_frame",
+          [](Channel& ch, std::uint32_t type, std::size_t max_bytes) {
+            std::vector<std::uint8_t> payload;
+            {
+              py::gil_scoped_release release;
+              payload = ch.recv_frame(type, max_bytes);
+            }
+            return py::bytes(reinterpret_cast<const char*>(payload.data()), payload.size());
+          },
+          py::arg("type"), py::arg("max_bytes"),
+          "Receive one framed message of the given type and at most max_bytes of payload.")
+      .def_property_readonly("bytes_sent", [](const Channel& ch) { return ch.stats().bytes_sent; })
+      .def_property_readonly("bytes_received",
+                             [](const Channel& ch) { return ch.stats().bytes_received; })
+      .def_property_readonly("flushes", [](const Channel& ch) { return ch.stats().flushes; },
+                             "Flushes that pushed data: the one-way messages this end sent.")
+      .def("reset_stats", &Channel::reset_stats)
+      .def_property(
+          "timeout", [](const Channel& ch) { return static_cast<double>(ch.timeout().count()) / 1000.0; },
+          [](Channel& ch, double seconds) { ch.set_timeout(to_ms(seconds, "timeout")); },
+          "Seconds a blocking call may wait without progress before ChannelTimeoutError.")
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](Channel& ch, py::args) { ch.close(); });
+
+  m.def(
+      "memory_pair",
+      [](std::size_t capacity_bytes) {
+        auto pair = MemoryChannel::make_pair(capacity_bytes);
+        return py::make_tuple(std::shared_ptr<Channel>(std::move(pair.first)),
+                              std::shared_ptr<Channel>(std::move(pair.second)));
+      },
+      py::arg("capacity_bytes") = std::size_t{64} << 20,
+      "Two connected in-process channel ends; each direction holds at most capacity_bytes in flight.");
+
+  m.def(
+      "tcp_connect",
+      [](const std::string& host, std::uint16_t port, double timeout) {
+        const auto t = to_ms(timeout, "timeout");
+        py::gil_scoped_release release;
+        return std::shared_ptr<Channel>(TcpChannel::connect(host, port, t));
+      },
+      py::arg("host"), py::arg("port"), py::arg("timeout") = 10.0,
+      "Connect to host:port, giving up after timeout seconds.");
+
+  py::class_<TcpListener>(m, "TcpListener", "A listening TCP socket.")
+      .def(py::init<const std::string&, std::uint16_t, int>(), py::arg("host") = "127.0.0.1",
+           py::arg("port") = 0, py::arg("backlog") = 64)
+      .def_property_readonly("port", &TcpListener::port)
+      .def(
+          "accept",
+          [](TcpListener& l, double timeout) {
+            const auto t = to_ms(timeout, "timeout");
+            py::gil_scoped_release release;
+            return std::shared_ptr<Channel>(l.accept(t));
+          },
+          py::arg("timeout") = 60.0, "Wait up to timeout seconds for one connection.")
+      .def("close", &TcpListener::close)
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](TcpListener& l, py::args) { l.close(); });
+}
+
+}  // namespace pie::bindings
