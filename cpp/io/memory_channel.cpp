@@ -15,8 +15,7 @@ struct MemoryPipe {
   std::mutex mu;
   std::condition_variable cv;
   std::deque<std::vector<std::uint8_t>> chunks;
-  std::size_t front_offset = 0;  // bytes of chunks.front() already consumed
-  std::size_t queued = 0;        // bytes not yet consumed
+  std::size_t queued = 0;  // bytes in chunks
   bool writer_closed = false;
   bool reader_closed = false;
   const std::size_t capacity;
@@ -50,20 +49,23 @@ void MemoryChannel::close() {
 }
 
 void MemoryChannel::write_all(const std::uint8_t* data, std::size_t n) {
+  // Bounded chunks let the reader start early and let the allocator recycle
+  // pages; copies happen outside the lock so both ends run in parallel.
+  constexpr std::size_t kMaxChunk = std::size_t{1} << 20;
   MemoryPipe& p = *out_;
-  std::unique_lock<std::mutex> lock(p.mu);
-  if (p.writer_closed) throw ChannelError("send on a closed channel");
   while (n > 0) {
+    std::vector<std::uint8_t> chunk(data, data + std::min(n, std::min(kMaxChunk, p.capacity)));
+    std::unique_lock<std::mutex> lock(p.mu);
+    if (p.writer_closed) throw ChannelError("send on a closed channel");
     const bool ok = p.cv.wait_for(lock, timeout(), [&] {
-      return p.reader_closed || p.queued < p.capacity;
+      return p.reader_closed || p.queued + chunk.size() <= p.capacity;
     });
     if (p.reader_closed) throw PeerClosedError("peer closed the in-memory channel");
     if (!ok) throw ChannelTimeoutError("in-memory send made no progress within the timeout");
-    const std::size_t take = std::min(n, p.capacity - p.queued);
-    p.chunks.emplace_back(data, data + take);
-    p.queued += take;
-    data += take;
-    n -= take;
+    data += chunk.size();
+    n -= chunk.size();
+    p.queued += chunk.size();
+    p.chunks.push_back(std::move(chunk));
     p.cv.notify_all();
   }
 }
@@ -71,32 +73,31 @@ void MemoryChannel::write_all(const std::uint8_t* data, std::size_t n) {
 void MemoryChannel::read_all(std::uint8_t* data, std::size_t n) {
   MemoryPipe& p = *in_;
   const std::size_t wanted = n;
-  std::unique_lock<std::mutex> lock(p.mu);
-  if (p.reader_closed) throw ChannelError("recv on a closed channel");
   while (n > 0) {
-    const bool ok = p.cv.wait_for(lock, timeout(), [&] { return p.queued > 0 || p.writer_closed; });
-    if (p.queued == 0) {
-      if (p.writer_closed) {
-        throw PeerClosedError("peer closed the in-memory channel after " +
-                              std::to_string(wanted - n) + " of " + std::to_string(wanted) +
-                              " expected bytes");
+    if (rx_offset_ == rx_chunk_.size()) {
+      // Take the next whole chunk under the lock; copy from it without.
+      std::unique_lock<std::mutex> lock(p.mu);
+      if (p.reader_closed) throw ChannelError("recv on a closed channel");
+      const bool ok = p.cv.wait_for(lock, timeout(), [&] { return p.queued > 0 || p.writer_closed; });
+      if (p.queued == 0) {
+        if (p.writer_closed) {
+          throw PeerClosedError("peer closed the in-memory channel after " +
+                                std::to_string(wanted - n) + " of " + std::to_string(wanted) +
+                                " expected bytes");
+        }
+        if (!ok) throw ChannelTimeoutError("in-memory recv got no data within the timeout");
       }
-      if (!ok) throw ChannelTimeoutError("in-memory recv got no data within the timeout");
+      rx_chunk_ = std::move(p.chunks.front());
+      p.chunks.pop_front();
+      p.queued -= rx_chunk_.size();
+      rx_offset_ = 0;
+      p.cv.notify_all();
     }
-    while (n > 0 && !p.chunks.empty()) {
-      auto& front = p.chunks.front();
-      const std::size_t take = std::min(n, front.size() - p.front_offset);
-      std::memcpy(data, front.data() + p.front_offset, take);
-      data += take;
-      n -= take;
-      p.front_offset += take;
-      p.queued -= take;
-      if (p.front_offset == front.size()) {
-        p.chunks.pop_front();
-        p.front_offset = 0;
-      }
-    }
-    p.cv.notify_all();
+    const std::size_t take = std::min(n, rx_chunk_.size() - rx_offset_);
+    std::memcpy(data, rx_chunk_.data() + rx_offset_, take);
+    rx_offset_ += take;
+    data += take;
+    n -= take;
   }
 }
 

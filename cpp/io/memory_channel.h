@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "io/channel.h"
 
@@ -28,6 +29,8 @@ class MemoryChannel final : public Channel {
  private:
   std::shared_ptr<MemoryPipe> out_;
   std::shared_ptr<MemoryPipe> in_;
+  std::vector<std::uint8_t> rx_chunk_;  // chunk being consumed by this reader
+  std::size_t rx_offset_ = 0;
 };
 
 }  // namespace pie
