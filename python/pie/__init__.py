@@ -8,7 +8,7 @@ else, and the server learns nothing about the input.
 
 from __future__ import annotations
 
-from . import channel, crypto, he
+from . import channel, crypto, he, models
 from ._native import core as _core
 from .channel import (
     Channel,
@@ -21,6 +21,10 @@ from .channel import (
     memory_pair,
     tcp_connect,
 )
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .compiler import CompileError, UnsupportedOpError, compile
+from .plan import Plan, PlanFormatError
+from .relu_count import relu_count, relu_report
 from .selftest import run_selftest
 
 __version__: str = _core.__version__
@@ -29,15 +33,26 @@ __all__ = [
     "Channel",
     "ChannelError",
     "ChannelTimeoutError",
+    "CheckpointError",
+    "CompileError",
+    "Plan",
+    "PlanFormatError",
+    "UnsupportedOpError",
     "OversizeMessageError",
     "PeerClosedError",
     "ProtocolError",
     "TcpListener",
     "__version__",
     "channel",
+    "compile",
     "crypto",
     "he",
+    "load_checkpoint",
     "memory_pair",
+    "models",
+    "relu_count",
+    "relu_report",
     "run_selftest",
+    "save_checkpoint",
     "tcp_connect",
 ]

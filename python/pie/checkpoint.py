@@ -1,0 +1,302 @@
+"""Loading and saving network checkpoints.
+
+Three formats are read:
+
+* DeepReDuce checkpoints: a ``.pth.tar`` file holding a dict whose key ``snet``
+  is a state_dict saved from ``nn.DataParallel`` (keys start with ``module.``);
+* plain state_dicts (optionally ``module.``-prefixed, or nested under
+  ``state_dict`` / ``model``);
+* pie's own format, written by :func:`save_checkpoint`: the state_dict plus the
+  network configuration, so nothing has to be guessed.
+
+Files are read with ``torch.load(..., weights_only=True)`` unless the caller
+explicitly trusts them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from . import models
+from .models import ModelConfig, ResNetConfig
+
+__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+
+_log = logging.getLogger(__name__)
+
+PIE_FORMAT = "pie-checkpoint"
+PIE_FORMAT_VERSION = 1
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not match the requested network."""
+
+
+def save_checkpoint(model: nn.Module, path: PathLike) -> None:
+    """Save ``model`` in pie's format (state_dict plus its configuration).
+
+    Args:
+        model: a network built by :mod:`pie.models` (it carries ``.config``).
+        path: destination file.
+
+    Raises:
+        CheckpointError: the model has no pie configuration.
+    """
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, (models.ResNetConfig, models.MobileNetConfig)):
+        raise CheckpointError(
+            f"{type(model).__name__} carries no pie configuration (.config); only networks "
+            "built by pie.models can be saved in pie's format"
+        )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(
+        {
+            "format": PIE_FORMAT,
+            "version": PIE_FORMAT_VERSION,
+            "config": cfg.to_dict(),
+            "state_dict": state,
+        },
+        os.fspath(path),
+    )
+
+
+def load_checkpoint(
+    path: PathLike,
+    arch: str | ModelConfig | Mapping[str, Any] | None = None,
+    *,
+    culled: Sequence[bool] | None = None,
+    thinned: Sequence[bool] | None = None,
+    rho: float | None = None,
+    stem_relu: bool | None = None,
+    weights_only: bool = True,
+) -> nn.Module:
+    """Load a checkpoint into a pie network, in eval mode.
+
+    Args:
+        path: a DeepReDuce ``.pth.tar``, a state_dict file, or a pie checkpoint.
+        arch: the network: a name from :func:`pie.models.names`, a configuration
+            (object or dict), or ``None``. A pie checkpoint records its own
+            configuration (``arch``, if given, must agree with it). For other
+            files with ``arch=None``, the channel multiplier ``alpha``, the
+            blocks per stage and the class count are inferred from the weights'
+            shapes; culling, thinning and ``rho`` leave no trace in the weights,
+            so they must then be given as ``culled``, ``thinned`` and ``rho``.
+        culled: per-stage culling flags (with ``arch=None``).
+        thinned: ``(top, bottom)`` thinning flags (with ``arch=None``).
+        rho: resolution multiplier (with ``arch=None``).
+        stem_relu: whether the stem has a ReLU (with ``arch=None``; default False,
+            as in the DeepReDuce networks).
+        weights_only: passed to ``torch.load``; set False only for trusted files.
+
+    Raises:
+        CheckpointError: unreadable or malformed file, configuration that cannot
+            be determined, or weights that do not match the network (missing and
+            unexpected keys and mismatched shapes are listed).
+    """
+    try:
+        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=weights_only)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {os.fspath(path)!r}: {exc}") from exc
+
+    if isinstance(obj, Mapping) and obj.get("format") == PIE_FORMAT:
+        cfg, state = _read_pie(obj)
+        if arch is not None and _as_config(arch, cfg.num_classes).to_dict() != cfg.to_dict():
+            raise CheckpointError(
+                f"checkpoint records configuration {cfg.to_dict()}, which differs from the "
+                f"requested arch {arch!r}"
+            )
+    else:
+        state = _extract_state_dict(obj)
+        cfg = _resolve_config(state, arch, culled, thinned, rho, stem_relu)
+        state = _rename_for(cfg, state)
+    model = models.from_config(cfg)
+    _load_state(model, state)
+    return model.eval()
+
+
+def _read_pie(obj: Mapping[str, Any]) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    version = obj.get("version")
+    if version != PIE_FORMAT_VERSION:
+        raise CheckpointError(
+            f"pie checkpoint version {version!r} is not supported (expected {PIE_FORMAT_VERSION})"
+        )
+    cfg_dict, state = obj.get("config"), obj.get("state_dict")
+    if not isinstance(cfg_dict, Mapping) or not isinstance(state, Mapping):
+        raise CheckpointError("pie checkpoint lacks its 'config' or 'state_dict' entry")
+    try:
+        model = models.from_config(dict(cfg_dict))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"pie checkpoint has an invalid configuration: {exc}") from exc
+    return model.config, _tensor_dict(state)
+
+
+def _tensor_dict(state: Mapping[Any, Any]) -> dict[str, torch.Tensor]:
+    bad = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"state_dict entries that are not tensors: {bad[:5]}")
+    return {str(k): v for k, v in state.items()}
+
+
+def _extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """The state_dict inside a DeepReDuce / plain checkpoint, ``module.`` stripped."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"checkpoint holds a {type(obj).__name__}, expected a dict (a state_dict, or a "
+            "DeepReDuce checkpoint with key 'snet')"
+        )
+    state: Any = obj
+    for key in ("snet", "state_dict", "model"):
+        if key in obj and isinstance(obj[key], Mapping):
+            state = obj[key]
+            break
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            "checkpoint is neither a state_dict nor a dict holding one under 'snet', "
+            f"'state_dict' or 'model' (top-level keys: {sorted(map(str, obj))[:10]})"
+        )
+    out = {}
+    for k, v in state.items():
+        k = str(k)
+        out[k[len("module.") :] if k.startswith("module.") else k] = v
+    return out
+
+
+_BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.conv1\.weight$")
+
+
+def _infer_resnet(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """alpha, blocks per stage and class count of a ResNet state_dict."""
+    stem = state.get("conv1.weight")
+    head = state.get("fc.weight", state.get("linear.weight"))
+    if stem is None or head is None or stem.dim() != 4 or head.dim() != 2:
+        raise CheckpointError(
+            "cannot infer the configuration: expected ResNet keys 'conv1.weight' and "
+            "'fc.weight' (or 'linear.weight'); pass arch= explicitly"
+        )
+    blocks = [0, 0, 0, 0]
+    for key in state:
+        m = _BLOCK_KEY.match(key)
+        if m:
+            s, b = int(m.group(1)) - 1, int(m.group(2))
+            blocks[s] = max(blocks[s], b + 1)
+    if min(blocks) == 0:
+        raise CheckpointError(f"cannot infer blocks per stage: found {blocks} blocks in layer1-4")
+    return {
+        "alpha": stem.shape[0] / 64,
+        "blocks": tuple(blocks),
+        "num_classes": int(head.shape[0]),
+    }
+
+
+def _as_config(arch: str | ModelConfig | Mapping[str, Any], num_classes: int | None) -> ModelConfig:
+    if isinstance(arch, str):
+        return models.config(arch, num_classes)
+    if isinstance(arch, Mapping):
+        return models.from_config(dict(arch)).config
+    if isinstance(arch, (models.ResNetConfig, models.MobileNetConfig)):
+        return arch
+    raise CheckpointError(f"arch must be a name, a configuration or None, got {arch!r}")
+
+
+def _num_classes(state: Mapping[str, torch.Tensor]) -> int | None:
+    head = state.get("fc.weight", state.get("linear.weight"))
+    return int(head.shape[0]) if head is not None and head.dim() == 2 else None
+
+
+def _resolve_config(
+    state: Mapping[str, torch.Tensor],
+    arch: str | ModelConfig | Mapping[str, Any] | None,
+    culled: Sequence[bool] | None,
+    thinned: Sequence[bool] | None,
+    rho: float | None,
+    stem_relu: bool | None,
+) -> ModelConfig:
+    if arch is not None:
+        if culled is not None or thinned is not None or rho is not None or stem_relu is not None:
+            raise CheckpointError("give either arch or the culled/thinned/rho/stem_relu flags")
+        try:
+            return _as_config(arch, _num_classes(state) if isinstance(arch, str) else None)
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from exc
+    inferred = _infer_resnet(state)
+    seen = (
+        f"ResNet with alpha={inferred['alpha']:g}, blocks={list(inferred['blocks'])}, "
+        f"num_classes={inferred['num_classes']}"
+    )
+    if culled is None or thinned is None or rho is None:
+        raise CheckpointError(
+            f"inferred {seen} from the weights, but culling, thinning and rho leave no trace "
+            "in a state_dict: pass arch='<name>' (see pie.models.names()) or all of "
+            "culled=[4 flags], thinned=(top, bottom) and rho"
+        )
+    try:
+        cfg = ResNetConfig(
+            blocks=inferred["blocks"],
+            alpha=inferred["alpha"],
+            rho=rho,
+            culled=tuple(culled),
+            thinned=tuple(thinned),
+            stem_relu=bool(stem_relu),
+            num_classes=inferred["num_classes"],
+        )
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"invalid configuration flags: {exc}") from exc
+    named = [
+        n for n in models.names() if _same_arch(models.config(n, cfg.num_classes), cfg)
+    ]
+    _log.info(
+        "inferred %s%s", seen, f" (matches {', '.join(named)})" if named else ""
+    )
+    return cfg
+
+
+def _same_arch(a: ModelConfig, b: ModelConfig) -> bool:
+    da, db = a.to_dict(), b.to_dict()
+    da.pop("input_size"), db.pop("input_size")
+    return da == db
+
+
+def _rename_for(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the classifier's alternative name (``linear`` / ``fc``) to the network's."""
+    want, other = ("fc", "linear") if isinstance(cfg, ResNetConfig) else ("linear", "fc")
+    if any(k.startswith(want + ".") for k in state):
+        return state
+    return {
+        (want + k[len(other) :] if k.startswith(other + ".") else k): v for k, v in state.items()
+    }
+
+
+def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
+        cfg = getattr(model, "config", None)
+        what = cfg.to_dict() if cfg is not None else type(model).__name__
+        raise CheckpointError(
+            f"checkpoint does not match the network {what}: " + "; ".join(parts)
+        )
+    model.load_state_dict(dict(state), strict=True)

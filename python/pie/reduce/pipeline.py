@@ -1,0 +1,297 @@
+"""The DeepReDuce steps: criticality, culling, thinning, reshaping, distillation.
+
+[REF] N. K. Jha, Z. Ghodsi, S. Garg, B. Reagen, "DeepReDuce: ReLU Reduction for
+      Fast Private Inference", ICML 2021.
+
+1. Criticality: for each stage k, train (distilled from the baseline) the
+   network that keeps ReLUs only in stage k; stages whose lone network is more
+   accurate are more critical.
+2. Culling: remove every ReLU of the least critical stages.
+3. Thinning: drop alternate ReLU layers (the post-add ReLU by default).
+4. Reshaping: channel multiplier alpha and resolution multiplier rho.
+Among the configurations these steps produce, :func:`choose_config` takes the
+one with the most ReLUs within the budget (culling in criticality order), and
+the result is distilled from the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import models
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..models import ResNetConfig
+from ..relu_count import relu_count
+from .data import Splits
+from .train import TrainConfig, fit, pick_device
+
+__all__ = [
+    "Candidate",
+    "CriticalityResult",
+    "RunReport",
+    "candidates",
+    "choose_config",
+    "criticality",
+    "run",
+    "stage_only",
+]
+
+_log = logging.getLogger(__name__)
+STAGES = (1, 2, 3, 4)
+THINNING = {"none": (False, False), "top": (True, False), "bottom": (False, True)}
+
+
+def base_config(splits: Splits, alpha: float = 1.0) -> ResNetConfig:
+    """The ResNet-18 baseline (with stem ReLU) sized for the dataset."""
+    return ResNetConfig(alpha=alpha, stem_relu=True, num_classes=splits.num_classes,
+                        input_size=splits.image_shape[1])
+
+
+def stage_only(base: ResNetConfig, stage: int) -> ResNetConfig:
+    """The network that keeps ReLUs only in ``stage`` (no stem ReLU either)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage}")
+    return replace(base, stem_relu=False, culled=tuple(s != stage for s in STAGES),
+                   thinned=(False, False))
+
+
+@dataclass(frozen=True)
+class CriticalityResult:
+    """Accuracy of each stage-only network and the stages from most to least critical."""
+
+    accuracy: dict[int, float]
+    relus: dict[int, int]
+
+    @property
+    def ranking(self) -> list[int]:
+        return sorted(STAGES, key=lambda s: (-self.accuracy[s], s))
+
+    def to_dict(self) -> dict:
+        return {"accuracy": {str(k): v for k, v in self.accuracy.items()},
+                "relus": {str(k): v for k, v in self.relus.items()},
+                "ranking": self.ranking}
+
+
+def criticality(
+    base: ResNetConfig,
+    splits: Splits,
+    teacher: nn.Module,
+    train_cfg: TrainConfig,
+    *,
+    work_dir: Path | None = None,
+    device: str | None = None,
+    progress: bool = False,
+) -> CriticalityResult:
+    """Train the four stage-only networks (distilled from ``teacher``) and rank the stages."""
+    shape = splits.image_shape
+    acc: dict[int, float] = {}
+    relus: dict[int, int] = {}
+    for stage in STAGES:
+        net = models.from_config(stage_only(base, stage))
+        ckpt = work_dir / f"criticality_stage{stage}.state" if work_dir else None
+        res = fit(net, splits, train_cfg, teacher=teacher, device=device, checkpoint=ckpt,
+                  progress=progress, desc=f"criticality stage {stage}")
+        acc[stage] = res.test_accuracy
+        relus[stage] = relu_count(net.cpu(), shape)
+        _log.info("criticality: stage %d alone -> %.4f (%d ReLUs)", stage, acc[stage], relus[stage])
+    return CriticalityResult(acc, relus)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A reduced configuration and its ReLU count."""
+
+    config: ResNetConfig
+    relus: int
+    culled_stages: tuple[int, ...]
+    thinning: str
+
+
+def candidates(
+    base: ResNetConfig,
+    ranking: Sequence[int],
+    input_shape: tuple[int, int, int],
+    *,
+    thin: str = "bottom",
+    alphas: Sequence[float] = (1.0, 0.5),
+    rhos: Sequence[float] = (1.0, 0.5),
+) -> list[Candidate]:
+    """Every configuration DeepReDuce's steps give, in order of preference:
+    fewer culled stages (least critical culled first), then thinned before
+    unthinned (at equal ReLUs, thinning keeps the wider or larger network),
+    then larger rho, then larger alpha. ``alphas`` multiply the base width."""
+    if sorted(ranking) != list(STAGES):
+        raise ValueError(f"ranking must order the stages {STAGES}, got {list(ranking)}")
+    if thin not in ("top", "bottom"):
+        raise ValueError("thin must be 'top' or 'bottom'")
+    out = []
+    least_first = list(reversed(ranking))
+    for n_cull in range(len(STAGES)):  # at least one stage keeps its ReLUs
+        culled = tuple(sorted(least_first[:n_cull]))
+        for thinning in (thin, "none"):
+            for rho in rhos:
+                for alpha in alphas:
+                    cfg = replace(base, stem_relu=False, alpha=base.alpha * alpha, rho=rho,
+                                  culled=tuple(s in culled for s in STAGES),
+                                  thinned=THINNING[thinning])
+                    count = relu_count(models.from_config(cfg), input_shape)
+                    out.append(Candidate(cfg, count, culled, thinning))
+    return out
+
+
+def choose_config(pool: Sequence[Candidate], relu_budget: int) -> Candidate:
+    """The candidate with the most ReLUs within ``relu_budget``; among equals the
+    first, i.e. the preferred one (see :func:`candidates`)."""
+    fitting = [c for c in pool if c.relus <= relu_budget]
+    if not fitting:
+        smallest = min(pool, key=lambda c: c.relus)
+        raise ValueError(f"no configuration fits a budget of {relu_budget:,} ReLUs; the smallest "
+                         f"has {smallest.relus:,} (lower alpha or rho further)")
+    return max(fitting, key=lambda c: c.relus)  # max() keeps the first of equals
+
+
+@dataclass
+class RunReport:
+    """What :func:`run` produced, written as ``report.json``."""
+
+    dataset: str
+    relu_budget: int
+    baseline: dict
+    criticality: dict
+    chosen: dict
+    reduced: dict
+    reduced_without_kd: dict | None = None
+    normalization: dict = field(default_factory=dict)
+
+
+def _train_or_resume(net: nn.Module, splits: Splits, cfg: TrainConfig, out: Path, name: str,
+                     teacher: nn.Module | None, device: str | None, progress: bool) -> float:
+    res = fit(net, splits, cfg, teacher=teacher, device=device, checkpoint=out / f"{name}.state",
+              progress=progress, desc=name)
+    net.cpu()
+    return res.test_accuracy
+
+
+def run(
+    splits: Splits,
+    relu_budget: int,
+    out: str | Path,
+    train_cfg: TrainConfig,
+    *,
+    criticality_cfg: TrainConfig | None = None,
+    base_alpha: float = 1.0,
+    teacher_path: str | Path | None = None,
+    ranking: Sequence[int] | None = None,
+    thin: str = "bottom",
+    compare_kd: bool = False,
+    device: str | None = None,
+    progress: bool = False,
+) -> RunReport:
+    """The whole pipeline; writes ``model.pt``, ``report.json`` and ``pareto.png`` into ``out``.
+
+    Intermediate training state lives in ``out`` too, so an interrupted run
+    resumes where it stopped when started again with the same settings.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shape = splits.image_shape
+    dev = str(pick_device(device))
+    base = base_config(splits, base_alpha)
+
+    if teacher_path is not None:
+        teacher = load_checkpoint(teacher_path)
+        base_acc = _evaluate_cpu(teacher, splits)
+        base_relus = relu_count(teacher, shape)
+    else:
+        teacher = models.from_config(base)
+        base_acc = _train_or_resume(teacher, splits, train_cfg, out, "baseline", None, dev, progress)
+        base_relus = relu_count(teacher, shape)
+        save_checkpoint(teacher, out / "baseline.pt")
+    teacher.eval()
+
+    if ranking is None:
+        crit = criticality(base, splits, teacher, criticality_cfg or train_cfg, work_dir=out,
+                           device=dev, progress=progress)
+        crit_info = crit.to_dict()
+        ranking = crit.ranking
+    else:
+        crit_info = {"ranking": list(ranking), "given": True}
+
+    chosen = choose_config(candidates(base, ranking, shape, thin=thin), relu_budget)
+    reduced = models.from_config(chosen.config)
+    red_acc = _train_or_resume(reduced, splits, train_cfg, out, "reduced", teacher, dev, progress)
+    save_checkpoint(reduced, out / "model.pt")
+    no_kd = None
+    if compare_kd:
+        plain = models.from_config(chosen.config)
+        no_kd = {"accuracy": _train_or_resume(plain, splits, train_cfg, out, "reduced_no_kd", None,
+                                              dev, progress), "relus": chosen.relus}
+
+    report = RunReport(
+        dataset=splits.name,
+        relu_budget=relu_budget,
+        baseline={"accuracy": base_acc, "relus": base_relus, "config": base.to_dict()},
+        criticality=crit_info,
+        chosen={"config": chosen.config.to_dict(), "relus": chosen.relus,
+                "culled_stages": list(chosen.culled_stages), "thinning": chosen.thinning},
+        reduced={"accuracy": red_acc, "relus": chosen.relus, "checkpoint": "model.pt"},
+        reduced_without_kd=no_kd,
+        normalization={"mean": list(splits.mean), "std": list(splits.std),
+                       "input_shape": list(shape)},
+    )
+    (out / "report.json").write_text(json.dumps(report.__dict__, indent=2))
+    _plot_pareto(out / "pareto.png", _record_models(out, report))
+    return report
+
+
+def _evaluate_cpu(model: nn.Module, splits: Splits) -> float:
+    from .train import evaluate
+
+    return evaluate(model, splits, splits.test, torch.device("cpu"))
+
+
+def _record_models(out: Path, report: RunReport) -> list[dict]:
+    """Adds this run's models to ``models.json`` (all runs into ``out``) and returns them all."""
+    path = out / "models.json"
+    points = json.loads(path.read_text()) if path.is_file() else []
+    new = [{"name": "baseline", "relus": report.baseline["relus"],
+            "accuracy": report.baseline["accuracy"]}]
+    acc = report.criticality.get("accuracy", {})
+    rel = report.criticality.get("relus", {})
+    new += [{"name": f"stage {s} only", "relus": rel[s], "accuracy": acc[s]} for s in acc]
+    new.append({"name": f"reduced ({report.relu_budget:,} budget)", "relus": report.reduced["relus"],
+                "accuracy": report.reduced["accuracy"]})
+    if report.reduced_without_kd:
+        new.append({"name": "reduced, no KD", "relus": report.reduced_without_kd["relus"],
+                    "accuracy": report.reduced_without_kd["accuracy"]})
+    points = [p for p in points if p not in new] + new
+    path.write_text(json.dumps(points, indent=2))
+    return points
+
+
+def _plot_pareto(path: Path, points: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([p["relus"] for p in points], [100 * p["accuracy"] for p in points])
+    for p in points:
+        ax.annotate(p["name"], (p["relus"], 100 * p["accuracy"]), fontsize=7,
+                    textcoords="offset points", xytext=(3, 3))
+    ax.set_xscale("log")
+    ax.set_xlabel("ReLUs")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("ReLU count vs accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

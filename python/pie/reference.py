@@ -1,0 +1,239 @@
+"""Exact cleartext execution of a Plan with the protocol's ring arithmetic.
+
+Every tensor value is held as ``uint64`` residues. Arithmetic mod ``2^l`` for any
+``l <= 64`` is plain ``uint64`` arithmetic (which wraps mod ``2^64``) followed by
+masking to the low ``l`` bits, because ``2^l`` divides ``2^64``.
+
+Convolutions and matrix products are the exception: they are computed with
+float64 arithmetic for speed (torch's CPU convolution and BLAS matrix products),
+split into limbs so that every float operation is exact.
+
+Exactness argument (``_limb_bits``, ``_limbs``). Let ``S = max_o sum_k |w[o, k]|``
+be the largest L1 norm of a weight row (all the weights of one output). The
+input (a residue mod ``2^l``, taken as its centred representative ``x``) has
+``|x| < 2^m`` where ``m`` is the bit length of the batch's largest ``|x|``
+(``m <= l``). It is split as ``x = sum_j c_j * 2^(b*j)`` with ``n =
+max(1, ceil(m / b))`` limbs: limbs ``j < n-1`` are the unsigned fields
+``(x >> b*j) & (2^b - 1)`` in ``[0, 2^b)`` and the top limb is the arithmetic
+shift ``x >> b*(n-1)``, so ``|c_top| <= 2^(m-b*(n-1)) <= 2^b``. Hence every
+partial sum of ``sum_k w[o,k] * c_j[k]`` (zero padding adds zeros), in whatever
+order it is accumulated, is an integer of magnitude ``<= S * 2^b <= 2^53``; all
+such integers are float64 numbers, so every product and every addition is
+exact, whatever the summation order or blocking. This holds for any algorithm
+that only multiplies weights by inputs and adds the products -- direct or
+im2col + GEMM convolution, which is what torch uses on the CPU for float64 (its
+transform-based algorithms, Winograd and FFT, are not used for float64); the
+tests check the result against plain integer arithmetic. The limb results are
+converted to int64 exactly and recombined as ``sum_j r_j * 2^(b*j)`` in
+``uint64``, which wraps mod ``2^64`` and is therefore exact mod ``2^l``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .plan import ConvTerm, FCTerm, Plan
+
+__all__ = [
+    "mask",
+    "reduce",
+    "to_signed",
+    "relu_shift",
+    "truncate_shift",
+    "conv2d_ring",
+    "fc_ring",
+    "execute",
+]
+
+_FLOAT_EXACT_BITS = 53
+
+
+def mask(value: np.ndarray, bits: int) -> np.ndarray:
+    """``value mod 2^bits`` for a uint64 array (``bits`` in 1..64)."""
+    if bits >= 64:
+        return value
+    return value & np.uint64((1 << bits) - 1)
+
+
+def reduce(values: np.ndarray, bits: int) -> np.ndarray:
+    """Reduce any integer array (signed or unsigned, any width) mod ``2^bits`` to uint64."""
+    arr = np.asarray(values)
+    if arr.dtype == np.uint64:
+        return mask(arr, bits)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"expected an integer array, got dtype {arr.dtype}")
+    return mask(arr.astype(np.int64).view(np.uint64), bits)
+
+
+def to_signed(value: np.ndarray, bits: int) -> np.ndarray:
+    """The centred representative in ``[-2^(bits-1), 2^(bits-1))`` of residues mod ``2^bits``."""
+    v = mask(value, bits)
+    if bits >= 64:
+        return v.view(np.int64)
+    s = v.astype(np.int64)
+    return s - ((s >> np.int64(bits - 1)) << np.int64(bits))
+
+
+def relu_shift(x: np.ndarray, bits_in: int, shift: int, bits_out: int) -> np.ndarray:
+    """The ReLU circuit: ``(ReLU(x as signed mod 2^bits_in) >> shift) mod 2^bits_out``."""
+    s = to_signed(x, bits_in)
+    return mask((np.maximum(s, 0) >> np.int64(shift)).view(np.uint64), bits_out)
+
+
+def truncate_shift(x: np.ndarray, bits_in: int, shift: int, bits_out: int) -> np.ndarray:
+    """The truncation circuit: ``((x as signed mod 2^bits_in) >> shift) mod 2^bits_out`` (floor)."""
+    s = to_signed(x, bits_in)
+    return mask((s >> np.int64(shift)).view(np.uint64), bits_out)
+
+
+def _limb_bits(weight: np.ndarray) -> int:
+    """Largest limb width ``b`` with ``max_row_L1(weight) * 2^b <= 2^53`` (see module doc)."""
+    rows = np.abs(weight.reshape(weight.shape[0], -1)).sum(axis=1, dtype=np.float64)
+    l1 = int(rows.max()) if rows.size else 0
+    if l1 == 0:
+        return _FLOAT_EXACT_BITS
+    b = _FLOAT_EXACT_BITS - math.ceil(math.log2(l1))
+    if b < 1:
+        raise ValueError(f"weights too large for exact float64 limbs (row L1 norm {l1})")
+    return b
+
+
+def _limbs(x: np.ndarray, bits: int, b: int) -> list[np.ndarray]:
+    """Split residues mod ``2^bits`` into float64 limbs of width ``b`` (module doc)."""
+    s = to_signed(x, bits)
+    largest = max(int(s.max()), -int(s.min())) if s.size else 0  # Python ints: exact
+    n = max(1, -(-largest.bit_length() // b))
+    out = []
+    for j in range(n - 1):
+        out.append(((s >> np.int64(b * j)) & np.int64((1 << b) - 1)).astype(np.float64))
+    out.append((s >> np.int64(b * (n - 1))).astype(np.float64))
+    return out
+
+
+def _recombine(results: list[torch.Tensor], b: int, bits: int) -> np.ndarray:
+    acc: np.ndarray | None = None
+    for j, r in enumerate(results):
+        part = r.numpy().astype(np.int64).view(np.uint64) << np.uint64(b * j)
+        acc = part if acc is None else acc + part
+    assert acc is not None
+    return mask(acc, bits)
+
+
+def conv2d_ring(
+    x: np.ndarray,
+    weight: np.ndarray,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    groups: int,
+    bits: int,
+) -> np.ndarray:
+    """Exact ``conv2d(x, weight) mod 2^bits`` with zero padding.
+
+    Args:
+        x: uint64 residues (only ``x mod 2^bits`` matters), shape (N, C, H, W).
+        weight: int64, shape (O, C // groups, kh, kw).
+    Returns:
+        uint64 residues mod ``2^bits``, shape (N, O, Ho, Wo).
+    """
+    b = _limb_bits(weight)
+    wt = torch.from_numpy(weight.astype(np.float64))
+    limbs = torch.from_numpy(np.concatenate(_limbs(x, bits, b)))
+    out = F.conv2d(limbs, wt, None, stride, padding, 1, groups)
+    return _recombine(list(out.split(x.shape[0])), b, bits)
+
+
+def fc_ring(x: np.ndarray, weight: np.ndarray, bits: int) -> np.ndarray:
+    """Exact ``x.flatten(1) @ weight.T mod 2^bits`` (x: uint64 (N, ...), weight: int64 (O, K))."""
+    b = _limb_bits(weight)
+    wt = torch.from_numpy(weight.astype(np.float64)).T
+    flat = x.reshape(x.shape[0], -1)
+    results = [torch.from_numpy(limb) @ wt for limb in _limbs(flat, bits, b)]
+    return _recombine(results, b, bits)
+
+
+def execute(
+    plan: Plan,
+    x: np.ndarray,
+    *,
+    keep_all: bool = False,
+    wide: bool = False,
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Run ``plan`` on a batch of input residues.
+
+    Args:
+        plan: a plan with weights.
+        x: integer array (N, *input_shape); reduced mod the input's ring.
+        keep_all: keep every tensor (else only the output's input tensor).
+        wide: compute linear steps mod ``2^64`` instead of mod their rings and
+            count, at every garbled-circuit input and the output, the elements
+            whose (64-bit) value does not fit the tensor's ring. The results are
+            identical (reduction mod ``2^l`` commutes with the linear steps); the
+            counts detect calibration overflow as long as true values fit 64 bits.
+
+    Returns:
+        (tensors by name as uint64 residues, overflow counts by tensor name).
+    """
+    from .plan import LinearStep, OutputStep, ReluStep, TruncateStep
+
+    specs = plan.tensors
+    overflow: dict[str, int] = {}
+    last_use = plan.last_uses()
+
+    def ring(name: str) -> int:
+        return 64 if wide else specs[name].ring_bits
+
+    values: dict[str, np.ndarray] = {plan.input: reduce(x, ring(plan.input))}
+
+    def gc_input(name: str) -> np.ndarray:
+        v = values[name]
+        if wide:
+            bits = specs[name].ring_bits
+            s = v.view(np.int64)
+            bad = int(np.count_nonzero((s >= (1 << (bits - 1))) | (s < -(1 << (bits - 1)))))
+            overflow[name] = overflow.get(name, 0) + bad
+        return v
+
+    for index, step in enumerate(plan.steps):
+        if isinstance(step, LinearStep):
+            bits = ring(step.output)
+            if step.bias is None:
+                raise ValueError("this plan has no weights (it is a public plan)")
+            bias = step.bias.astype(np.int64).view(np.uint64)
+            acc = np.broadcast_to(bias, (x.shape[0], *bias.shape)).copy()
+            for term in step.terms:
+                src = values[term.input]
+                if term.op == "scale":
+                    acc += src << np.uint64(term.shift)
+                elif term.op == "conv2d":
+                    acc += conv2d_ring(src, _weight(term), term.stride, term.padding, term.groups, bits)
+                else:
+                    acc += fc_ring(src, _weight(term), bits)
+            values[step.output] = mask(acc, bits)
+        elif isinstance(step, ReluStep):
+            src = gc_input(step.input)
+            values[step.output] = relu_shift(
+                src, specs[step.input].ring_bits, step.shift, ring(step.output)
+            )
+        elif isinstance(step, TruncateStep):
+            src = gc_input(step.input)
+            values[step.output] = truncate_shift(
+                src, specs[step.input].ring_bits, step.shift, ring(step.output)
+            )
+        elif isinstance(step, OutputStep):
+            values[step.input] = mask(gc_input(step.input), specs[step.input].ring_bits)
+        if not keep_all:
+            for name in last_use.get(index, ()):
+                values.pop(name, None)
+    return values, overflow
+
+
+def _weight(term: ConvTerm | FCTerm) -> np.ndarray:
+    if term.weight is None:
+        raise ValueError("this plan has no weights (it is a public plan)")
+    return term.weight

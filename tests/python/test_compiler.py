@@ -1,0 +1,152 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import pie.models as models
+from pie.compiler import CompileError, UnsupportedOpError, compile
+from pie.plan import LinearStep, ReluStep, TruncateStep
+from pie.relu_count import relu_report
+
+from netutil import CIFAR_NORM, float_logits, random_images, randomize
+from tinynet import tiny
+
+DRD_C100 = ["DRD_C100_230K", "DRD_C100_115K", "DRD_C100_57K", "DRD_C100_49K", "DRD_C100_29K",
+            "DRD_C100_14K", "DRD_C100_12K", "DRD_C100_7K"]
+
+_CACHE: dict[str, tuple] = {}
+
+
+def compiled(name):
+    if name not in _CACHE:
+        seed = DRD_C100.index(name) + 7 if name in DRD_C100 else 0
+        net = randomize(models.build(name), seed=seed)
+        _CACHE[name] = (net, compile(net, (3, 32, 32), input_norm=CIFAR_NORM))
+    return _CACHE[name]
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in ("DRD_C100_230K", "DRD_C100_115K") else n
+    for n in DRD_C100
+])
+def test_fixed_point_agrees_with_float_model(name):
+    net, plan = compiled(name)
+    images = random_images(256, seed=11)
+    want = float_logits(net, images)
+    got = plan.run_reference(images)
+    assert len(np.unique(want.argmax(1))) > 1  # the predictions depend on the input
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.99
+    assert np.abs(got - want).max() <= 0.01 * np.abs(want).max()
+
+
+def test_culled_network_structure():
+    net, plan = compiled("DRD_C100_12K")
+    relu_layers = relu_report(net, (3, 32, 32)).layers
+    relu_steps = [s for s in plan.steps if isinstance(s, ReluStep)]
+    assert len(relu_steps) == len(relu_layers) == 4
+    assert plan.relu_count() == 12_288
+    # Culled stages 1 and 4 hold no ReLU steps: only linear steps and the truncations that
+    # keep their ReLU-free chains within 59 bits.
+    for s in plan.steps:
+        if isinstance(s, ReluStep):
+            assert s.source[0].startswith(("layer2", "layer3"))
+    culled = [s for s in plan.steps if any(n.startswith(("layer1", "layer4")) for n in
+                                           getattr(s, "source", ()))]
+    assert culled and all(isinstance(s, LinearStep) for s in culled)
+    truncs = [s for s in plan.steps if isinstance(s, TruncateStep)]
+    assert truncs and all("bits >" in s.reason for s in truncs)
+    cost = plan.gc_cost()
+    assert cost["truncations"] == sum(plan.tensors[s.output].numel for s in truncs)
+
+
+def test_rings_and_scales_policy():
+    _, plan = compiled("DRD_C100_230K")
+    for s in plan.steps:
+        if isinstance(s, LinearStep):
+            out = plan.tensors[s.output]
+            assert out.ring_bits <= 59
+            for t in s.terms:
+                src = plan.tensors[t.input]
+                assert src.ring_bits >= (out.ring_bits if t.op != "scale"
+                                         else out.ring_bits - t.shift)
+    ins = [plan.tensors[s.input].ring_bits for s in plan.steps if isinstance(s, ReluStep)]
+    assert np.median(ins) <= 40  # outside the culled region, ReLU rings stay small
+    relu_out_frac = {plan.tensors[s.output].frac_bits for s in plan.steps
+                     if isinstance(s, ReluStep)}
+    assert 12 in relu_out_frac
+    assert plan.policy["frac_bits"] == 12 and "reveals" in plan.policy
+
+
+def test_reference_runs_a_230k_network_in_seconds():
+    _, plan = compiled("DRD_C100_230K")
+    x = random_images(1)[0]
+    start = time.perf_counter()
+    logits = plan.run_reference(x)
+    assert time.perf_counter() - start < 5.0
+    assert logits.shape == (100,)
+
+
+def test_calibrate_reports_agreement_and_overflow():
+    net = tiny(seed=2)
+    good = compile(net, (3, 8, 8), calibration=random_images(32, size=8, seed=3))
+    report = good.calibrate(random_images(64, size=8, seed=4))
+    assert report.images == 64 and report.top1_agreement >= 0.95
+    assert report.relative_logit_error < 0.01 and report.overflows == {}
+    # Calibrating on black images sizes the rings too small for real inputs.
+    bad = compile(net, (3, 8, 8), calibration=np.zeros((4, 3, 8, 8)), ring_margin_bits=0)
+    report = bad.calibrate(random_images(64, size=8, seed=4))
+    assert sum(report.overflows.values()) > 0
+
+
+def test_other_families_compile():
+    net = randomize(models.build("mobilenetv1"), seed=5)
+    plan = compile(net, (3, 32, 32), input_norm=CIFAR_NORM)
+    assert sum(isinstance(s, ReluStep) for s in plan.steps) == 27
+    images = random_images(8, seed=6)
+    want, got = float_logits(net, images), plan.run_reference(images)
+    assert np.abs(got - want).max() <= 0.01 * np.abs(want).max()
+    base = compile(models.build("resnet18").eval(), (3, 32, 32))
+    assert base.relu_count() == 557_056
+
+
+class _Sigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.sigmoid(self.conv(x)).flatten(1)
+
+
+class _MaxPool(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x):
+        return self.pool(self.conv(x)).flatten(1)
+
+
+@pytest.mark.parametrize("net,op,node", [(_Sigmoid(), "sigmoid", "sigmoid"),
+                                         (_MaxPool(), "MaxPool2d", "pool")])
+def test_unsupported_ops_are_named(net, op, node):
+    with pytest.raises(UnsupportedOpError) as err:
+        compile(net.eval(), (3, 8, 8))
+    assert op in str(err.value) and f"graph node '{node}'" in str(err.value)
+
+
+def test_bad_arguments():
+    net = tiny()
+    with pytest.raises(ValueError, match="input_shape"):
+        compile(net, (8, 8))
+    with pytest.raises(ValueError, match="frac_bits"):
+        compile(net, (3, 8, 8), frac_bits=-1)
+    with pytest.raises(ValueError, match="input_norm"):
+        compile(net, (3, 8, 8), input_norm=((0.5,), (0.2,)))
+    with pytest.raises(ValueError, match="calibration"):
+        compile(net, (3, 8, 8), calibration=np.zeros((2, 3, 4, 4)))
+    with pytest.raises(CompileError):
+        compile(net, (3, 8, 8), max_ring_bits=8)

@@ -1,0 +1,117 @@
+"""Exactness of the reference executor's ring arithmetic against plain Python ints."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pie.reference import conv2d_ring, fc_ring, relu_shift, to_signed, truncate_shift
+
+BITS = st.integers(min_value=1, max_value=64)
+
+
+def _signed(v: int, bits: int) -> int:
+    v %= 1 << bits
+    return v - (1 << bits) if v >= 1 << (bits - 1) else v
+
+
+def _ints(draw, shape, bits):
+    """Residues mod 2^bits, biased toward the extremes (0, 2^(bits-1) +- 1, 2^bits - 1)."""
+    top = (1 << bits) - 1
+    special = st.sampled_from([0, 1, top, top >> 1, (top >> 1) + 1, max(top - 1, 0)])
+    values = draw(st.lists(st.one_of(special, st.integers(0, top)),
+                           min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
+    return values
+
+
+def _weights(draw, n, wbits):
+    lim = (1 << (wbits - 1)) - 1
+    extreme = st.sampled_from([lim, -lim, -lim - 1, 0])
+    return draw(st.lists(st.one_of(extreme, st.integers(-lim, lim)), min_size=n, max_size=n))
+
+
+@st.composite
+def conv_case(draw):
+    groups = draw(st.sampled_from([1, 2]))
+    cg, og = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+    c, o = cg * groups, og * groups
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(kh, 5)), draw(st.integers(kw, 5))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 1)), draw(st.integers(0, 1)))
+    n = draw(st.integers(1, 2))
+    bits = draw(BITS)
+    wbits = draw(st.integers(2, 24))
+    x = _ints(draw, (n, c, h, w), 64)
+    wt = _weights(draw, o * cg * kh * kw, wbits)
+    return (np.array(x, dtype=np.uint64).reshape(n, c, h, w),
+            np.array(wt, dtype=np.int64).reshape(o, cg, kh, kw), stride, padding, groups, bits)
+
+
+def _conv_oracle(x, w, stride, padding, groups, bits):
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    ho = (h + 2 * padding[0] - kh) // stride[0] + 1
+    wo = (wd + 2 * padding[1] - kw) // stride[1] + 1
+    out = np.zeros((n, o, ho, wo), dtype=np.uint64)
+    for b in range(n):
+        for oc in range(o):
+            g = oc // og
+            for i in range(ho):
+                for j in range(wo):
+                    acc = 0
+                    for ci in range(cg):
+                        for a in range(kh):
+                            for e in range(kw):
+                                y = i * stride[0] - padding[0] + a
+                                z = j * stride[1] - padding[1] + e
+                                if 0 <= y < h and 0 <= z < wd:
+                                    acc += int(w[oc, ci, a, e]) * int(x[b, g * cg + ci, y, z])
+                    out[b, oc, i, j] = acc % (1 << bits)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(conv_case())
+def test_conv2d_ring_is_exact(case):
+    x, w, stride, padding, groups, bits = case
+    got = conv2d_ring(x, w, stride, padding, groups, bits)
+    np.testing.assert_array_equal(got, _conv_oracle(x, w, stride, padding, groups, bits))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_fc_ring_is_exact(data):
+    n, k, o = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 40)), data.draw(st.integers(1, 4))
+    bits = data.draw(BITS)
+    x = np.array(_ints(data.draw, (n, k), 64), dtype=np.uint64).reshape(n, k)
+    w = np.array(_weights(data.draw, o * k, data.draw(st.integers(2, 24))),
+                 dtype=np.int64).reshape(o, k)
+    want = [[sum(int(w[r, i]) * int(x[b, i]) for i in range(k)) % (1 << bits) for r in range(o)]
+            for b in range(n)]
+    np.testing.assert_array_equal(fc_ring(x, w, bits), np.array(want, dtype=np.uint64))
+
+
+def test_large_fan_in_uses_several_limbs_exactly():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 2**63, size=(1, 512, 3, 3), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    w = rng.integers(-2047, 2048, size=(4, 512, 3, 3), dtype=np.int64)
+    for bits in (37, 59, 64):
+        got = conv2d_ring(x, w, (1, 1), (1, 1), 1, bits)
+        np.testing.assert_array_equal(got, _conv_oracle(x, w, (1, 1), (1, 1), 1, bits))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_relu_and_truncate_match_circuit_semantics(data):
+    bits_in, bits_out = data.draw(BITS), data.draw(BITS)
+    shift = data.draw(st.integers(0, bits_in))
+    vals = _ints(data.draw, (8,), bits_in)
+    x = np.array(vals, dtype=np.uint64)
+    relu = [(max(_signed(v, bits_in), 0) >> shift) % (1 << bits_out) for v in vals]
+    trunc = [(_signed(v, bits_in) >> shift) % (1 << bits_out) for v in vals]
+    np.testing.assert_array_equal(relu_shift(x, bits_in, shift, bits_out), np.array(relu, np.uint64))
+    np.testing.assert_array_equal(truncate_shift(x, bits_in, shift, bits_out),
+                                  np.array(trunc, np.uint64))
+    np.testing.assert_array_equal(to_signed(x, bits_in),
+                                  np.array([_signed(v, bits_in) for v in vals], np.int64))

@@ -1,0 +1,81 @@
+"""The DeepReDuce steps: configuration choice and the whole pipeline on the built-in data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import pie
+from pie.models import ResNetConfig
+from pie.reduce import candidates, choose_config, load_dataset, stage_only
+from pie.reduce.__main__ import main as reduce_main
+
+# DeepReDuce's CIFAR-100 criticality order (most to least critical) makes the
+# released configurations the budget's choices (counts from REFERENCE.md).
+RANKING = [3, 2, 4, 1]
+EXPECTED = {
+    230_000: (229_376, (True, False, False, False), (False, False), 1.0, 1.0),
+    120_000: (114_688, (True, False, False, False), (False, True), 1.0, 1.0),
+    60_000: (57_344, (True, False, False, False), (False, True), 0.5, 1.0),
+    50_000: (49_152, (True, False, False, True), (False, True), 0.5, 1.0),
+    30_000: (28_672, (True, False, False, False), (False, True), 1.0, 0.5),
+    13_000: (12_288, (True, False, False, True), (False, True), 0.5, 0.5),
+}
+
+
+def test_budgets_pick_the_released_configurations() -> None:
+    base = ResNetConfig(stem_relu=True, num_classes=100)
+    pool = candidates(base, RANKING, (3, 32, 32))
+    for budget, (relus, culled, thinned, alpha, rho) in EXPECTED.items():
+        c = choose_config(pool, budget)
+        assert (c.relus, c.config.culled, c.config.thinned, c.config.alpha, c.config.rho) == (
+            relus, culled, thinned, alpha, rho), budget
+        assert not c.config.stem_relu
+    with pytest.raises(ValueError, match="no configuration fits"):
+        choose_config(pool, 1000)
+
+
+def test_stage_only_keeps_one_stage() -> None:
+    base = ResNetConfig(stem_relu=True)
+    counts = {s: pie.relu_count(pie.models.from_config(stage_only(base, s)), (3, 32, 32)) for s in (1, 4)}
+    assert counts == {1: 262_144, 4: 32_768}  # the stage totals of REFERENCE.md
+    with pytest.raises(ValueError):
+        stage_only(base, 5)
+    with pytest.raises(ValueError, match="ranking"):
+        candidates(base, [1, 2, 3], (3, 32, 32))
+
+
+def test_whole_pipeline_on_builtin_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    budget = 1500
+    args = ["run", "--dataset", "builtin", "--image-size", "16", "--base-alpha", "0.125",
+            "--epochs", "1", "--max-batches", "3", "--batch-size", "32", "--relu-budget",
+            str(budget), "--out", str(out), "--compare-kd", "--quiet"]
+    assert reduce_main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["criticality"]["ranking"]) == [1, 2, 3, 4]
+    assert set(report["criticality"]["accuracy"]) == {"1", "2", "3", "4"}
+    model = pie.load_checkpoint(out / "model.pt")
+    relus = pie.relu_count(model, (3, 16, 16))
+    assert relus == report["chosen"]["relus"] == report["reduced"]["relus"] <= budget
+    splits = load_dataset("builtin", size=16)
+    base = ResNetConfig(alpha=0.125, stem_relu=True, num_classes=10, input_size=16)
+    best = choose_config(candidates(base, report["criticality"]["ranking"], (3, 16, 16)), budget)
+    assert best.config == model.config and splits.num_classes == 10
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["reduced_without_kd"]["relus"] == relus
+    assert "chosen: culled stages" in capsys.readouterr().out
+
+    # A second run into the same folder resumes every training from its saved state.
+    assert reduce_main(args) == 0
+    assert json.loads((out / "report.json").read_text())["reduced"] == report["reduced"]
+    points = json.loads((out / "models.json").read_text())
+    assert len(points) == len({json.dumps(p, sort_keys=True) for p in points})
+
+
+def test_cli_reports_missing_dataset(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        reduce_main(["run", "--dataset", "cifar100", "--data", str(tmp_path), "--relu-budget", "1",
+                     "--out", str(tmp_path / "o")])
