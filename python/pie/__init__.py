@@ -21,7 +21,7 @@ from .channel import (
     memory_pair,
     tcp_connect,
 )
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, save_checkpoint
 from .compiler import CompileError, UnsupportedOpError, compile
 from .plan import Plan, PlanFormatError
 from .relu_count import relu_count, relu_report
@@ -44,6 +44,7 @@ __all__ = [
     "TcpListener",
     "__version__",
     "channel",
+    "checkpoint_meta",
     "compile",
     "crypto",
     "he",

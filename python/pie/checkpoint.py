@@ -15,6 +15,7 @@ explicitly trusts them.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -27,7 +28,7 @@ from torch import nn
 from . import models
 from .models import ModelConfig, ResNetConfig
 
-__all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "checkpoint_meta", "load_checkpoint", "save_checkpoint"]
 
 _log = logging.getLogger(__name__)
 
@@ -41,15 +42,21 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not match the requested network."""
 
 
-def save_checkpoint(model: nn.Module, path: PathLike) -> None:
+def save_checkpoint(
+    model: nn.Module, path: PathLike, *, meta: Mapping[str, Any] | None = None
+) -> None:
     """Save ``model`` in pie's format (state_dict plus its configuration).
 
     Args:
         model: a network built by :mod:`pie.models` (it carries ``.config``).
         path: destination file.
+        meta: optional JSON-compatible facts about the model that are not
+            weights, e.g. ``{"input_norm": {"mean": [...], "std": [...]},
+            "classes": [...]}``; read back with :func:`checkpoint_meta`.
 
     Raises:
-        CheckpointError: the model has no pie configuration.
+        CheckpointError: the model has no pie configuration, or ``meta`` is not
+            JSON-compatible.
     """
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, (models.ResNetConfig, models.MobileNetConfig)):
@@ -57,6 +64,10 @@ def save_checkpoint(model: nn.Module, path: PathLike) -> None:
             f"{type(model).__name__} carries no pie configuration (.config); only networks "
             "built by pie.models can be saved in pie's format"
         )
+    try:
+        meta_json = json.dumps(dict(meta or {}), sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"meta must be JSON-compatible: {exc}") from exc
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(
         {
@@ -64,9 +75,34 @@ def save_checkpoint(model: nn.Module, path: PathLike) -> None:
             "version": PIE_FORMAT_VERSION,
             "config": cfg.to_dict(),
             "state_dict": state,
+            # A JSON string keeps the file loadable with weights_only=True.
+            "meta": meta_json,
         },
         os.fspath(path),
     )
+
+
+def checkpoint_meta(path: PathLike) -> dict[str, Any]:
+    """The ``meta`` dict saved with a pie checkpoint (empty for other formats).
+
+    Raises:
+        CheckpointError: unreadable file or malformed ``meta``.
+    """
+    try:
+        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {os.fspath(path)!r}: {exc}") from exc
+    if not (isinstance(obj, Mapping) and obj.get("format") == PIE_FORMAT):
+        return {}
+    try:
+        meta = json.loads(obj.get("meta", "{}"))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"pie checkpoint has malformed meta: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError("pie checkpoint meta must be a JSON object")
+    return meta
 
 
 def load_checkpoint(

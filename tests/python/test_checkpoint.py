@@ -93,3 +93,17 @@ def test_malformed_files(tmp_path, net):
         load_checkpoint(_deepreduce_file(tmp_path, net), arch="DRD_C100_12K", rho=0.5)
     with pytest.raises(CheckpointError, match="no pie configuration"):
         save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "x.pt")
+
+
+def test_meta_round_trip(tmp_path, net):
+    from pie.checkpoint import checkpoint_meta
+
+    meta = {"input_norm": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}, "classes": ["a", "b"]}
+    save_checkpoint(net, tmp_path / "m.pt", meta=meta)
+    assert checkpoint_meta(tmp_path / "m.pt") == meta
+    save_checkpoint(net, tmp_path / "plain.pt")
+    assert checkpoint_meta(tmp_path / "plain.pt") == {}
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    assert checkpoint_meta(tmp_path / "sd.pt") == {}
+    with pytest.raises(CheckpointError, match="JSON"):
+        save_checkpoint(net, tmp_path / "bad.pt", meta={"x": object()})

@@ -64,6 +64,18 @@ def test_whole_pipeline_on_builtin_data(tmp_path: Path, capsys: pytest.CaptureFi
     base = ResNetConfig(alpha=0.125, stem_relu=True, num_classes=10, input_size=16)
     best = choose_config(candidates(base, report["criticality"]["ranking"], (3, 16, 16)), budget)
     assert best.config == model.config and splits.num_classes == 10
+    meta = pie.checkpoint_meta(out / "model.pt")
+    assert meta["input_norm"] == {"mean": list(splits.mean), "std": list(splits.std)}
+    assert meta["input_shape"] == [3, 16, 16] and meta["classes"] == list(splits.train.classes)
+    # The checkpoint compiles (normalisation folded into the stem) and the
+    # fixed-point plan agrees with the float network on real test images.
+    images = splits.test.images[:64].float() / 255.0
+    norm = (meta["input_norm"]["mean"], meta["input_norm"]["std"])
+    plan = pie.compile(model, (3, 16, 16), input_norm=norm, calibration=images)
+    report_cal = plan.calibrate(images, model)
+    assert report_cal.top1_agreement >= 0.95
+    assert sum(s.kind == "relu" for s in plan.steps) == sum(
+        1 for layer in pie.relu_report(model, (3, 16, 16)).layers)
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["reduced_without_kd"]["relus"] == relus
     assert "chosen: culled stages" in capsys.readouterr().out

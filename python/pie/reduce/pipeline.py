@@ -213,7 +213,7 @@ def run(
         teacher = models.from_config(base)
         base_acc = _train_or_resume(teacher, splits, train_cfg, out, "baseline", None, dev, progress)
         base_relus = relu_count(teacher, shape)
-        save_checkpoint(teacher, out / "baseline.pt")
+        save_checkpoint(teacher, out / "baseline.pt", meta=_model_meta(splits))
     teacher.eval()
 
     if ranking is None:
@@ -227,7 +227,7 @@ def run(
     chosen = choose_config(candidates(base, ranking, shape, thin=thin), relu_budget)
     reduced = models.from_config(chosen.config)
     red_acc = _train_or_resume(reduced, splits, train_cfg, out, "reduced", teacher, dev, progress)
-    save_checkpoint(reduced, out / "model.pt")
+    save_checkpoint(reduced, out / "model.pt", meta=_model_meta(splits))
     no_kd = None
     if compare_kd:
         plain = models.from_config(chosen.config)
@@ -249,6 +249,14 @@ def run(
     (out / "report.json").write_text(json.dumps(report.__dict__, indent=2))
     _plot_pareto(out / "pareto.png", _record_models(out, report))
     return report
+
+
+def _model_meta(splits: Splits) -> dict:
+    """What a server needs besides weights: the input normalisation to fold
+    into the stem, the input shape and the class names."""
+    return {"input_norm": {"mean": list(splits.mean), "std": list(splits.std)},
+            "input_shape": list(splits.image_shape), "classes": list(splits.train.classes),
+            "dataset": splits.name}
 
 
 def _evaluate_cpu(model: nn.Module, splits: Splits) -> float:
