@@ -11,4 +11,5 @@ PYBIND11_MODULE(_core, m) {
   pie::bindings::register_io(m);
   pie::bindings::register_crypto(m);
   pie::bindings::register_he(m);
+  pie::bindings::register_gc(m);
 }

@@ -8,5 +8,6 @@ namespace pie::bindings {
 void register_io(pybind11::module_& m);
 void register_crypto(pybind11::module_& m);
 void register_he(pybind11::module_& m);
+void register_gc(pybind11::module_& m);
 
 }  // namespace pie::bindings

@@ -5,11 +5,7 @@
 #include <memory>
 #include <stdexcept>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define PIE_HAVE_AESNI_PATH 1
-#define PIE_TARGET_AESNI __attribute__((target("aes,sse2")))
-#endif
+#include "crypto/aesni.h"
 
 namespace pie {
 
@@ -30,64 +26,26 @@ AesBackend default_aes_backend() {
 #ifdef PIE_HAVE_AESNI_PATH
 namespace {
 
-PIE_TARGET_AESNI inline __m128i load(const Block* p) {
-  return _mm_load_si128(reinterpret_cast<const __m128i*>(p));
-}
-PIE_TARGET_AESNI inline void store(Block* p, __m128i v) {
-  _mm_store_si128(reinterpret_cast<__m128i*>(p), v);
-}
-
-PIE_TARGET_AESNI inline __m128i expand_step(__m128i key, __m128i assist) {
-  assist = _mm_shuffle_epi32(assist, 0xff);
-  key = _mm_xor_si128(key, _mm_slli_si128(key, 4));
-  key = _mm_xor_si128(key, _mm_slli_si128(key, 4));
-  key = _mm_xor_si128(key, _mm_slli_si128(key, 4));
-  return _mm_xor_si128(key, assist);
-}
-
 PIE_TARGET_AESNI void aesni_expand(const Block& key, Block rk[11]) {
-  __m128i k = load(&key);
-  store(&rk[0], k);
-  // The round constant must be an immediate, hence the unrolled list.
-#define PIE_EXPAND(i, rcon)                                    \
-  k = expand_step(k, _mm_aeskeygenassist_si128(k, rcon));      \
-  store(&rk[i], k);
-  PIE_EXPAND(1, 0x01)
-  PIE_EXPAND(2, 0x02)
-  PIE_EXPAND(3, 0x04)
-  PIE_EXPAND(4, 0x08)
-  PIE_EXPAND(5, 0x10)
-  PIE_EXPAND(6, 0x20)
-  PIE_EXPAND(7, 0x40)
-  PIE_EXPAND(8, 0x80)
-  PIE_EXPAND(9, 0x1b)
-  PIE_EXPAND(10, 0x36)
-#undef PIE_EXPAND
+  const aesni::KeySchedule s = aesni::expand_key(key);
+  for (int r = 0; r < 11; ++r) aesni::store(&rk[r], s.rk[r]);
 }
 
-// Eight independent blocks in flight keep the AES unit's pipeline full.
-PIE_TARGET_AESNI void aesni_encrypt(const Block rk_in[11], const Block* in, Block* out,
-                                    std::size_t n) {
+PIE_TARGET_AESNI void aesni_encrypt(const Block rk[11], const Block* in, Block* out, std::size_t n) {
   constexpr std::size_t kLanes = 8;
-  __m128i rk[11];
-  for (int r = 0; r < 11; ++r) rk[r] = load(&rk_in[r]);
+  aesni::KeySchedule s;
+  for (int r = 0; r < 11; ++r) s.rk[r] = aesni::load(&rk[r]);
   std::size_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
     __m128i b[kLanes];
-    for (std::size_t j = 0; j < kLanes; ++j) {
-      b[j] = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i + j)), rk[0]);
-    }
-    for (int r = 1; r < 10; ++r) {
-      for (std::size_t j = 0; j < kLanes; ++j) b[j] = _mm_aesenc_si128(b[j], rk[r]);
-    }
-    for (std::size_t j = 0; j < kLanes; ++j) {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i + j), _mm_aesenclast_si128(b[j], rk[10]));
-    }
+    for (std::size_t j = 0; j < kLanes; ++j) b[j] = aesni::load(in + i + j);
+    aesni::encrypt_lanes<kLanes>(s, b);
+    for (std::size_t j = 0; j < kLanes; ++j) aesni::store(out + i + j, b[j]);
   }
   for (; i < n; ++i) {
-    __m128i b = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i)), rk[0]);
-    for (int r = 1; r < 10; ++r) b = _mm_aesenc_si128(b, rk[r]);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm_aesenclast_si128(b, rk[10]));
+    __m128i b = aesni::load(in + i);
+    aesni::encrypt_lanes<1>(s, &b);
+    aesni::store(out + i, b);
   }
 }
 

@@ -17,6 +17,17 @@ Block TccrHash::fixed_key() {
   return key;
 }
 
+#ifdef PIE_HAVE_AESNI_PATH
+namespace {
+PIE_TARGET_AESNI aesni::KeySchedule fixed_schedule() { return aesni::expand_key(TccrHash::fixed_key()); }
+}  // namespace
+
+const aesni::KeySchedule& TccrHash::aesni_schedule() {
+  static const aesni::KeySchedule s = fixed_schedule();
+  return s;
+}
+#endif
+
 TccrHash::TccrHash(AesBackend backend) : pi_(fixed_key(), backend) {}
 
 Block TccrHash::operator()(const Block& x, const Block& tweak) const {

@@ -10,6 +10,7 @@
 #include <cstddef>
 
 #include "crypto/aes.h"
+#include "crypto/aesni.h"
 
 namespace pie {
 
@@ -25,6 +26,12 @@ class TccrHash {
   void hash(const Block* x, const Block* tweak, Block* out, std::size_t n) const;
 
   AesBackend backend() const { return pi_.backend(); }
+
+#ifdef PIE_HAVE_AESNI_PATH
+  /// The fixed key's AES-NI round keys, for kernels that hash in registers
+  /// (aesni::tccr_lanes). Only meaningful when aesni_available().
+  static const aesni::KeySchedule& aesni_schedule();
+#endif
 
  private:
   Aes128 pi_;

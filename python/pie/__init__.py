@@ -8,7 +8,7 @@ else, and the server learns nothing about the input.
 
 from __future__ import annotations
 
-from . import channel, crypto, he, models
+from . import channel, crypto, gc, he, models
 from ._native import core as _core
 from .channel import (
     Channel,
@@ -47,6 +47,7 @@ __all__ = [
     "checkpoint_meta",
     "compile",
     "crypto",
+    "gc",
     "he",
     "load_checkpoint",
     "memory_pair",

@@ -1,0 +1,323 @@
+#include "gc/engine.h"
+
+#include <algorithm>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#ifdef PIE_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+#include "io/memory_channel.h"
+
+namespace pie {
+
+namespace {
+
+constexpr std::uint32_t kFrameBatchHeader = 0x47430001;  // 'GC' 1: tweak base, n, AND gates, block
+constexpr std::size_t kLabelBudgetBytes = std::size_t{2} << 20;
+constexpr std::size_t kMaxBlock = 256;
+
+int thread_id() {
+#ifdef PIE_HAVE_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+std::size_t block_size(const Circuit& c, const GcOptions& opt) {
+  return opt.block != 0 ? opt.block : default_block_size(c);
+}
+
+void put_u64(std::uint8_t* p, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::uint8_t>(v >> (8 * i));
+}
+std::uint64_t get_u64(const std::uint8_t* p) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+
+}  // namespace
+
+std::size_t default_block_size(const Circuit& c) {
+  const std::size_t per_instance = std::max<std::size_t>(c.num_wires(), 1) * sizeof(Block);
+  return std::clamp<std::size_t>(kLabelBudgetBytes / per_instance, 8, kMaxBlock);
+}
+
+std::vector<GcWorkspace> make_workspaces(const Circuit& c, std::size_t block, int threads) {
+  std::vector<GcWorkspace> ws(static_cast<std::size_t>(threads));
+  for (auto& w : ws) {
+    w.labels.resize(static_cast<std::size_t>(c.num_wires()) * block);
+    w.x.resize(4 * block);
+    w.tweaks.resize(4 * block);
+    w.h.resize(4 * block);
+  }
+  return ws;
+}
+
+void garble_blocks(const Circuit& c, const TccrHash& hash, const Block& delta, const BlockRange& r,
+                   const Block* inputs, Block* tables, Block* outputs, std::vector<GcWorkspace>& ws,
+                   TweakRange* ranges) {
+  const std::size_t A = c.num_and();
+  const std::size_t ins = c.num_input_bits();
+  const std::size_t outs = c.num_output_bits();
+  const std::size_t table_origin = 2 * A * r.first_block * r.block;
+  const auto nb = static_cast<long long>(r.count);
+  const int threads = static_cast<int>(ws.size());
+  (void)threads;
+#ifdef PIE_HAVE_OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(threads)
+#endif
+  for (long long k = 0; k < nb; ++k) {
+    const std::size_t b = r.first_block + static_cast<std::size_t>(k);
+    const std::size_t first = b * r.block;
+    const std::size_t cnt = std::min(r.block, r.n - first);
+    const std::uint64_t t = r.tweak_base + 2 * A * first;
+    garble_instances(c, hash, delta, t, cnt, inputs + first * ins, tables + (2 * A * first - table_origin),
+                     outputs + first * outs, ws[static_cast<std::size_t>(thread_id())]);
+    if (ranges != nullptr) ranges[b] = TweakRange{t, t + 2 * A * cnt, thread_id()};
+  }
+}
+
+void evaluate_blocks(const Circuit& c, const TccrHash& hash, const BlockRange& r, const Block* inputs,
+                     const Block* tables, Block* outputs, std::vector<GcWorkspace>& ws) {
+  const std::size_t A = c.num_and();
+  const std::size_t ins = c.num_input_bits();
+  const std::size_t outs = c.num_output_bits();
+  const std::size_t table_origin = 2 * A * r.first_block * r.block;
+  const auto nb = static_cast<long long>(r.count);
+  const int threads = static_cast<int>(ws.size());
+  (void)threads;
+#ifdef PIE_HAVE_OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(threads)
+#endif
+  for (long long k = 0; k < nb; ++k) {
+    const std::size_t b = r.first_block + static_cast<std::size_t>(k);
+    const std::size_t first = b * r.block;
+    const std::size_t cnt = std::min(r.block, r.n - first);
+    evaluate_instances(c, hash, r.tweak_base + 2 * A * first, cnt, inputs + first * ins,
+                       tables + (2 * A * first - table_origin), outputs + first * outs,
+                       ws[static_cast<std::size_t>(thread_id())]);
+  }
+}
+
+int resolve_threads(int requested) {
+  if (requested < 0) throw std::invalid_argument("threads must be >= 0");
+#ifdef PIE_HAVE_OPENMP
+  return requested == 0 ? omp_get_max_threads() : requested;
+#else
+  return 1;
+#endif
+}
+
+std::vector<std::uint8_t> pack_bits(const std::uint8_t* bits, std::size_t n) {
+  std::vector<std::uint8_t> out((n + 7) / 8, 0);
+  for (std::size_t i = 0; i < n; ++i) out[i / 8] = static_cast<std::uint8_t>(out[i / 8] | ((bits[i] & 1U) << (i % 8)));
+  return out;
+}
+
+std::vector<std::uint8_t> unpack_bits(const std::uint8_t* packed, std::size_t n) {
+  std::vector<std::uint8_t> out(n);
+  for (std::size_t i = 0; i < n; ++i) out[i] = (packed[i / 8] >> (i % 8)) & 1U;
+  return out;
+}
+
+// ------------------------------------------------------------------ garbler
+
+GarblerSession::GarblerSession(Channel& ch, GcOptions opt)
+    : ch_(ch), opt_(opt), delta_(random_delta()), ot_(ch, delta_) {
+  opt_.threads = resolve_threads(opt.threads);
+}
+
+std::vector<Block> GarblerSession::garble(const Circuit& c, std::size_t n, const Block* input_zero) {
+  const std::size_t A = c.num_and();
+  const std::size_t outs = c.num_output_bits();
+  const std::size_t B = block_size(c, opt_);
+  const std::size_t nblocks = (n + B - 1) / B;
+  const std::uint64_t base = tweaks_.reserve(2 * static_cast<std::uint64_t>(A) * n);
+
+  std::uint8_t hdr[32];
+  put_u64(hdr, base);
+  put_u64(hdr + 8, n);
+  put_u64(hdr + 16, A);
+  put_u64(hdr + 24, B);
+  ch_.send_frame(kFrameBatchHeader, hdr, sizeof hdr);
+
+  std::vector<Block> outputs(n * outs);
+  const std::size_t wave = 2 * static_cast<std::size_t>(opt_.threads);
+  auto ws = make_workspaces(c, std::min(B, std::max<std::size_t>(n, 1)), opt_.threads);
+  std::vector<Block> buf(2 * A * std::min(n, wave * B));
+  std::vector<TweakRange> ranges(nblocks);
+  for (std::size_t w0 = 0; w0 < nblocks; w0 += wave) {
+    const BlockRange r{base, n, B, w0, std::min(wave, nblocks - w0)};
+    garble_blocks(c, hash_, delta_, r, input_zero, buf.data(), outputs.data(), ws, ranges.data());
+    const std::size_t wave_instances = std::min(n, (w0 + r.count) * B) - w0 * B;
+    ch_.send(buf.data(), 2 * A * wave_instances * sizeof(Block));
+  }
+  ch_.flush();
+  log_.insert(log_.end(), ranges.begin(), ranges.end());
+  return outputs;
+}
+
+// ---------------------------------------------------------------- evaluator
+
+EvaluatorSession::EvaluatorSession(Channel& ch, GcOptions opt) : ch_(ch), opt_(opt), ot_(ch) {
+  opt_.threads = resolve_threads(opt.threads);
+}
+
+GarbledBatch EvaluatorSession::receive_header(const Circuit& c, std::size_t n) {
+  const auto hdr = ch_.recv_frame(kFrameBatchHeader, 32);
+  if (hdr.size() != 32) throw ProtocolError("GC: malformed batch header");
+  GarbledBatch b;
+  b.tweak_base = get_u64(hdr.data());
+  b.n = get_u64(hdr.data() + 8);
+  const std::uint64_t and_gates = get_u64(hdr.data() + 16);
+  b.block = get_u64(hdr.data() + 24);
+  if (b.n != n || and_gates != c.num_and()) {
+    throw ProtocolError("GC: the garbler's batch (" + std::to_string(b.n) + " instances, " +
+                        std::to_string(and_gates) + " AND gates) does not match the expected circuit");
+  }
+  if (b.block == 0 || b.block > (std::size_t{1} << 20)) throw ProtocolError("GC: invalid block size");
+  const std::uint64_t span = 2 * static_cast<std::uint64_t>(c.num_and()) * n;
+  if (b.tweak_base < tweak_floor_ || span > UINT64_MAX - b.tweak_base) {
+    throw ProtocolError("GC: the garbler reuses hash tweaks of an earlier batch");
+  }
+  tweak_floor_ = b.tweak_base + span;
+  return b;
+}
+
+GarbledBatch EvaluatorSession::receive(const Circuit& c, std::size_t n) {
+  GarbledBatch b = receive_header(c, n);
+  b.tables.resize(table_blocks(c, n));
+  ch_.recv(b.tables.data(), b.tables.size() * sizeof(Block));
+  return b;
+}
+
+std::vector<Block> EvaluatorSession::evaluate(const Circuit& c, const GarbledBatch& batch, const Block* inputs) {
+  if (batch.tables.size() != table_blocks(c, batch.n)) throw std::invalid_argument("batch: tables do not match the circuit");
+  std::vector<Block> outputs(batch.n * c.num_output_bits());
+  if (batch.n == 0) return outputs;
+  auto ws = make_workspaces(c, std::min(batch.block, batch.n), opt_.threads);
+  const BlockRange r{batch.tweak_base, batch.n, batch.block, 0, (batch.n + batch.block - 1) / batch.block};
+  evaluate_blocks(c, hash_, r, inputs, batch.tables.data(), outputs.data(), ws);
+  return outputs;
+}
+
+std::vector<Block> EvaluatorSession::receive_and_evaluate(const Circuit& c, std::size_t n, const Block* inputs) {
+  const GarbledBatch hdr = receive_header(c, n);
+  std::vector<Block> outputs(n * c.num_output_bits());
+  if (n == 0) return outputs;
+  const std::size_t A = c.num_and();
+  const std::size_t B = hdr.block;
+  const std::size_t nblocks = (n + B - 1) / B;
+  const std::size_t wave = 2 * static_cast<std::size_t>(opt_.threads);
+  auto ws = make_workspaces(c, std::min(B, n), opt_.threads);
+  std::vector<Block> buf(2 * A * std::min(n, wave * B));
+  for (std::size_t w0 = 0; w0 < nblocks; w0 += wave) {
+    const std::size_t wcount = std::min(wave, nblocks - w0);
+    const std::size_t wave_instances = std::min(n, (w0 + wcount) * B) - w0 * B;
+    ch_.recv(buf.data(), 2 * A * wave_instances * sizeof(Block));
+    const BlockRange r{hdr.tweak_base, n, B, w0, wcount};
+    evaluate_blocks(c, hash_, r, inputs, buf.data(), outputs.data(), ws);
+  }
+  return outputs;
+}
+
+// ------------------------------------------------------------ two parties
+
+std::vector<std::uint8_t> run_two_party(const Circuit& c, const std::vector<std::uint8_t>& evaluator_owns,
+                                        const std::vector<std::uint8_t>& input_bits, GcOptions opt,
+                                        TwoPartyStats* stats) {
+  const std::size_t ni = c.input_widths().size();
+  if (evaluator_owns.size() != ni) throw std::invalid_argument("evaluator_owns: one entry per circuit input");
+  if (input_bits.size() != c.num_input_bits()) throw std::invalid_argument("input_bits: one bit per input wire");
+  resolve_threads(opt.threads);
+  // owner[w] = 1 if the evaluator holds input wire w.
+  std::vector<std::uint8_t> owner(c.num_input_bits());
+  for (std::size_t k = 0, w = 0; k < ni; ++k) {
+    for (std::uint32_t i = 0; i < c.input_widths()[k]; ++i) owner[w++] = evaluator_owns[k] ? 1 : 0;
+  }
+  const std::size_t ins = c.num_input_bits();
+  const std::size_t outs = c.num_output_bits();
+  auto channels = MemoryChannel::make_pair();
+  Channel& gch = *channels.first;
+  Channel& ech = *channels.second;
+  std::vector<std::uint8_t> result(outs);
+  std::exception_ptr garbler_error;
+  std::exception_ptr evaluator_error;
+
+  std::thread evaluator([&] {
+    try {
+      EvaluatorSession ev(ech, opt);
+      std::vector<std::uint8_t> choices;
+      std::vector<Block> garbler_labels;
+      for (std::size_t w = 0; w < ins; ++w) {
+        if (owner[w]) choices.push_back(input_bits[w]);
+      }
+      std::vector<Block> mine(choices.size());
+      ev.ot().recv_cot(choices.data(), mine.data(), choices.size());
+      garbler_labels.resize(ins - choices.size());
+      ech.recv(garbler_labels.data(), garbler_labels.size() * sizeof(Block));
+      std::vector<Block> labels(ins);
+      for (std::size_t w = 0, e = 0, g = 0; w < ins; ++w) labels[w] = owner[w] ? mine[e++] : garbler_labels[g++];
+      const auto out = ev.receive_and_evaluate(c, 1, labels.data());
+      std::vector<std::uint8_t> colours(outs);
+      for (std::size_t k = 0; k < outs; ++k) colours[k] = out[k].lsb() ? 1 : 0;
+      const auto packed = pack_bits(colours.data(), outs);
+      ech.send(packed.data(), packed.size());
+      ech.flush();
+    } catch (...) {
+      evaluator_error = std::current_exception();
+      ech.close();
+    }
+  });
+  try {
+    GarblerSession gb(gch, opt);
+    std::vector<Block> zero(ins);
+    const std::size_t n_eval = static_cast<std::size_t>(std::count(owner.begin(), owner.end(), 1));
+    std::vector<Block> q(n_eval);
+    gb.ot().send_cot(q.data(), n_eval);
+    std::vector<Block> active;
+    for (std::size_t w = 0, e = 0; w < ins; ++w) {
+      if (owner[w]) {
+        zero[w] = q[e++];
+      } else {
+        zero[w] = gb.prg().random_block();
+        active.push_back(input_bits[w] ? zero[w] ^ gb.delta() : zero[w]);
+      }
+    }
+    gch.send(active.data(), active.size() * sizeof(Block));
+    const auto out_zero = gb.garble(c, 1, zero.data());
+    std::vector<std::uint8_t> packed((outs + 7) / 8);
+    gch.recv(packed.data(), packed.size());
+    const auto colours = unpack_bits(packed.data(), outs);
+    for (std::size_t k = 0; k < outs; ++k) result[k] = colours[k] ^ (out_zero[k].lsb() ? 1 : 0);
+  } catch (...) {
+    garbler_error = std::current_exception();
+    gch.close();
+  }
+  evaluator.join();
+  // The first failure is the cause; the other side then sees a closed channel.
+  if (garbler_error && evaluator_error) {
+    try {
+      std::rethrow_exception(garbler_error);
+    } catch (const PeerClosedError&) {
+      std::rethrow_exception(evaluator_error);
+    }
+  }
+  if (garbler_error) std::rethrow_exception(garbler_error);
+  if (evaluator_error) std::rethrow_exception(evaluator_error);
+  if (stats != nullptr) {
+    stats->and_gates = c.num_and();
+    stats->bytes_garbler_to_evaluator = gch.stats().bytes_sent;
+    stats->bytes_evaluator_to_garbler = ech.stats().bytes_sent;
+    stats->table_bytes = table_blocks(c, 1) * sizeof(Block);
+  }
+  return result;
+}
+
+}  // namespace pie

@@ -1,0 +1,160 @@
+// Thin streaming classes around the half-gates functions: a garbler and an
+// evaluator session over a Channel (DESIGN.md section 6).
+//
+// Work is cut into blocks of instances (all gates of up to `block` instances
+// of one circuit, the same gate of every instance in a block hashed in one
+// interleaved batch) and blocks into waves of 2 x threads blocks: a wave is
+// garbled in parallel (OpenMP), then its tables are sent, so the garbler's
+// memory is bounded by one wave whatever the batch size. One session owns one
+// Delta, one per-session tweak counter (never reset) and one IKNP instance
+// whose correlation is that Delta.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "crypto/block.h"
+#include "crypto/hash.h"
+#include "crypto/prg.h"
+#include "gc/circuit.h"
+#include "gc/halfgates.h"
+#include "io/channel.h"
+#include "ot/iknp.h"
+
+namespace pie {
+
+struct GcOptions {
+  /// Worker threads; 0 = all available (OpenMP), ignored without OpenMP.
+  int threads = 0;
+  /// Instances per block; 0 = chosen from the circuit size (about 2 MiB of labels).
+  std::size_t block = 0;
+};
+
+/// The tweaks one block of one batch used: [begin, end), and the worker thread.
+struct TweakRange {
+  std::uint64_t begin;
+  std::uint64_t end;
+  int thread;
+};
+
+/// Tables of one garbled batch as received by the evaluator.
+struct GarbledBatch {
+  std::uint64_t tweak_base = 0;
+  std::size_t n = 0;
+  std::size_t block = 0;
+  std::vector<Block> tables;
+};
+
+/// Threads a session actually uses for a requested count.
+int resolve_threads(int requested);
+
+/// Blocks [first_block, first_block + count) of a batch of n instances cut
+/// into blocks of `block`; instance i uses the tweaks from tweak_base + 2*A*i.
+struct BlockRange {
+  std::uint64_t tweak_base;
+  std::size_t n;
+  std::size_t block;
+  std::size_t first_block;
+  std::size_t count;
+};
+
+/// Instances per block when GcOptions::block is 0: labels of about 2 MiB.
+std::size_t default_block_size(const Circuit& c);
+
+/// One workspace per worker thread, sized for blocks of `block` instances.
+std::vector<GcWorkspace> make_workspaces(const Circuit& c, std::size_t block, int threads);
+
+/// Garbles the blocks of r in parallel (one worker per workspace). inputs and
+/// outputs cover the whole batch; tables receive the range's tables only.
+/// ranges, if not null, receives the tweak range of each block (indexed by block).
+void garble_blocks(const Circuit& c, const TccrHash& hash, const Block& delta, const BlockRange& r,
+                   const Block* inputs, Block* tables, Block* outputs, std::vector<GcWorkspace>& ws,
+                   TweakRange* ranges);
+
+/// Evaluates the blocks of r in parallel; tables hold the range's tables only.
+void evaluate_blocks(const Circuit& c, const TccrHash& hash, const BlockRange& r, const Block* inputs,
+                     const Block* tables, Block* outputs, std::vector<GcWorkspace>& ws);
+
+class GarblerSession {
+ public:
+  /// @throws std::invalid_argument if opt.threads < 0.
+  GarblerSession(Channel& ch, GcOptions opt);
+  GarblerSession(const GarblerSession&) = delete;
+  GarblerSession& operator=(const GarblerSession&) = delete;
+
+  const Block& delta() const { return delta_; }
+  IknpSender& ot() { return ot_; }
+  Prg& prg() { return prg_; }
+  Channel& channel() { return ch_; }
+
+  /// Garbles n instances of c from the 0-labels of their inputs
+  /// ([n][num_input_bits]), streaming the tables to the evaluator; returns the
+  /// output 0-labels ([n][num_output_bits]).
+  std::vector<Block> garble(const Circuit& c, std::size_t n, const Block* input_zero);
+
+  /// Every block garbled in this session, in order.
+  const std::vector<TweakRange>& tweak_log() const { return log_; }
+
+ private:
+  Channel& ch_;
+  GcOptions opt_;
+  Block delta_;
+  IknpSender ot_;
+  TccrHash hash_;
+  TweakCounter tweaks_;
+  Prg prg_;
+  std::vector<TweakRange> log_;
+};
+
+class EvaluatorSession {
+ public:
+  EvaluatorSession(Channel& ch, GcOptions opt);
+  EvaluatorSession(const EvaluatorSession&) = delete;
+  EvaluatorSession& operator=(const EvaluatorSession&) = delete;
+
+  IknpReceiver& ot() { return ot_; }
+  Channel& channel() { return ch_; }
+
+  /// Receives and keeps the tables of n instances of c (offline material).
+  /// @throws ProtocolError if the garbler's batch does not match c and n, or
+  ///         reuses tweaks of an earlier batch.
+  GarbledBatch receive(const Circuit& c, std::size_t n);
+  /// Evaluates a received batch from the active input labels ([n][num_input_bits]).
+  std::vector<Block> evaluate(const Circuit& c, const GarbledBatch& batch, const Block* inputs);
+  /// Receives and evaluates n instances wave by wave (tables are not kept).
+  std::vector<Block> receive_and_evaluate(const Circuit& c, std::size_t n, const Block* inputs);
+
+ private:
+  GarbledBatch receive_header(const Circuit& c, std::size_t n);
+
+  Channel& ch_;
+  GcOptions opt_;
+  IknpReceiver ot_;
+  TccrHash hash_;
+  std::uint64_t tweak_floor_ = 0;  // tweaks below this were used by earlier batches
+};
+
+/// Packs bits (0/1 bytes) little-endian into ceil(n/8) bytes and back.
+std::vector<std::uint8_t> pack_bits(const std::uint8_t* bits, std::size_t n);
+std::vector<std::uint8_t> unpack_bits(const std::uint8_t* packed, std::size_t n);
+
+/// Statistics of one run_two_party call.
+struct TwoPartyStats {
+  std::size_t and_gates = 0;
+  std::uint64_t bytes_garbler_to_evaluator = 0;
+  std::uint64_t bytes_evaluator_to_garbler = 0;
+  std::uint64_t table_bytes = 0;
+};
+
+/// Runs one instance of c between a garbler and an evaluator thread over an
+/// in-memory channel: evaluator_owns[k] says which party holds input k;
+/// input_bits holds all input bits (each thread reads only its own party's).
+/// The evaluator returns the colour bits of the outputs; the garbler decodes.
+/// @throws std::invalid_argument on malformed arguments; rethrows a party's error.
+std::vector<std::uint8_t> run_two_party(const Circuit& c, const std::vector<std::uint8_t>& evaluator_owns,
+                                        const std::vector<std::uint8_t>& input_bits, GcOptions opt,
+                                        TwoPartyStats* stats);
+
+}  // namespace pie

@@ -1,0 +1,277 @@
+#include "gc/halfgates.h"
+
+#include <stdexcept>
+
+#include "crypto/aesni.h"
+
+namespace pie {
+
+std::uint64_t TweakCounter::reserve(std::uint64_t count) {
+  if (count > UINT64_MAX - next_) throw std::overflow_error("TweakCounter: 64-bit tweak space exhausted");
+  const std::uint64_t base = next_;
+  next_ += count;
+  return base;
+}
+
+namespace {
+
+// b ? x : 0 without a branch on secret-dependent bits.
+inline Block select(bool b, const Block& x) {
+  const std::uint64_t m = 0 - static_cast<std::uint64_t>(b);
+  return Block{x.lo & m, x.hi & m};
+}
+
+void prepare(const Circuit& c, std::size_t n, GcWorkspace& ws, std::size_t hashes_per_gate) {
+  ws.labels.resize(static_cast<std::size_t>(c.num_wires()) * n);
+  ws.x.resize(hashes_per_gate * n);
+  ws.tweaks.resize(hashes_per_gate * n);
+  ws.h.resize(hashes_per_gate * n);
+}
+
+void load_inputs(const Circuit& c, std::size_t n, const Block* inputs, GcWorkspace& ws) {
+  // A tiled transpose: four instances' labels are read as sequential streams
+  // and each wire's four labels fill one cache line of the workspace.
+  const std::size_t m = c.num_input_bits();
+  constexpr std::size_t kTile = 4;
+  std::size_t i0 = 0;
+  for (; i0 + kTile <= n; i0 += kTile) {
+    const Block* src = inputs + i0 * m;
+    for (std::size_t w = 0; w < m; ++w) {
+      Block* dst = &ws.labels[w * n + i0];
+      for (std::size_t k = 0; k < kTile; ++k) dst[k] = src[k * m + w];
+    }
+  }
+  for (; i0 < n; ++i0) {
+    for (std::size_t w = 0; w < m; ++w) ws.labels[w * n + i0] = inputs[i0 * m + w];
+  }
+}
+
+void store_outputs(const Circuit& c, std::size_t n, const GcWorkspace& ws, Block* outputs) {
+  const auto& ow = c.output_wires();
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t k = 0; k < ow.size(); ++k) outputs[i * ow.size() + k] = ws.labels[ow[k] * n + i];
+  }
+}
+
+// ---- the AND gate over n instances, portable version (TccrHash batches) ----
+// Instance i of the gate with tweak origin t0 uses tweaks t0 + 2i (the A
+// half) and t0 + 2i + 1 (the B half).
+
+void garble_and_generic(const TccrHash& hash, const Block& delta, std::uint64_t t0, std::size_t n,
+                        const Block* A, const Block* B, Block* out, Block* tab, GcWorkspace& ws) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const Block j0{t0 + 2 * i, kTweakDomainGarbling};
+    const Block j1{t0 + 2 * i + 1, kTweakDomainGarbling};
+    ws.x[4 * i] = A[i];
+    ws.x[4 * i + 1] = A[i] ^ delta;
+    ws.x[4 * i + 2] = B[i];
+    ws.x[4 * i + 3] = B[i] ^ delta;
+    ws.tweaks[4 * i] = j0;
+    ws.tweaks[4 * i + 1] = j0;
+    ws.tweaks[4 * i + 2] = j1;
+    ws.tweaks[4 * i + 3] = j1;
+  }
+  hash.hash(ws.x.data(), ws.tweaks.data(), ws.h.data(), 4 * n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const Block* h = &ws.h[4 * i];
+    const bool pa = A[i].lsb();
+    const bool pb = B[i].lsb();
+    // Garbler half (the garbler knows pb): TG = H(A0) ^ H(A1) ^ pb*Delta.
+    const Block tg = h[0] ^ h[1] ^ select(pb, delta);
+    const Block wg = h[0] ^ select(pa, tg);
+    // Evaluator half (the evaluator knows b ^ pb): TE = H(B0) ^ H(B1) ^ A0.
+    const Block te = h[2] ^ h[3] ^ A[i];
+    const Block we = h[2] ^ select(pb, te ^ A[i]);
+    tab[2 * i] = tg;
+    tab[2 * i + 1] = te;
+    out[i] = wg ^ we;
+  }
+}
+
+void evaluate_and_generic(const TccrHash& hash, std::uint64_t t0, std::size_t n, const Block* A,
+                          const Block* B, Block* out, const Block* tab, GcWorkspace& ws) {
+  for (std::size_t i = 0; i < n; ++i) {
+    ws.x[2 * i] = A[i];
+    ws.x[2 * i + 1] = B[i];
+    ws.tweaks[2 * i] = Block{t0 + 2 * i, kTweakDomainGarbling};
+    ws.tweaks[2 * i + 1] = Block{t0 + 2 * i + 1, kTweakDomainGarbling};
+  }
+  hash.hash(ws.x.data(), ws.tweaks.data(), ws.h.data(), 2 * n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const Block wg = ws.h[2 * i] ^ select(A[i].lsb(), tab[2 * i]);
+    const Block we = ws.h[2 * i + 1] ^ select(B[i].lsb(), tab[2 * i + 1] ^ A[i]);
+    out[i] = wg ^ we;
+  }
+}
+
+#ifdef PIE_HAVE_AESNI_PATH
+// ---- the same AND gate fused with the hash on AES-NI ----------------------
+// Identical results to the portable version (tested): H(x, j) = pi(pi(x) ^ j)
+// ^ pi(x) with pi = AES-128 under TccrHash::fixed_key(), computed for eight
+// hashes at a time in registers so the AES pipeline stays full and no hash
+// input, tweak or output array is written to memory.
+
+PIE_TARGET_AESNI inline __m128i tweak(std::uint64_t j) {
+  return _mm_set_epi64x(static_cast<long long>(kTweakDomainGarbling), static_cast<long long>(j));
+}
+
+// b ? x : 0 for b the colour bit (lowest bit) of c, branch-free.
+PIE_TARGET_AESNI inline __m128i select_lsb(__m128i c, __m128i x) {
+  const __m128i bit = _mm_and_si128(c, _mm_set_epi64x(0, 1));
+  const __m128i mask = _mm_shuffle_epi32(_mm_sub_epi64(_mm_setzero_si128(), bit), 0x44);
+  return _mm_and_si128(mask, x);
+}
+
+// Garbles instances [i, i + I) of one AND gate: 4 hashes per instance.
+template <int I>
+PIE_TARGET_AESNI inline void garble_group(const aesni::KeySchedule& s, __m128i d, std::uint64_t t0, std::size_t i,
+                                       const Block* A, const Block* B, Block* out, Block* tab) {
+  __m128i a[I];
+  __m128i b[I];
+  __m128i x[4 * I];
+  __m128i tw[4 * I];
+  for (int k = 0; k < I; ++k) {
+    const std::size_t ik = i + static_cast<std::size_t>(k);
+    a[k] = aesni::load(A + ik);
+    b[k] = aesni::load(B + ik);
+    x[4 * k] = a[k];
+    x[4 * k + 1] = _mm_xor_si128(a[k], d);
+    x[4 * k + 2] = b[k];
+    x[4 * k + 3] = _mm_xor_si128(b[k], d);
+    tw[4 * k] = tw[4 * k + 1] = tweak(t0 + 2 * ik);
+    tw[4 * k + 2] = tw[4 * k + 3] = tweak(t0 + 2 * ik + 1);
+  }
+  aesni::tccr_lanes<4 * I>(s, x, tw);
+  for (int k = 0; k < I; ++k) {
+    const std::size_t ik = i + static_cast<std::size_t>(k);
+    const __m128i* h = &x[4 * k];
+    const __m128i tg = _mm_xor_si128(_mm_xor_si128(h[0], h[1]), select_lsb(b[k], d));
+    const __m128i wg = _mm_xor_si128(h[0], select_lsb(a[k], tg));
+    const __m128i te = _mm_xor_si128(_mm_xor_si128(h[2], h[3]), a[k]);
+    const __m128i we = _mm_xor_si128(h[2], select_lsb(b[k], _mm_xor_si128(te, a[k])));
+    aesni::store(tab + 2 * ik, tg);
+    aesni::store(tab + 2 * ik + 1, te);
+    aesni::store(out + ik, _mm_xor_si128(wg, we));
+  }
+}
+
+PIE_TARGET_AESNI void garble_and_aesni(const aesni::KeySchedule& s, const Block& delta, std::uint64_t t0,
+                                    std::size_t n, const Block* A, const Block* B, Block* out, Block* tab) {
+  const __m128i d = aesni::load(&delta);
+  std::size_t i = 0;
+  for (; i + 2 <= n; i += 2) garble_group<2>(s, d, t0, i, A, B, out, tab);
+  for (; i < n; ++i) garble_group<1>(s, d, t0, i, A, B, out, tab);
+}
+
+// Evaluates instances [i, i + I) of one AND gate: 2 hashes per instance.
+template <int I>
+PIE_TARGET_AESNI inline void evaluate_group(const aesni::KeySchedule& s, std::uint64_t t0, std::size_t i,
+                                         const Block* A, const Block* B, Block* out, const Block* tab) {
+  __m128i a[I];
+  __m128i b[I];
+  __m128i x[2 * I];
+  __m128i tw[2 * I];
+  for (int k = 0; k < I; ++k) {
+    const std::size_t ik = i + static_cast<std::size_t>(k);
+    a[k] = x[2 * k] = aesni::load(A + ik);
+    b[k] = x[2 * k + 1] = aesni::load(B + ik);
+    tw[2 * k] = tweak(t0 + 2 * ik);
+    tw[2 * k + 1] = tweak(t0 + 2 * ik + 1);
+  }
+  aesni::tccr_lanes<2 * I>(s, x, tw);
+  for (int k = 0; k < I; ++k) {
+    const std::size_t ik = i + static_cast<std::size_t>(k);
+    const __m128i wg = _mm_xor_si128(x[2 * k], select_lsb(a[k], aesni::load(tab + 2 * ik)));
+    const __m128i we = _mm_xor_si128(x[2 * k + 1], select_lsb(b[k], _mm_xor_si128(aesni::load(tab + 2 * ik + 1), a[k])));
+    aesni::store(out + ik, _mm_xor_si128(wg, we));
+  }
+}
+
+PIE_TARGET_AESNI void evaluate_and_aesni(const aesni::KeySchedule& s, std::uint64_t t0, std::size_t n,
+                                      const Block* A, const Block* B, Block* out, const Block* tab) {
+  std::size_t i = 0;
+  for (; i + 4 <= n; i += 4) evaluate_group<4>(s, t0, i, A, B, out, tab);
+  for (; i < n; ++i) evaluate_group<1>(s, t0, i, A, B, out, tab);
+}
+
+#endif  // PIE_HAVE_AESNI_PATH
+
+bool use_fused(const TccrHash& hash) {
+#ifdef PIE_HAVE_AESNI_PATH
+  return hash.backend() == AesBackend::kAesNi;
+#else
+  (void)hash;
+  return false;
+#endif
+}
+
+}  // namespace
+
+void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta,
+                      std::uint64_t tweak_base, std::size_t n, const Block* input_zero,
+                      Block* tables, Block* output_zero, GcWorkspace& ws) {
+  if (!delta.lsb()) throw std::invalid_argument("delta: lowest bit must be 1 (point-and-permute)");
+  const bool fused = use_fused(hash);
+  prepare(c, n, ws, fused ? 0 : 4);
+  load_inputs(c, n, input_zero, ws);
+  Block* L = ws.labels.data();
+  std::uint64_t and_index = 0;
+  for (const Gate& g : c.gates()) {
+    Block* out = L + static_cast<std::size_t>(g.out) * n;
+    const Block* A = L + static_cast<std::size_t>(g.a) * n;
+    const Block* B = L + static_cast<std::size_t>(g.b) * n;
+    if (g.type == GateType::kXor) {
+      for (std::size_t i = 0; i < n; ++i) out[i] = A[i] ^ B[i];
+    } else if (g.type == GateType::kInv) {
+      for (std::size_t i = 0; i < n; ++i) out[i] = A[i] ^ delta;
+    } else {
+      const std::uint64_t t0 = tweak_base + 2 * and_index * n;
+      Block* tab = tables + 2 * and_index * n;
+#ifdef PIE_HAVE_AESNI_PATH
+      if (fused) {
+        garble_and_aesni(TccrHash::aesni_schedule(), delta, t0, n, A, B, out, tab);
+        ++and_index;
+        continue;
+      }
+#endif
+      garble_and_generic(hash, delta, t0, n, A, B, out, tab, ws);
+      ++and_index;
+    }
+  }
+  store_outputs(c, n, ws, output_zero);
+}
+
+void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tweak_base,
+                        std::size_t n, const Block* input_labels, const Block* tables,
+                        Block* output_labels, GcWorkspace& ws) {
+  const bool fused = use_fused(hash);
+  prepare(c, n, ws, fused ? 0 : 2);
+  load_inputs(c, n, input_labels, ws);
+  Block* L = ws.labels.data();
+  std::uint64_t and_index = 0;
+  for (const Gate& g : c.gates()) {
+    Block* out = L + static_cast<std::size_t>(g.out) * n;
+    const Block* A = L + static_cast<std::size_t>(g.a) * n;
+    const Block* B = L + static_cast<std::size_t>(g.b) * n;
+    if (g.type == GateType::kXor) {
+      for (std::size_t i = 0; i < n; ++i) out[i] = A[i] ^ B[i];
+    } else if (g.type == GateType::kInv) {
+      for (std::size_t i = 0; i < n; ++i) out[i] = A[i];
+    } else {
+      const std::uint64_t t0 = tweak_base + 2 * and_index * n;
+      const Block* tab = tables + 2 * and_index * n;
+#ifdef PIE_HAVE_AESNI_PATH
+      if (fused) {
+        evaluate_and_aesni(TccrHash::aesni_schedule(), t0, n, A, B, out, tab);
+        ++and_index;
+        continue;
+      }
+#endif
+      evaluate_and_generic(hash, t0, n, A, B, out, tab, ws);
+      ++and_index;
+    }
+  }
+  store_outputs(c, n, ws, output_labels);
+}
+
+}  // namespace pie

@@ -1,0 +1,79 @@
+// Half-gates garbling: the pure functions (no I/O) that garble and evaluate
+// many instances of one circuit at once.
+// [REF] S. Zahur, M. Rosulek, D. Evans, "Two Halves Make a Whole: Reducing
+//       Data Transfer in Garbled Circuits using Half Gates", EUROCRYPT 2015
+//       (free-XOR, point-and-permute, two ciphertexts per AND gate).
+// [REF] C. Guo, J. Katz, X. Wang, Y. Yu, IEEE S&P 2020: the tweakable circular
+//       correlation-robust hash H(x, i) from fixed-key AES (crypto/hash.h).
+//
+// Security: 128-bit computational (labels and the global offset Delta are
+// 128-bit; lsb(Delta) = 1 for point-and-permute, so 127 secret bits).
+// Every AND gate uses two tweaks; a call over n instances of a circuit with
+// A AND gates uses exactly the tweaks [base, base + 2*A*n) (gate g, instance
+// i: base + 2*(g*n + i) and that plus one). Callers reserve disjoint ranges
+// from one per-session TweakCounter, so no tweak repeats under one Delta.
+//
+// Layouts: input/output labels are instance-major ([n][num_inputs] and
+// [n][num_outputs]); tables are [AND gate][instance][2] (TG, TE).
+//
+// Interleaving: each AND gate is processed for all n instances at once. With
+// the AES-NI backend the hash is fused into the gate (eight hashes in flight
+// in registers: two garbled or four evaluated instances per group); with the
+// OpenSSL backend the gate batches its 4n (or 2n) hashes through TccrHash.
+// Both give identical tables (tested).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "crypto/block.h"
+#include "crypto/hash.h"
+#include "gc/circuit.h"
+
+namespace pie {
+
+/// Domain separation in the high word of a hash tweak: garbling and OT
+/// extension share one Delta per session, so their tweaks must differ.
+constexpr std::uint64_t kTweakDomainGarbling = 0;
+constexpr std::uint64_t kTweakDomainOt = 1;
+
+/// Hands out disjoint ranges of 64-bit tweaks; never resets.
+class TweakCounter {
+ public:
+  /// @throws std::overflow_error when the 64-bit space is exhausted.
+  std::uint64_t reserve(std::uint64_t count);
+  std::uint64_t next() const { return next_; }
+
+ private:
+  std::uint64_t next_ = 0;
+};
+
+/// Scratch memory of one thread: the labels of every wire of every instance.
+struct GcWorkspace {
+  std::vector<Block> labels;  // [wire][instance]
+  std::vector<Block> x;       // hash inputs (portable path only)
+  std::vector<Block> tweaks;  // hash tweaks (portable path only)
+  std::vector<Block> h;       // hash outputs (portable path only)
+};
+
+/// Tables (in Blocks) that n instances of c need.
+inline std::size_t table_blocks(const Circuit& c, std::size_t n) { return 2 * c.num_and() * n; }
+
+/// Garbles n instances. input_zero: the 0-labels of the input wires,
+/// [n][num_input_bits]; writes tables ([num_and][n][2]) and the 0-labels of
+/// the outputs ([n][num_output_bits]). ws.labels holds every wire's 0-label
+/// afterwards ([wire][n]).
+/// @throws std::invalid_argument if lsb(delta) != 1.
+void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta,
+                      std::uint64_t tweak_base, std::size_t n, const Block* input_zero,
+                      Block* tables, Block* output_zero, GcWorkspace& ws);
+
+/// Evaluates n instances from one active label per input wire
+/// ([n][num_input_bits]) and the tables of garble_instances under the same
+/// tweak_base; writes the active output labels ([n][num_output_bits]).
+void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tweak_base,
+                        std::size_t n, const Block* input_labels, const Block* tables,
+                        Block* output_labels, GcWorkspace& ws);
+
+}  // namespace pie

@@ -1,0 +1,178 @@
+#include "gc/relu.h"
+
+#include <stdexcept>
+#include <string>
+
+namespace pie {
+
+namespace {
+
+constexpr std::uint32_t kFrameReluOffline = 0x47430002;  // 'GC' 2: batch id, n
+constexpr std::uint32_t kFrameReluOnline = 0x47430003;   // 'GC' 3: batch id
+
+std::uint64_t ring_mask(std::uint32_t bits) { return bits >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << bits) - 1; }
+
+void check_ring(const std::uint64_t* v, std::size_t n, std::uint32_t bits, const char* field) {
+  const std::uint64_t mask = ring_mask(bits);
+  for (std::size_t i = 0; i < n; ++i) {
+    if ((v[i] & ~mask) != 0) {
+      throw std::invalid_argument(std::string(field) + "[" + std::to_string(i) + "]: value exceeds 2^" +
+                                  std::to_string(bits));
+    }
+  }
+}
+
+void send_ids(Channel& ch, std::uint32_t type, std::uint64_t a, std::uint64_t b) {
+  std::uint8_t buf[16];
+  for (int i = 0; i < 8; ++i) {
+    buf[i] = static_cast<std::uint8_t>(a >> (8 * i));
+    buf[8 + i] = static_cast<std::uint8_t>(b >> (8 * i));
+  }
+  ch.send_frame(type, buf, sizeof buf);
+}
+
+std::pair<std::uint64_t, std::uint64_t> recv_ids(Channel& ch, std::uint32_t type) {
+  const auto m = ch.recv_frame(type, 16);
+  if (m.size() != 16) throw ProtocolError("ReLU: malformed control message");
+  std::uint64_t a = 0;
+  std::uint64_t b = 0;
+  for (int i = 0; i < 8; ++i) {
+    a |= static_cast<std::uint64_t>(m[i]) << (8 * i);
+    b |= static_cast<std::uint64_t>(m[8 + i]) << (8 * i);
+  }
+  return {a, b};
+}
+
+}  // namespace
+
+ReluServer::ReluServer(Channel& ch, ReluShape shape, GcOptions opt)
+    : ch_(ch), shape_(shape), circuit_(relu_circuit(shape.l_in, shape.l_out, shape.shift)), session_(ch, opt) {}
+
+ReluServerMaterial ReluServer::offline(std::size_t n) {
+  const std::size_t l_in = shape_.l_in;
+  const std::size_t l_out = shape_.l_out;
+  const std::size_t ins = circuit_.num_input_bits();  // 2 l_in + l_out
+  ReluServerMaterial m;
+  m.owner_ = this;
+  m.batch_ = batches_++;
+  m.n_ = n;
+  consumed_.push_back(false);
+  send_ids(ch_, kFrameReluOffline, m.batch_, n);
+  // The client's wires (x_c, then r, per ReLU) get their labels by correlated OT.
+  const std::size_t client_bits = l_in + l_out;
+  std::vector<Block> q(n * client_bits);
+  session_.ot().send_cot(q.data(), q.size());
+  std::vector<Block> zero(n * ins);
+  m.xs_zero_.resize(n * l_in);
+  session_.prg().random_blocks(m.xs_zero_.data(), m.xs_zero_.size());
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t w = 0; w < l_in; ++w) zero[i * ins + w] = m.xs_zero_[i * l_in + w];
+    for (std::size_t w = 0; w < client_bits; ++w) zero[i * ins + l_in + w] = q[i * client_bits + w];
+  }
+  const auto out_zero = session_.garble(circuit_, n, zero.data());
+  m.out_colour_.resize(n * l_out);
+  for (std::size_t k = 0; k < out_zero.size(); ++k) m.out_colour_[k] = out_zero[k].lsb() ? 1 : 0;
+  return m;
+}
+
+std::vector<std::uint64_t> ReluServer::online(ReluServerMaterial& m, const std::uint64_t* xs, std::size_t n) {
+  if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
+  if (m.consumed_ || consumed_[m.batch_]) throw std::invalid_argument("material: offline batch already consumed");
+  if (n != m.n_) throw std::invalid_argument("server_share: length differs from the offline batch");
+  check_ring(xs, n, shape_.l_in, "server_share");
+  m.consumed_ = true;
+  consumed_[m.batch_] = true;
+  const std::size_t l_in = shape_.l_in;
+  const std::size_t l_out = shape_.l_out;
+  send_ids(ch_, kFrameReluOnline, m.batch_, n);
+  std::vector<Block> labels(n * l_in);
+  const Block& delta = session_.delta();
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t w = 0; w < l_in; ++w) {
+      const Block& z = m.xs_zero_[i * l_in + w];
+      labels[i * l_in + w] = ((xs[i] >> w) & 1U) ? z ^ delta : z;
+    }
+  }
+  ch_.send(labels.data(), labels.size() * sizeof(Block));
+  std::vector<std::uint8_t> packed((n * l_out + 7) / 8);
+  ch_.recv(packed.data(), packed.size());
+  const auto colours = unpack_bits(packed.data(), n * l_out);
+  std::vector<std::uint64_t> ys(n, 0);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint64_t y = 0;
+    for (std::size_t k = 0; k < l_out; ++k) {
+      y |= static_cast<std::uint64_t>(colours[i * l_out + k] ^ m.out_colour_[i * l_out + k]) << k;
+    }
+    ys[i] = y;
+  }
+  m.xs_zero_.clear();
+  m.xs_zero_.shrink_to_fit();
+  return ys;
+}
+
+ReluClient::ReluClient(Channel& ch, ReluShape shape, GcOptions opt)
+    : ch_(ch), shape_(shape), circuit_(relu_circuit(shape.l_in, shape.l_out, shape.shift)), session_(ch, opt) {}
+
+ReluClientMaterial ReluClient::offline(const std::uint64_t* xc, const std::uint64_t* r, std::size_t n) {
+  check_ring(xc, n, shape_.l_in, "client_share");
+  check_ring(r, n, shape_.l_out, "client_mask");
+  const auto ids = recv_ids(ch_, kFrameReluOffline);
+  if (ids.first != batches_ || ids.second != n) {
+    throw ProtocolError("ReLU offline: the server's batch " + std::to_string(ids.first) + " of " +
+                        std::to_string(ids.second) + " does not match batch " + std::to_string(batches_) +
+                        " of " + std::to_string(n));
+  }
+  const std::size_t l_in = shape_.l_in;
+  const std::size_t l_out = shape_.l_out;
+  const std::size_t client_bits = l_in + l_out;
+  ReluClientMaterial m;
+  m.owner_ = this;
+  m.batch_ = batches_++;
+  m.n_ = n;
+  consumed_.push_back(false);
+  std::vector<std::uint8_t> choices(n * client_bits);
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t w = 0; w < l_in; ++w) choices[i * client_bits + w] = (xc[i] >> w) & 1U;
+    for (std::size_t w = 0; w < l_out; ++w) choices[i * client_bits + l_in + w] = (r[i] >> w) & 1U;
+  }
+  m.own_labels_.resize(choices.size());
+  session_.ot().recv_cot(choices.data(), m.own_labels_.data(), choices.size());
+  m.tables_ = session_.receive(circuit_, n);
+  return m;
+}
+
+void ReluClient::online(ReluClientMaterial& m) {
+  if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
+  if (m.consumed_ || consumed_[m.batch_]) throw std::invalid_argument("material: offline batch already consumed");
+  m.consumed_ = true;
+  consumed_[m.batch_] = true;
+  const std::size_t n = m.n_;
+  const auto ids = recv_ids(ch_, kFrameReluOnline);
+  if (ids.first != m.batch_ || ids.second != n) {
+    throw ProtocolError("ReLU online: the server uses batch " + std::to_string(ids.first) +
+                        ", the client's material is batch " + std::to_string(m.batch_));
+  }
+  const std::size_t l_in = shape_.l_in;
+  const std::size_t l_out = shape_.l_out;
+  const std::size_t client_bits = l_in + l_out;
+  const std::size_t ins = circuit_.num_input_bits();
+  std::vector<Block> xs_labels(n * l_in);
+  ch_.recv(xs_labels.data(), xs_labels.size() * sizeof(Block));
+  std::vector<Block> inputs(n * ins);
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t w = 0; w < l_in; ++w) inputs[i * ins + w] = xs_labels[i * l_in + w];
+    for (std::size_t w = 0; w < client_bits; ++w) inputs[i * ins + l_in + w] = m.own_labels_[i * client_bits + w];
+  }
+  const auto out = session_.evaluate(circuit_, m.tables_, inputs.data());
+  std::vector<std::uint8_t> colours(out.size());
+  for (std::size_t k = 0; k < out.size(); ++k) colours[k] = out[k].lsb() ? 1 : 0;
+  const auto packed = pack_bits(colours.data(), colours.size());
+  ch_.send(packed.data(), packed.size());
+  ch_.flush();
+  m.tables_.tables.clear();
+  m.tables_.tables.shrink_to_fit();
+  m.own_labels_.clear();
+  m.own_labels_.shrink_to_fit();
+}
+
+}  // namespace pie

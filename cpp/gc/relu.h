@@ -1,0 +1,113 @@
+// The ReLU step of the protocol (DESIGN.md section 2): y = (ReLU(x) >> shift) - r
+// mod 2^l_out over shares x = x_s + x_c mod 2^l_in, the server garbling and
+// the client evaluating relu_circuit().
+//
+// Offline (input-independent for the server): the server garbles a batch and
+// streams the tables; the client obtains the labels of its share x_c and of
+// its fresh output mask r by correlated OT (IKNP). Online: the server sends
+// the labels of x_s (16 l_in bytes per ReLU), the client evaluates and returns
+// the colour bits of the output wires (l_out bits per ReLU), the server
+// decodes its output share y_s = y - r. The client's output share is r.
+//
+// Offline material is bound to its session and batch and can be consumed by
+// online() exactly once (the session records consumed batch ids, so a copy of
+// the material is refused too); a second use throws before anything is sent.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "gc/builder.h"
+#include "gc/engine.h"
+
+namespace pie {
+
+struct ReluShape {
+  std::uint32_t l_in;
+  std::uint32_t l_out;
+  std::uint32_t shift;
+};
+
+/// What the server keeps from an offline batch.
+class ReluServerMaterial {
+ public:
+  std::uint64_t batch() const { return batch_; }
+  std::size_t size() const { return n_; }
+  bool consumed() const { return consumed_; }
+
+ private:
+  friend class ReluServer;
+  const void* owner_ = nullptr;
+  std::uint64_t batch_ = 0;
+  std::size_t n_ = 0;
+  std::vector<Block> xs_zero_;            // [n][l_in] 0-labels of the server's share
+  std::vector<std::uint8_t> out_colour_;  // [n][l_out] colour bits of the output 0-labels
+  bool consumed_ = false;
+};
+
+/// What the client keeps from an offline batch.
+class ReluClientMaterial {
+ public:
+  std::uint64_t batch() const { return batch_; }
+  std::size_t size() const { return n_; }
+  bool consumed() const { return consumed_; }
+  /// Garbled-table bytes held.
+  std::size_t table_bytes() const { return tables_.tables.size() * sizeof(Block); }
+
+ private:
+  friend class ReluClient;
+  const void* owner_ = nullptr;
+  std::uint64_t batch_ = 0;
+  std::size_t n_ = 0;
+  std::vector<Block> own_labels_;  // [n][l_in + l_out] active labels of x_c and r
+  GarbledBatch tables_;
+  bool consumed_ = false;
+};
+
+class ReluServer {
+ public:
+  /// @throws std::invalid_argument for an invalid shape (see relu_circuit).
+  ReluServer(Channel& ch, ReluShape shape, GcOptions opt);
+  const Circuit& circuit() const { return circuit_; }
+  const GarblerSession& session() const { return session_; }
+
+  /// Garbles n ReLUs and runs the OT for the client's inputs.
+  ReluServerMaterial offline(std::size_t n);
+  /// Consumes the material; xs holds material.size() server shares < 2^l_in.
+  /// Returns the server's output shares.
+  /// @throws std::invalid_argument if the material is consumed, foreign or xs is malformed.
+  std::vector<std::uint64_t> online(ReluServerMaterial& material, const std::uint64_t* xs, std::size_t n);
+
+ private:
+  Channel& ch_;
+  ReluShape shape_;
+  Circuit circuit_;
+  GarblerSession session_;
+  std::uint64_t batches_ = 0;
+  std::vector<bool> consumed_;  // per batch id: the session's record, whatever copies of material exist
+};
+
+class ReluClient {
+ public:
+  ReluClient(Channel& ch, ReluShape shape, GcOptions opt);
+  const Circuit& circuit() const { return circuit_; }
+
+  /// Obtains the labels of x_c and r (n each) and stores the garbled tables.
+  /// @throws std::invalid_argument if a value is out of its ring.
+  ReluClientMaterial offline(const std::uint64_t* xc, const std::uint64_t* r, std::size_t n);
+  /// Consumes the material: evaluates and returns the output colour bits.
+  /// @throws std::invalid_argument if the material is consumed or foreign;
+  ///         ProtocolError if the server's batch differs.
+  void online(ReluClientMaterial& material);
+
+ private:
+  Channel& ch_;
+  ReluShape shape_;
+  Circuit circuit_;
+  EvaluatorSession session_;
+  std::uint64_t batches_ = 0;
+  std::vector<bool> consumed_;  // per batch id
+};
+
+}  // namespace pie

@@ -1,0 +1,136 @@
+"""Per-step cost report of one private inference: time, bytes each way, rounds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["Report", "StepCost"]
+
+
+@dataclass
+class StepCost:
+    """Costs of one Plan step, measured on the client's channel.
+
+    Bytes are split by direction (``c2s``: client to server, ``s2c``: server
+    to client); rounds count the flushes of each side, i.e. one-way messages.
+    Seconds are the client's wall time for the phase of this step.
+    """
+
+    index: int
+    kind: str
+    output: str
+    relus: int = 0
+    and_gates: int = 0
+    offline_bytes_c2s: int = 0
+    offline_bytes_s2c: int = 0
+    online_bytes_c2s: int = 0
+    online_bytes_s2c: int = 0
+    offline_rounds: int = 0
+    online_rounds: int = 0
+    offline_seconds: float = 0.0
+    online_seconds: float = 0.0
+
+    @property
+    def offline_bytes(self) -> int:
+        return self.offline_bytes_c2s + self.offline_bytes_s2c
+
+    @property
+    def online_bytes(self) -> int:
+        return self.online_bytes_c2s + self.online_bytes_s2c
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["offline_bytes"] = self.offline_bytes
+        d["online_bytes"] = self.online_bytes
+        return d
+
+
+@dataclass
+class Report:
+    """What one inference cost, per step and in total.
+
+    ``steps`` holds one dict per Plan step (see :class:`StepCost`; keys
+    ``kind``, ``relus``, ``offline_bytes``, ``online_bytes``,
+    ``offline_seconds``, ``online_seconds`` and the per-direction and round
+    counts). ``setup`` covers the handshake and per-session key material.
+    """
+
+    costs: list[StepCost] = field(default_factory=list)
+    setup_bytes: int = 0
+    setup_seconds: float = 0.0
+    transport: str = "memory"
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        return [c.to_dict() for c in self.costs]
+
+    def _sum(self, attr: str) -> Any:
+        return sum(getattr(c, attr) for c in self.costs)
+
+    @property
+    def offline_bytes(self) -> int:
+        return self._sum("offline_bytes") + self.setup_bytes
+
+    @property
+    def online_bytes(self) -> int:
+        return self._sum("online_bytes")
+
+    @property
+    def offline_seconds(self) -> float:
+        return self._sum("offline_seconds") + self.setup_seconds
+
+    @property
+    def online_seconds(self) -> float:
+        return self._sum("online_seconds")
+
+    @property
+    def online_rounds(self) -> int:
+        return self._sum("online_rounds")
+
+    @property
+    def relus(self) -> int:
+        return self._sum("relus")
+
+    def totals(self) -> dict[str, Any]:
+        return {
+            "relus": self.relus,
+            "offline_bytes": self.offline_bytes,
+            "online_bytes": self.online_bytes,
+            "offline_seconds": self.offline_seconds,
+            "online_seconds": self.online_seconds,
+            "online_rounds": self.online_rounds,
+            "setup_bytes": self.setup_bytes,
+            "setup_seconds": self.setup_seconds,
+            "transport": self.transport,
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps({"totals": self.totals(), "steps": self.steps}, **kwargs)
+
+    def table(self) -> str:
+        """A short human-readable table: one line per step, then the totals."""
+        head = (f"{'#':>3} {'kind':<8} {'output':<22} {'ReLUs':>8} {'offline':>10} {'off s':>7} "
+                f"{'online':>10} {'on ms':>8} {'rounds':>6}")
+        lines = [head, "-" * len(head)]
+        for c in self.costs:
+            lines.append(
+                f"{c.index:>3} {c.kind:<8} {c.output[:22]:<22} {c.relus:>8,} "
+                f"{_size(c.offline_bytes):>10} {c.offline_seconds:>7.2f} "
+                f"{_size(c.online_bytes):>10} {1e3 * c.online_seconds:>8.2f} {c.online_rounds:>6}"
+            )
+        lines.append("-" * len(head))
+        lines.append(
+            f"{'':>3} {'total':<8} {'':<22} {self.relus:>8,} {_size(self.offline_bytes):>10} "
+            f"{self.offline_seconds:>7.2f} {_size(self.online_bytes):>10} "
+            f"{1e3 * self.online_seconds:>8.2f} {self.online_rounds:>6}"
+        )
+        return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
