@@ -171,6 +171,13 @@ the constants ZERO and ONE; vectors are little-endian lists of bits.)doc")
       },
       py::arg("l_in"), py::arg("l_out"), py::arg("shift"),
       "The ReLU-over-shares circuit: inputs x_s, x_c (l_in bits), r (l_out bits); output (ReLU(x)>>shift) - r.");
+  m.def(
+      "gc_truncate_circuit",
+      [](std::uint32_t l_in, std::uint32_t l_out, std::uint32_t shift) {
+        return std::make_shared<Circuit>(truncate_circuit(l_in, l_out, shift));
+      },
+      py::arg("l_in"), py::arg("l_out"), py::arg("shift"),
+      "The truncation-over-shares circuit: inputs x_s, x_c (l_in bits), r (l_out bits); output (x>>shift) - r.");
 
   // ------------------------------------------------ pure garbling functions
   m.def(
@@ -314,11 +321,11 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
 
   py::class_<ReluServer>(m, "GcReluServer", "The garbling side of the ReLU protocol (one session per object).")
       .def(py::init([](std::shared_ptr<Channel> ch, std::uint32_t l_in, std::uint32_t l_out, std::uint32_t shift,
-                       int threads, std::size_t block) {
-             return std::make_unique<ReluServer>(*ch, ReluShape{l_in, l_out, shift}, options(threads, block));
+                       int threads, std::size_t block, bool truncate) {
+             return std::make_unique<ReluServer>(*ch, ReluShape{l_in, l_out, shift, truncate}, options(threads, block));
            }),
            py::arg("channel"), py::arg("l_in"), py::arg("l_out"), py::arg("shift"), py::arg("threads") = 0,
-           py::arg("block") = 0, py::keep_alive<1, 2>())
+           py::arg("block") = 0, py::arg("truncate") = false, py::keep_alive<1, 2>())
       .def_property_readonly("num_and", [](const ReluServer& s) { return s.circuit().num_and(); })
       .def_property_readonly("tweak_log", [](const ReluServer& s) { return tweak_log(s.session()); },
                              "(begin, end, thread) of the hash tweaks of every garbled block so far.")
@@ -338,11 +345,11 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
 
   py::class_<ReluClient>(m, "GcReluClient", "The evaluating side of the ReLU protocol (one session per object).")
       .def(py::init([](std::shared_ptr<Channel> ch, std::uint32_t l_in, std::uint32_t l_out, std::uint32_t shift,
-                       int threads, std::size_t block) {
-             return std::make_unique<ReluClient>(*ch, ReluShape{l_in, l_out, shift}, options(threads, block));
+                       int threads, std::size_t block, bool truncate) {
+             return std::make_unique<ReluClient>(*ch, ReluShape{l_in, l_out, shift, truncate}, options(threads, block));
            }),
            py::arg("channel"), py::arg("l_in"), py::arg("l_out"), py::arg("shift"), py::arg("threads") = 0,
-           py::arg("block") = 0, py::keep_alive<1, 2>())
+           py::arg("block") = 0, py::arg("truncate") = false, py::keep_alive<1, 2>())
       .def(
           "offline",
           [](ReluClient& c, const U64Array& xc, const U64Array& r) {

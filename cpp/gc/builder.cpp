@@ -180,4 +180,21 @@ Circuit relu_circuit(std::uint32_t l_in, std::uint32_t l_out, std::uint32_t shif
   return cb.build();
 }
 
+Circuit truncate_circuit(std::uint32_t l_in, std::uint32_t l_out, std::uint32_t shift) {
+  if (l_in < 2 || l_in > 64) throw std::invalid_argument("l_in must be in [2, 64]");
+  if (l_out < 1 || l_out > 64) throw std::invalid_argument("l_out must be in [1, 64]");
+  if (shift >= l_in) throw std::invalid_argument("shift must be below l_in");
+  CircuitBuilder cb;
+  const auto xs = cb.input(l_in);
+  const auto xc = cb.input(l_in);
+  const auto r = cb.input(l_out);
+  const auto x = cb.add(xs, xc);
+  // Arithmetic shift: bit k of the result is bit k + shift of x, or the sign
+  // bit past the top (sign extension): wiring only.
+  CircuitBuilder::Bits v(l_out);
+  for (std::uint32_t k = 0; k < l_out; ++k) v[k] = x[std::min(k + shift, l_in - 1)];
+  cb.output(cb.sub(v, r));
+  return cb.build();
+}
+
 }  // namespace pie

@@ -69,4 +69,10 @@ class CircuitBuilder {
 /// @throws std::invalid_argument unless 2 <= l_in <= 64, 1 <= l_out <= 64, shift < l_in - 1.
 Circuit relu_circuit(std::uint32_t l_in, std::uint32_t l_out, std::uint32_t shift);
 
+/// The truncation over additive shares (same inputs as relu_circuit):
+/// ((x as signed l_in-bit) >> shift) - r mod 2^l_out; the arithmetic shift is
+/// wiring, so AND gates: (l_in - 1) + (l_out - 1).
+/// @throws std::invalid_argument unless 2 <= l_in <= 64, 1 <= l_out <= 64, shift < l_in.
+Circuit truncate_circuit(std::uint32_t l_in, std::uint32_t l_out, std::uint32_t shift);
+
 }  // namespace pie

@@ -45,8 +45,13 @@ std::pair<std::uint64_t, std::uint64_t> recv_ids(Channel& ch, std::uint32_t type
 
 }  // namespace
 
+Circuit share_circuit(const ReluShape& shape) {
+  return shape.truncate ? truncate_circuit(shape.l_in, shape.l_out, shape.shift)
+                        : relu_circuit(shape.l_in, shape.l_out, shape.shift);
+}
+
 ReluServer::ReluServer(Channel& ch, ReluShape shape, GcOptions opt)
-    : ch_(ch), shape_(shape), circuit_(relu_circuit(shape.l_in, shape.l_out, shape.shift)), session_(ch, opt) {}
+    : ch_(ch), shape_(shape), circuit_(share_circuit(shape)), session_(ch, opt) {}
 
 ReluServerMaterial ReluServer::offline(std::size_t n) {
   const std::size_t l_in = shape_.l_in;
@@ -111,7 +116,7 @@ std::vector<std::uint64_t> ReluServer::online(ReluServerMaterial& m, const std::
 }
 
 ReluClient::ReluClient(Channel& ch, ReluShape shape, GcOptions opt)
-    : ch_(ch), shape_(shape), circuit_(relu_circuit(shape.l_in, shape.l_out, shape.shift)), session_(ch, opt) {}
+    : ch_(ch), shape_(shape), circuit_(share_circuit(shape)), session_(ch, opt) {}
 
 ReluClientMaterial ReluClient::offline(const std::uint64_t* xc, const std::uint64_t* r, std::size_t n) {
   check_ring(xc, n, shape_.l_in, "client_share");

@@ -23,11 +23,17 @@
 
 namespace pie {
 
+/// The circuit a ReluServer/ReluClient pair runs: relu_circuit, or
+/// truncate_circuit for the Plan's truncation steps (same inputs and protocol).
 struct ReluShape {
   std::uint32_t l_in;
   std::uint32_t l_out;
   std::uint32_t shift;
+  bool truncate = false;
 };
+
+/// relu_circuit or truncate_circuit, as the shape says.
+Circuit share_circuit(const ReluShape& shape);
 
 /// What the server keeps from an offline batch.
 class ReluServerMaterial {

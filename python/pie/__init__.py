@@ -24,6 +24,7 @@ from .channel import (
 from .checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, save_checkpoint
 from .compiler import CompileError, UnsupportedOpError, compile
 from .plan import Plan, PlanFormatError
+from .protocol import Client, HandshakeError, Report, Server, infer
 from .relu_count import relu_count, relu_report
 from .selftest import run_selftest
 
@@ -34,13 +35,17 @@ __all__ = [
     "ChannelError",
     "ChannelTimeoutError",
     "CheckpointError",
+    "Client",
     "CompileError",
+    "HandshakeError",
     "Plan",
     "PlanFormatError",
     "UnsupportedOpError",
     "OversizeMessageError",
     "PeerClosedError",
     "ProtocolError",
+    "Report",
+    "Server",
     "TcpListener",
     "__version__",
     "channel",
@@ -49,6 +54,7 @@ __all__ = [
     "crypto",
     "gc",
     "he",
+    "infer",
     "load_checkpoint",
     "memory_pair",
     "models",

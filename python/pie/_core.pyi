@@ -158,6 +158,7 @@ class GcCircuitBuilder:
     def build(self) -> GcCircuit: ...
 
 def gc_relu_circuit(l_in: int, l_out: int, shift: int) -> GcCircuit: ...
+def gc_truncate_circuit(l_in: int, l_out: int, shift: int) -> GcCircuit: ...
 def gc_garble(
     circuit: GcCircuit,
     n: int,
@@ -207,7 +208,14 @@ class GcReluClientMaterial:
 
 class GcReluServer:
     def __init__(
-        self, channel: Channel, l_in: int, l_out: int, shift: int, threads: int = 0, block: int = 0
+        self,
+        channel: Channel,
+        l_in: int,
+        l_out: int,
+        shift: int,
+        threads: int = 0,
+        block: int = 0,
+        truncate: bool = False,
     ) -> None: ...
     @property
     def num_and(self) -> int: ...
@@ -220,7 +228,14 @@ class GcReluServer:
 
 class GcReluClient:
     def __init__(
-        self, channel: Channel, l_in: int, l_out: int, shift: int, threads: int = 0, block: int = 0
+        self,
+        channel: Channel,
+        l_in: int,
+        l_out: int,
+        shift: int,
+        threads: int = 0,
+        block: int = 0,
+        truncate: bool = False,
     ) -> None: ...
     def offline(
         self, client_share: NDArray[np.uint64], client_mask: NDArray[np.uint64]

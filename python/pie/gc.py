@@ -128,6 +128,16 @@ def relu_circuit(l_in: int, l_out: int, shift: int) -> Circuit:
     return Circuit(core.gc_relu_circuit(l_in, l_out, shift))
 
 
+def truncate_circuit(l_in: int, l_out: int, shift: int) -> Circuit:
+    """The truncation over additive shares (the Plan's truncate steps).
+
+    Same inputs as :func:`relu_circuit`; output
+    ``((x as signed) >> shift) - r mod 2^l_out``, ``(l_in - 1) + (l_out - 1)``
+    AND gates (the shift is wiring).
+    """
+    return Circuit(core.gc_truncate_circuit(l_in, l_out, shift))
+
+
 def run_two_party(
     circuit: Circuit,
     garbler_inputs: Mapping[int, int],
@@ -171,7 +181,7 @@ def _as_ring(values: Any, bits: int, field: str) -> np.ndarray:
     return out
 
 
-def secure_relu(
+def secure_truncate(
     server_share: Any,
     client_share: Any,
     client_mask: Any,
@@ -181,6 +191,24 @@ def secure_relu(
     threads: int = 0,
     batch_size: int = 1 << 15,
 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """As :func:`secure_relu` for :func:`truncate_circuit`: the server shares of
+    ``((x as signed) >> shift) - client_mask mod 2^l_out``."""
+    return secure_relu(server_share, client_share, client_mask, l_in, l_out, shift, threads,
+                       batch_size, truncate=True)
+
+
+def secure_relu(
+    server_share: Any,
+    client_share: Any,
+    client_mask: Any,
+    l_in: int,
+    l_out: int,
+    shift: int,
+    threads: int = 0,
+    batch_size: int = 1 << 15,
+    *,
+    truncate: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Run the ReLU protocol (offline then online) between two threads.
 
     ``x = server_share + client_share mod 2^l_in`` is read as a signed
@@ -188,7 +216,8 @@ def secure_relu(
     and the returned server shares are ``(ReLU(x) >> shift) - client_mask
     mod 2^l_out`` (uint64). The elements are processed in batches of
     ``batch_size`` (each an offline phase followed by its online phase), which
-    bounds the memory of both parties. Stats: ``relus``, ``batches``,
+    bounds the memory of both parties. ``truncate=True`` runs
+    :func:`truncate_circuit` instead (see :func:`secure_truncate`). Stats: ``relus``, ``batches``,
     ``and_gates_per_relu``, ``garbled_bytes_per_relu``, ``offline_bytes``,
     ``online_bytes_server_to_client``, ``online_bytes_client_to_server``.
     """
@@ -201,8 +230,8 @@ def secure_relu(
         raise ValueError("server_share, client_share, client_mask: lengths differ")
     starts = range(0, len(xs), batch_size)
     server_end, client_end = memory_pair()
-    server = ReluServer(server_end, l_in, l_out, shift, threads)
-    client = ReluClient(client_end, l_in, l_out, shift, threads)
+    server = ReluServer(server_end, l_in, l_out, shift, threads, truncate=truncate)
+    client = ReluClient(client_end, l_in, l_out, shift, threads, truncate=truncate)
     failure: list[BaseException] = []
     table_bytes = [0]
 
@@ -315,5 +344,7 @@ __all__ = [
     "relu_circuit",
     "run_two_party",
     "secure_relu",
+    "secure_truncate",
+    "truncate_circuit",
     "worker_threads",
 ]

@@ -1,0 +1,20 @@
+"""The two-party engine: a server holding a Plan with weights, a client holding
+an input, executing the Plan with HE (offline) and garbled circuits."""
+
+from __future__ import annotations
+
+from .engine import Client, ClientSession, Server, ServerSession, infer
+from .report import Report, StepCost
+from .wire import PROTOCOL_VERSION, HandshakeError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Client",
+    "ClientSession",
+    "HandshakeError",
+    "Report",
+    "Server",
+    "ServerSession",
+    "StepCost",
+    "infer",
+]

@@ -1,0 +1,413 @@
+"""The two parties executing a Plan (DESIGN.md section 2).
+
+Shares live in ``Z_{2^l}`` per tensor: ``v = v_s + v_c mod 2^l``. Every client
+share is fixed in the offline phase, before the input exists:
+
+- the input's client share is a fresh uniform mask ``r``;
+- a linear step's client share is ``sum_i W_i(x_c,i) - s_i`` obtained by HE
+  (the server keeps the fresh masks ``s_i``), plus its local scale terms;
+- a ReLU/truncate step's client share is a fresh mask ``r`` that the garbled
+  circuit subtracts from its output; the client gets the labels of its share
+  and of ``r`` by OT, the server garbles.
+
+Online, the client sends ``x - r`` (the server's input share); linear steps are
+local on the server (``W(x_s) + s + b``), so chains of them (culled stages) cost
+no messages; each garbled step costs one round trip (labels of ``x_s`` out,
+colour bits back); the server finally sends its share of the logits.
+
+Offline material is bound to one session and one inference: a session runs
+``offline`` then ``online`` exactly once, and the garbled material refuses a
+second use.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import gc, he
+from ..channel import Channel, memory_pair
+from ..compiler import compile as compile_plan
+from ..crypto import secure_random
+from ..plan import ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, Step, TruncateStep
+from ..reference import conv2d_ring, fc_ring, mask, reduce
+from . import wire
+from .report import Report, StepCost
+
+__all__ = ["Client", "ClientSession", "Server", "ServerSession", "infer"]
+
+
+def _random_ring(shape: tuple[int, ...], bits: int) -> np.ndarray:
+    """Uniform residues mod 2^bits from the OS CSPRNG (masks must be unpredictable)."""
+    n = int(np.prod(shape)) if shape else 1
+    raw = np.frombuffer(secure_random(8 * n), dtype=np.uint64).reshape(shape)
+    return mask(raw.copy(), bits)
+
+
+def _square(pair: tuple[int, int], what: str) -> int:
+    if pair[0] != pair[1]:
+        raise ValueError(f"{what} {pair} is not square; the HE layer supports square {what}s only")
+    return int(pair[0])
+
+
+def _gc_shape(plan: Plan, step: ReluStep | TruncateStep) -> tuple[int, int, int, bool]:
+    t = plan.tensors
+    return (t[step.input].ring_bits, t[step.output].ring_bits, step.shift,
+            isinstance(step, TruncateStep))
+
+
+def _he_sessions(plan: Plan) -> dict[int, int]:
+    """HE sessions (one key pair per output ring) and the coefficients each may
+    reveal: the flooding is sized for that count (DESIGN.md section 5), so a
+    tight, public count buys noise budget for larger weights. Twice the
+    outputs, rounded up to a power of two, covers every slot a reply opens."""
+    outputs: dict[int, int] = {}
+    for s in plan.steps:
+        if isinstance(s, LinearStep):
+            n = sum(plan.tensors[s.output].numel for t in s.terms if t.op != "scale")
+            if n:
+                bits = plan.tensors[s.output].ring_bits
+                outputs[bits] = outputs.get(bits, 0) + n
+    return {bits: 1 << (2 * n - 1).bit_length() for bits, n in sorted(outputs.items())}
+
+
+def _gc_shapes(plan: Plan) -> list[tuple[int, int, int, bool]]:
+    return sorted({_gc_shape(plan, s) for s in plan.steps if isinstance(s, (ReluStep, TruncateStep))})
+
+
+class _Meter:
+    """Per-step costs from the client's channel counters and clock."""
+
+    def __init__(self, channel: Channel, plan: Plan) -> None:
+        self.channel = channel
+        self.costs = [StepCost(i, s.kind, getattr(s, "output", s.inputs[0]),
+                               relus=plan.tensors[s.output].numel if isinstance(s, ReluStep) else 0)
+                      for i, s in enumerate(plan.steps)]
+
+    @contextmanager
+    def measure(self, index: int, phase: str) -> Iterator[None]:
+        ch = self.channel
+        sent, received, flushes = ch.bytes_sent, ch.bytes_received, ch.flushes
+        start = time.perf_counter()
+        yield
+        ch.flush()
+        cost = self.costs[index]
+        setattr(cost, f"{phase}_seconds", getattr(cost, f"{phase}_seconds") + time.perf_counter() - start)
+        setattr(cost, f"{phase}_bytes_c2s", getattr(cost, f"{phase}_bytes_c2s") + ch.bytes_sent - sent)
+        setattr(cost, f"{phase}_bytes_s2c",
+                getattr(cost, f"{phase}_bytes_s2c") + ch.bytes_received - received)
+        # One-way messages: the client's flushes, plus at least one reply for
+        # every exchange in which the server sent something.
+        rounds = ch.flushes - flushes + (1 if ch.bytes_received > received else 0)
+        setattr(cost, f"{phase}_rounds", getattr(cost, f"{phase}_rounds") + rounds)
+
+
+# ------------------------------------------------------------------- server
+
+
+class Server:
+    """The server: holds the network (a Plan with weights) and serves inferences.
+
+    Args:
+        plan_or_model: a compiled :class:`pie.Plan` with weights, or a torch
+            model to compile (then ``input_shape`` is required and
+            ``compile_kwargs`` go to :func:`pie.compile`).
+        input_shape: ``(C, H, W)`` when compiling a model.
+        threads: garbling threads (0: all cores).
+    """
+
+    def __init__(self, plan_or_model: Plan | nn.Module, input_shape: tuple[int, int, int] | None = None,
+                 *, threads: int = 0, **compile_kwargs: Any) -> None:
+        if isinstance(plan_or_model, Plan):
+            plan = plan_or_model
+        elif isinstance(plan_or_model, nn.Module):
+            if input_shape is None:
+                raise ValueError("input_shape is required to compile a model")
+            plan = compile_plan(plan_or_model, input_shape, **compile_kwargs)
+        else:
+            raise TypeError(f"expected a Plan or a torch.nn.Module, got {type(plan_or_model).__name__}")
+        if any(isinstance(s, LinearStep) and s.bias is None for s in plan.steps):
+            raise ValueError("the server needs a Plan with weights (this is a public plan)")
+        self.plan = plan
+        self.digest = plan.digest()
+        self.threads = threads
+
+    def public_plan(self) -> Plan:
+        """What a client needs (no weights); its digest equals the server's."""
+        return self.plan.public()
+
+    def session(self, channel: Channel) -> ServerSession:
+        """Handshake with one client over ``channel`` and set up the sub-protocols."""
+        return ServerSession(self, channel)
+
+    def serve(self, channel: Channel) -> None:
+        """Run one whole inference (handshake, offline, online) for the client on ``channel``."""
+        session = self.session(channel)
+        session.offline()
+        session.online()
+
+
+class ServerSession:
+    """One client's inference on the server side: offline, then online, once."""
+
+    def __init__(self, server: Server, channel: Channel) -> None:
+        self.plan = server.plan
+        self.channel = channel
+        wire.server_handshake(channel, server.digest)
+        self._he = {bits: he.LinearServer(channel, bits, n) for bits, n in _he_sessions(self.plan).items()}
+        self._gc = {shape: gc.ReluServer(channel, shape[0], shape[1], shape[2], server.threads,
+                                         truncate=shape[3]) for shape in _gc_shapes(self.plan)}
+        self._masks: dict[int, np.ndarray] = {}
+        self._material: dict[int, Any] = {}
+        self._state = "ready"
+
+    def offline(self) -> None:
+        """HE for every linear step (fresh masks s), garbling + OT for every GC step."""
+        if self._state != "ready":
+            raise RuntimeError("offline() runs once per session")
+        t = self.plan.tensors
+        for i, step in enumerate(self.plan.steps):
+            if isinstance(step, LinearStep):
+                bits = t[step.output].ring_bits
+                acc = None
+                for term in step.terms:
+                    if isinstance(term, ConvTerm):
+                        s = self._he[bits].conv2d(t[term.input].shape, term.weight,
+                                                  _square(term.stride, "stride"),
+                                                  _square(term.padding, "padding"), term.groups)
+                    elif isinstance(term, FCTerm):
+                        s = self._he[bits].matmul(term.weight)
+                    else:
+                        continue
+                    acc = s if acc is None else acc + s
+                if acc is not None:
+                    self._masks[i] = mask(acc.reshape(t[step.output].shape), bits)
+            elif isinstance(step, (ReluStep, TruncateStep)):
+                self._material[i] = self._gc[_gc_shape(self.plan, step)].offline(t[step.input].numel)
+        self._state = "offline"
+
+    def online(self) -> None:
+        """Receive the masked input, evaluate, send the server's share of the output."""
+        if self._state != "offline":
+            raise RuntimeError("online() needs offline() first and runs once per session")
+        self._state = "done"
+        plan, t = self.plan, self.plan.tensors
+        spec = t[plan.input]
+        raw = self.channel.recv_frame(wire.MASKED_INPUT, 8 * spec.numel)
+        if len(raw) != 8 * spec.numel:
+            raise wire.ProtocolError(f"masked input has {len(raw)} bytes, expected {8 * spec.numel}")
+        values = {plan.input: mask(np.frombuffer(raw, dtype="<u8").astype(np.uint64), spec.ring_bits)
+                  .reshape(spec.shape)}
+        last_use = plan.last_uses()
+        for i, step in enumerate(plan.steps):
+            if isinstance(step, LinearStep):
+                values[step.output] = self._linear(i, step, values)
+            elif isinstance(step, (ReluStep, TruncateStep)):
+                x = values[step.input].reshape(-1)
+                y = self._gc[_gc_shape(plan, step)].online(self._material.pop(i), np.ascontiguousarray(x))
+                values[step.output] = y.reshape(t[step.output].shape)
+            elif isinstance(step, OutputStep):
+                out = values[step.input].astype("<u8")
+                self.channel.send_frame(wire.OUTPUT_SHARE, out.tobytes())
+            for name in last_use.get(i, ()):
+                values.pop(name, None)
+        self._masks.clear()
+
+    def _linear(self, index: int, step: LinearStep, values: dict[str, np.ndarray]) -> np.ndarray:
+        t = self.plan.tensors
+        bits = t[step.output].ring_bits
+        assert step.bias is not None  # checked in Server()
+        acc = reduce(step.bias, bits).astype(np.uint64)
+        if index in self._masks:
+            acc = acc + self._masks.pop(index)
+        for term in step.terms:
+            x = values[term.input]
+            if isinstance(term, ConvTerm):
+                acc = acc + conv2d_ring(x[None], term.weight, term.stride, term.padding, term.groups, bits)[0]
+            elif isinstance(term, FCTerm):
+                acc = acc + fc_ring(x[None], term.weight, bits)[0]
+            else:
+                acc = acc + (x << np.uint64(term.shift))
+        return mask(acc, bits)
+
+
+# ------------------------------------------------------------------- client
+
+
+class Client:
+    """The client: holds the public Plan and an input; learns only the output.
+
+    Args:
+        public_plan: the server's public Plan (weights absent or ignored).
+        threads: evaluation threads (0: all cores).
+    """
+
+    def __init__(self, public_plan: Plan, *, threads: int = 0) -> None:
+        self.plan = public_plan.public()
+        self.digest = self.plan.digest()
+        self.threads = threads
+
+    def session(self, channel: Channel) -> ClientSession:
+        """Handshake with the server on ``channel`` and set up the sub-protocols."""
+        return ClientSession(self, channel)
+
+    def infer(self, channel: Channel, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, Report]:
+        """One whole private inference of image ``x`` ((C, H, W), values in [0, 1])."""
+        session = self.session(channel)
+        session.offline()
+        return session.online(x)
+
+
+class ClientSession:
+    """One inference on the client side: offline (no input needed), then online, once."""
+
+    def __init__(self, client: Client, channel: Channel) -> None:
+        self.plan = client.plan
+        self.channel = channel
+        start = time.perf_counter()
+        wire.client_handshake(channel, client.digest)
+        self._he = {bits: he.LinearClient(channel, bits, n) for bits, n in _he_sessions(self.plan).items()}
+        self._gc = {shape: gc.ReluClient(channel, shape[0], shape[1], shape[2], client.threads,
+                                         truncate=shape[3]) for shape in _gc_shapes(self.plan)}
+        channel.flush()
+        self.report = Report()
+        self.report.setup_bytes = channel.bytes_sent + channel.bytes_received
+        self.report.setup_seconds = time.perf_counter() - start
+        self._meter = _Meter(channel, self.plan)
+        self.report.costs = self._meter.costs
+        self._material: dict[int, Any] = {}
+        self._input_mask: np.ndarray | None = None
+        self._shares: dict[str, np.ndarray] = {}
+        self._state = "ready"
+
+    def offline(self) -> None:
+        """Fix every client share: input mask, HE outputs, GC masks (with their labels)."""
+        if self._state != "ready":
+            raise RuntimeError("offline() runs once per session")
+        plan, t = self.plan, self.plan.tensors
+        spec = t[plan.input]
+        self._input_mask = _random_ring(spec.shape, spec.ring_bits)
+        shares = {plan.input: self._input_mask}
+        for i, step in enumerate(plan.steps):
+            with self._meter.measure(i, "offline"):
+                if isinstance(step, LinearStep):
+                    shares[step.output] = self._linear(step, shares)
+                elif isinstance(step, (ReluStep, TruncateStep)):
+                    out = t[step.output]
+                    r = _random_ring(out.shape, out.ring_bits)
+                    x = np.ascontiguousarray(shares[step.input].reshape(-1))
+                    self._material[i] = self._gc[_gc_shape(plan, step)].offline(x, r.reshape(-1))
+                    shares[step.output] = r
+        self._shares = {plan.output.input: shares[plan.output.input]}
+        self._state = "offline"
+
+    def _linear(self, step: LinearStep, shares: dict[str, np.ndarray]) -> np.ndarray:
+        t = self.plan.tensors
+        bits = t[step.output].ring_bits
+        acc = np.zeros(t[step.output].shape, dtype=np.uint64)
+        for term in step.terms:
+            x = shares[term.input]
+            if isinstance(term, ConvTerm):
+                acc = acc + self._he[bits].conv2d(mask(x, bits), term.weight_shape,
+                                                  _square(term.stride, "stride"),
+                                                  _square(term.padding, "padding"), term.groups)
+            elif isinstance(term, FCTerm):
+                acc = acc + self._he[bits].matmul(mask(x, bits).reshape(-1), term.weight_shape[0])
+            else:
+                acc = acc + (x << np.uint64(term.shift))
+        return mask(acc, bits)
+
+    def online(self, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, Report]:
+        """Run the online phase on image ``x`` ((C, H, W), values in [0, 1]):
+        returns the decoded logits and the report."""
+        pixels = self.plan.encode_input(x)
+        if pixels.shape[0] != 1:
+            raise ValueError("one image per inference: x must have shape (C, H, W) or (1, C, H, W)")
+        y = self.online_int(pixels[0])
+        return self.plan.decode_output(y[None])[0], self.report
+
+    def online_int(self, x_int: np.ndarray) -> np.ndarray:
+        """The online phase on integer pixels: returns the output residues."""
+        if self._state != "offline":
+            raise RuntimeError("online() needs offline() first and runs once per session")
+        self._state = "done"
+        plan, t = self.plan, self.plan.tensors
+        spec = t[plan.input]
+        if tuple(np.shape(x_int)) != spec.shape:
+            raise ValueError(f"input has shape {np.shape(x_int)}, the plan expects {spec.shape}")
+        assert self._input_mask is not None
+        masked = mask(reduce(np.asarray(x_int), spec.ring_bits) - self._input_mask, spec.ring_bits)
+        self._input_mask = None  # one-time material
+        out_spec = t[plan.output.input]
+        for i, step in enumerate(plan.steps):
+            with self._meter.measure(i, "online"):
+                if i == 0:
+                    self.channel.send_frame(wire.MASKED_INPUT, masked.astype("<u8").tobytes())
+                if isinstance(step, (ReluStep, TruncateStep)):
+                    self._gc[_gc_shape(plan, step)].online(self._material.pop(i))
+                elif isinstance(step, OutputStep):
+                    raw = self.channel.recv_frame(wire.OUTPUT_SHARE, 8 * out_spec.numel)
+                    if len(raw) != 8 * out_spec.numel:
+                        raise wire.ProtocolError("output share has the wrong length")
+                    server_share = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+                    y = mask(server_share.reshape(out_spec.shape) + self._shares.pop(step.input),
+                             out_spec.ring_bits)
+        return y.reshape(plan.output.shape)
+
+
+# --------------------------------------------------------------- embedded
+
+
+@dataclass
+class _Failure:
+    error: BaseException | None = None
+
+
+def infer(model_or_plan: nn.Module | Plan, x: np.ndarray | torch.Tensor,
+          input_shape: tuple[int, int, int] | None = None, *, threads: int = 0,
+          **compile_kwargs: Any) -> tuple[np.ndarray, Report]:
+    """Private inference with both parties in this process (threads over the
+    in-memory channel). Returns the client's logits and the cost report.
+
+    ``x`` is one image (C, H, W) with values in [0, 1]; a model is compiled
+    first (``input_shape`` defaults to ``x``'s shape).
+    """
+    import threading
+
+    if not isinstance(model_or_plan, Plan):
+        shape = input_shape or tuple(np.shape(x))[-3:]
+        server = Server(model_or_plan, shape, threads=threads, **compile_kwargs)
+    else:
+        server = Server(model_or_plan, threads=threads)
+    client = Client(server.public_plan(), threads=threads)
+    server_end, client_end = memory_pair()
+    failure = _Failure()
+
+    def run_server() -> None:
+        try:
+            server.serve(server_end)
+        except BaseException as exc:  # handed to the caller below
+            failure.error = exc
+            server_end.close()
+
+    worker = threading.Thread(target=run_server, name="pie-server", daemon=True)
+    worker.start()
+    try:
+        logits, report = client.infer(client_end, x)
+    except BaseException:
+        client_end.close()
+        worker.join()
+        if failure.error is not None:
+            raise failure.error
+        raise
+    worker.join()
+    if failure.error is not None:
+        raise failure.error
+    return logits, report

@@ -1,0 +1,184 @@
+"""The two-party engine: secure output equals the Plan's reference, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import pie
+from pie.models import ResNetConfig, from_config
+from pie.protocol import HandshakeError
+
+SHAPE = (3, 16, 16)
+
+
+def _random_bn(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
+            m.bias.data.copy_(0.1 * torch.randn(n, generator=g))
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def plan() -> pie.Plan:
+    # A DeepReDuce-style network: culled stage 1, bottom-thinned, so the Plan
+    # has ReLU, truncate and chained (culled) linear steps.
+    torch.manual_seed(0)
+    cfg = ResNetConfig(alpha=0.125, culled=(True, False, False, False), thinned=(False, True),
+                       num_classes=10, input_size=16)
+    return pie.compile(_random_bn(from_config(cfg), 1), SHAPE)
+
+
+def _images() -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [np.zeros(SHAPE), np.ones(SHAPE), rng.random(SHAPE)]
+
+
+def test_secure_output_equals_reference_bit_for_bit(plan: pie.Plan) -> None:
+    kinds = {s.kind for s in plan.steps}
+    assert {"linear", "relu", "truncate", "output"} <= kinds
+    for x in _images():
+        logits, report = pie.infer(plan, x)
+        assert np.array_equal(logits, plan.run_reference(x))
+        assert report.relus == sum(plan.tensors[s.output].numel for s in plan.steps if s.kind == "relu")
+
+
+def test_report_and_culled_stage_costs_no_online_messages(plan: pie.Plan) -> None:
+    _, report = pie.infer(plan, _images()[2])
+    steps = report.steps
+    assert len(steps) == len(plan.steps)
+    for key in ("kind", "relus", "offline_bytes", "online_bytes", "offline_seconds",
+                "online_seconds", "online_bytes_c2s", "online_bytes_s2c", "online_rounds"):
+        assert key in steps[0]
+    # Every linear step but the first (which carries the masked input) is
+    # local to the server online.
+    linear = [s for s in steps if s["kind"] == "linear"]
+    assert all(s["online_bytes"] == 0 and s["online_rounds"] == 0 for s in linear[1:])
+    assert all(s["offline_bytes"] > 0 for s in linear)
+    gc_steps = [s for s in steps if s["kind"] in ("relu", "truncate")]
+    assert all(s["online_rounds"] == 2 for s in gc_steps)
+    relu_elems = sum(plan.tensors[s.output].numel for s in plan.steps if s.kind == "relu")
+    assert report.relus == relu_elems
+    assert report.online_bytes == sum(s["online_bytes"] for s in steps)
+    totals = json.loads(report.to_json())["totals"]
+    assert totals["online_bytes"] == report.online_bytes > 0
+    assert "total" in report.table()
+
+
+def test_session_material_is_single_use(plan: pie.Plan) -> None:
+    server, client = pie.Server(plan), pie.Client(plan.public())
+    s_end, c_end = pie.memory_pair()
+    box: dict[str, object] = {}
+
+    def serve() -> None:
+        session = server.session(s_end)
+        session.offline()
+        session.online()
+        with pytest.raises(RuntimeError, match="once"):
+            session.online()
+        box["ok"] = True
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    session = client.session(c_end)
+    session.offline()
+    with pytest.raises(RuntimeError, match="once"):
+        session.offline()
+    x = _images()[2]
+    logits, _ = session.online(x)
+    with pytest.raises(RuntimeError, match="once"):
+        session.online(x)
+    worker.join(60)
+    assert box.get("ok") and np.array_equal(logits, plan.run_reference(x))
+
+
+def test_handshake_refuses_another_plan(plan: pie.Plan) -> None:
+    other_cfg = ResNetConfig(alpha=0.125, culled=(True, False, False, True), thinned=(False, True),
+                             num_classes=10, input_size=16)
+    other = pie.compile(_random_bn(from_config(other_cfg), 2), SHAPE)
+    s_end, c_end = pie.memory_pair()
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            pie.Server(plan).serve(s_end)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    with pytest.raises(HandshakeError, match="digest"):
+        pie.Client(other.public()).infer(c_end, _images()[0])
+    worker.join(60)
+    assert len(errors) == 1 and isinstance(errors[0], HandshakeError)
+
+
+def test_server_needs_weights_and_client_input_shape(plan: pie.Plan) -> None:
+    with pytest.raises(ValueError, match="weights"):
+        pie.Server(plan.public())
+    with pytest.raises(TypeError):
+        pie.Server("model.pt")  # type: ignore[arg-type]
+
+
+def test_over_loopback_tcp(plan: pie.Plan) -> None:
+    server = pie.Server(plan)
+    listener = pie.TcpListener("127.0.0.1", 0)
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            with listener.accept(timeout=30) as ch:
+                server.serve(ch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    x = _images()[2]
+    with pie.tcp_connect("127.0.0.1", listener.port) as ch:
+        logits, report = pie.Client(server.public_plan()).infer(ch, x)
+    worker.join(60)
+    listener.close()
+    assert not errors
+    assert np.array_equal(logits, plan.run_reference(x))
+    assert report.online_bytes > 0
+
+
+def test_client_disappearing_raises_on_the_server(plan: pie.Plan) -> None:
+    s_end, c_end = pie.memory_pair()
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            pie.Server(plan).serve(s_end)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    pie.Client(plan.public()).session(c_end)  # handshake, then vanish
+    c_end.close()
+    worker.join(60)
+    assert not worker.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], pie.ChannelError)
+
+
+def test_infer_compiles_a_model() -> None:
+    torch.manual_seed(3)
+    cfg = ResNetConfig(alpha=0.125, culled=(True, False, True, True), thinned=(False, True),
+                       num_classes=4, input_size=8)
+    net = _random_bn(from_config(cfg), 3)
+    x = np.random.default_rng(1).random((3, 8, 8))
+    logits, report = pie.infer(net, x)
+    plan = pie.compile(net, (3, 8, 8))
+    assert np.array_equal(logits, plan.run_reference(x))
+    assert report.relus == pie.relu_count(net, (3, 8, 8))
