@@ -4,6 +4,7 @@ of the GC engine. Oracles: the Bristol known answers (FIPS-197, SHA-256 of
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import threading
 from pathlib import Path
@@ -15,7 +16,13 @@ from hypothesis import strategies as st
 
 from pie import crypto, gc, memory_pair
 
-BRISTOL = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "bristol"
+# The public Bristol Fashion test circuits, gzip-compressed, with the sha256 of
+# their uncompressed text as published beside them.
+BRISTOL = Path(__file__).resolve().parents[1] / "data" / "bristol"
+BRISTOL_SHA256 = {
+    "aes_128.txt": "40423a0cdaf5d4d34aba872c12660f115dc25c12eea6e24a9304578e79df6d04",
+    "sha256.txt": "bd0a91bb7e97bb60c1468fe8caecc546af3f832bd4152d9c8c4e7527412dd11d",
+}
 AES_KEY = int("000102030405060708090a0b0c0d0e0f", 16)
 AES_PLAIN = int("00112233445566778899aabbccddeeff", 16)
 AES_CIPHER = int("69c4e0d86a7b0430d8cdb78070b4c55a", 16)
@@ -24,14 +31,21 @@ SHA_ABC_BLOCK = int.from_bytes(b"abc" + b"\x80" + b"\x00" * 52 + (24).to_bytes(8
 SHA_ABC = int(hashlib.sha256(b"abc").hexdigest(), 16)
 
 
-@pytest.fixture(scope="module")
-def aes() -> gc.Circuit:
-    return gc.Circuit.from_bristol(BRISTOL / "aes_128.txt")
+def bristol(name: str, folder: Path) -> gc.Circuit:
+    text = gzip.decompress((BRISTOL / f"{name}.gz").read_bytes())
+    assert hashlib.sha256(text).hexdigest() == BRISTOL_SHA256[name]
+    (folder / name).write_bytes(text)
+    return gc.Circuit.from_bristol(folder / name)
 
 
 @pytest.fixture(scope="module")
-def sha() -> gc.Circuit:
-    return gc.Circuit.from_bristol(BRISTOL / "sha256.txt")
+def aes(tmp_path_factory: pytest.TempPathFactory) -> gc.Circuit:
+    return bristol("aes_128.txt", tmp_path_factory.mktemp("bristol"))
+
+
+@pytest.fixture(scope="module")
+def sha(tmp_path_factory: pytest.TempPathFactory) -> gc.Circuit:
+    return bristol("sha256.txt", tmp_path_factory.mktemp("bristol"))
 
 
 def blocks(data: bytes) -> list[bytes]:
