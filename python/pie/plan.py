@@ -34,6 +34,7 @@ The public part (:meth:`Plan.public`) is everything but weights and biases;
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -452,6 +453,10 @@ class Plan:
     # ------------------------------------------------------------- serialisation
     def save(self, path: PathLike) -> None:
         """Write the plan to one ``.npz`` file: a JSON header plus int64 arrays (no pickle)."""
+        with open(os.fspath(path), "wb") as f:
+            self._write(f)
+
+    def _write(self, f: Any) -> None:
         arrays: dict[str, np.ndarray] = {}
         for i, s in enumerate(self.steps):
             if isinstance(s, LinearStep):
@@ -462,8 +467,22 @@ class Plan:
                         arrays[f"w{i}_{j}"] = term.weight
         header = {"public": self.public_dict(), "private": self.private}
         arrays["header"] = np.frombuffer(_canonical(header), dtype=np.uint8)
-        with open(os.fspath(path), "wb") as f:
-            np.savez(f, allow_pickle=False, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)
+
+    def to_bytes(self) -> bytes:
+        """The :meth:`save` file as bytes (e.g. to send a public plan to a client)."""
+        buf = io.BytesIO()
+        self._write(buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Plan:
+        """Inverse of :meth:`to_bytes`.
+
+        Raises:
+            PlanFormatError: not a plan, unsupported version, or inconsistent content.
+        """
+        return cls._read(io.BytesIO(data), "<bytes>")
 
     @classmethod
     def load(cls, path: PathLike) -> Plan:
@@ -472,18 +491,21 @@ class Plan:
         Raises:
             PlanFormatError: not a plan file, unsupported version, or inconsistent content.
         """
+        with open(os.fspath(path), "rb") as f:
+            return cls._read(f, repr(os.fspath(path)))
+
+    @classmethod
+    def _read(cls, f: Any, where: str) -> Plan:
         try:
-            with open(os.fspath(path), "rb") as f, np.load(f, allow_pickle=False) as data:
+            with np.load(f, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
-        except FileNotFoundError:
-            raise
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise PlanFormatError(f"cannot read plan file {os.fspath(path)!r}: {exc}") from exc
+            raise PlanFormatError(f"cannot read plan file {where}: {exc}") from exc
         try:
             header = json.loads(arrays.pop("header").tobytes().decode("utf-8"))
             pub = header["public"]
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
-            raise PlanFormatError(f"{os.fspath(path)!r} has no valid plan header") from exc
+            raise PlanFormatError(f"{where} has no valid plan header") from exc
         return cls._from_dict(pub, header.get("private", {}), arrays)
 
     @classmethod

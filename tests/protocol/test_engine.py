@@ -38,6 +38,21 @@ def plan() -> pie.Plan:
     return pie.compile(_random_bn(from_config(cfg), 1), SHAPE)
 
 
+def _serve_in_thread(plan: pie.Plan, channel: pie.Channel) -> tuple[threading.Thread, list[BaseException]]:
+    """One server session on ``channel`` in a thread; its exception, if any, lands in the list."""
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            pie.Server(plan).serve(channel)
+        except BaseException as exc:  # inspected by the test
+            errors.append(exc)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    return worker, errors
+
+
 def _images() -> list[np.ndarray]:
     rng = np.random.default_rng(7)
     return [np.zeros(SHAPE), np.ones(SHAPE), rng.random(SHAPE)]
@@ -106,16 +121,7 @@ def test_handshake_refuses_another_plan(plan: pie.Plan) -> None:
                              num_classes=10, input_size=16)
     other = pie.compile(_random_bn(from_config(other_cfg), 2), SHAPE)
     s_end, c_end = pie.memory_pair()
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            pie.Server(plan).serve(s_end)
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=serve)
-    worker.start()
+    worker, errors = _serve_in_thread(plan, s_end)
     with pytest.raises(HandshakeError, match="digest"):
         pie.Client(other.public()).infer(c_end, _images()[0])
     worker.join(60)
@@ -155,16 +161,7 @@ def test_over_loopback_tcp(plan: pie.Plan) -> None:
 
 def test_client_disappearing_raises_on_the_server(plan: pie.Plan) -> None:
     s_end, c_end = pie.memory_pair()
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            pie.Server(plan).serve(s_end)
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=serve)
-    worker.start()
+    worker, errors = _serve_in_thread(plan, s_end)
     pie.Client(plan.public()).session(c_end)  # handshake, then vanish
     c_end.close()
     worker.join(60)

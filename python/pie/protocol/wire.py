@@ -21,6 +21,10 @@ HELLO = 0x50490001  # client -> server: {"protocol", "plan"}
 WELCOME = 0x50490002  # server -> client: {"ok"} or {"ok": false, "error"}
 MASKED_INPUT = 0x50490003  # client -> server: (x - r) mod 2^l, uint64 little endian
 OUTPUT_SHARE = 0x50490004  # server -> client: the server's share of the logits
+GET_PLAN = 0x50490005  # client -> server: {} (asks for the public Plan)
+PUBLIC_PLAN = 0x50490006  # server -> client: Plan.to_bytes() of the public Plan
+
+MAX_PLAN_BYTES = 64 << 20
 
 MAX_CONTROL_BYTES = 1 << 16
 
