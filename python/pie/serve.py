@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     with tcp_connect(host, int(port), timeout=args.timeout) as channel:
         plan = fetch_public_plan(channel)
         x = load_input(args.input, plan.input_shape)
-        logits, report = Client(plan, threads=args.threads).infer(channel, x)
+        logits, report = Client(plan, threads=args.threads).infer(channel, x, progress=not args.json)
     if args.json:
         print(json.dumps({"logits": logits.tolist(), "prediction": int(np.argmax(logits)),
                           "plan": plan.digest(), **report.totals()}))

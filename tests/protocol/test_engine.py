@@ -74,16 +74,16 @@ def test_report_and_culled_stage_costs_no_online_messages(plan: pie.Plan) -> Non
     for key in ("kind", "relus", "offline_bytes", "online_bytes", "offline_seconds",
                 "online_seconds", "online_bytes_c2s", "online_bytes_s2c", "online_rounds"):
         assert key in steps[0]
-    # Every linear step but the first (which carries the masked input) is
-    # local to the server online.
+    # Every linear step, the culled stage included, is local to the server online.
     linear = [s for s in steps if s["kind"] == "linear"]
-    assert all(s["online_bytes"] == 0 and s["online_rounds"] == 0 for s in linear[1:])
+    assert all(s["online_bytes"] == 0 and s["online_rounds"] == 0 for s in linear)
+    assert report.input_bytes == 12 + 8 * plan.tensors[plan.input].numel  # frame header + uint64s
     assert all(s["offline_bytes"] > 0 for s in linear)
     gc_steps = [s for s in steps if s["kind"] in ("relu", "truncate")]
     assert all(s["online_rounds"] == 2 for s in gc_steps)
     relu_elems = sum(plan.tensors[s.output].numel for s in plan.steps if s.kind == "relu")
     assert report.relus == relu_elems
-    assert report.online_bytes == sum(s["online_bytes"] for s in steps)
+    assert report.online_bytes == sum(s["online_bytes"] for s in steps) + report.input_bytes
     totals = json.loads(report.to_json())["totals"]
     assert totals["online_bytes"] == report.online_bytes > 0
     assert "total" in report.table()

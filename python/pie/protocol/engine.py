@@ -258,10 +258,12 @@ class Client:
         """Handshake with the server on ``channel`` and set up the sub-protocols."""
         return ClientSession(self, channel)
 
-    def infer(self, channel: Channel, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, Report]:
-        """One whole private inference of image ``x`` ((C, H, W), values in [0, 1])."""
+    def infer(self, channel: Channel, x: np.ndarray | torch.Tensor,
+              progress: bool = False) -> tuple[np.ndarray, Report]:
+        """One whole private inference of image ``x`` ((C, H, W), values in [0, 1]);
+        ``progress`` shows a progress bar (stderr) over the offline steps."""
         session = self.session(channel)
-        session.offline()
+        session.offline(progress)
         return session.online(x)
 
 
@@ -287,15 +289,21 @@ class ClientSession:
         self._shares: dict[str, np.ndarray] = {}
         self._state = "ready"
 
-    def offline(self) -> None:
-        """Fix every client share: input mask, HE outputs, GC masks (with their labels)."""
+    def offline(self, progress: bool = False) -> None:
+        """Fix every client share: input mask, HE outputs, GC masks (with their labels).
+        ``progress`` shows a progress bar (stderr) over the steps."""
         if self._state != "ready":
             raise RuntimeError("offline() runs once per session")
         plan, t = self.plan, self.plan.tensors
         spec = t[plan.input]
         self._input_mask = _random_ring(spec.shape, spec.ring_bits)
         shares = {plan.input: self._input_mask}
-        for i, step in enumerate(plan.steps):
+        steps: Any = enumerate(plan.steps)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, total=len(plan.steps), desc="offline", unit="step", leave=False)
+        for i, step in steps:
             with self._meter.measure(i, "offline"):
                 if isinstance(step, LinearStep):
                     shares[step.output] = self._linear(step, shares)
@@ -346,10 +354,12 @@ class ClientSession:
         masked = mask(reduce(np.asarray(x_int), spec.ring_bits) - self._input_mask, spec.ring_bits)
         self._input_mask = None  # one-time material
         out_spec = t[plan.output.input]
+        start, sent = time.perf_counter(), self.channel.bytes_sent
+        self.channel.send_frame(wire.MASKED_INPUT, masked.astype("<u8").tobytes())
+        self.report.input_seconds = time.perf_counter() - start
+        self.report.input_bytes = self.channel.bytes_sent - sent
         for i, step in enumerate(plan.steps):
             with self._meter.measure(i, "online"):
-                if i == 0:
-                    self.channel.send_frame(wire.MASKED_INPUT, masked.astype("<u8").tobytes())
                 if isinstance(step, (ReluStep, TruncateStep)):
                     self._gc[_gc_shape(plan, step)].online(self._material.pop(i))
                 elif isinstance(step, OutputStep):

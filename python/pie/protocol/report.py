@@ -54,12 +54,16 @@ class Report:
     ``steps`` holds one dict per Plan step (see :class:`StepCost`; keys
     ``kind``, ``relus``, ``offline_bytes``, ``online_bytes``,
     ``offline_seconds``, ``online_seconds`` and the per-direction and round
-    counts). ``setup`` covers the handshake and per-session key material.
+    counts). ``setup`` covers the handshake and per-session key material;
+    ``input`` the masked input that opens the online phase (counted in the
+    online totals, not in any step).
     """
 
     costs: list[StepCost] = field(default_factory=list)
     setup_bytes: int = 0
     setup_seconds: float = 0.0
+    input_bytes: int = 0  # the masked input, the first online message
+    input_seconds: float = 0.0
     transport: str = "memory"
 
     @property
@@ -75,7 +79,7 @@ class Report:
 
     @property
     def online_bytes(self) -> int:
-        return self._sum("online_bytes")
+        return self._sum("online_bytes") + self.input_bytes
 
     @property
     def offline_seconds(self) -> float:
@@ -83,11 +87,11 @@ class Report:
 
     @property
     def online_seconds(self) -> float:
-        return self._sum("online_seconds")
+        return self._sum("online_seconds") + self.input_seconds
 
     @property
     def online_rounds(self) -> int:
-        return self._sum("online_rounds")
+        return self._sum("online_rounds") + (1 if self.input_bytes else 0)
 
     @property
     def relus(self) -> int:
@@ -103,6 +107,7 @@ class Report:
             "online_rounds": self.online_rounds,
             "setup_bytes": self.setup_bytes,
             "setup_seconds": self.setup_seconds,
+            "input_bytes": self.input_bytes,
             "transport": self.transport,
         }
 
@@ -121,6 +126,8 @@ class Report:
                 f"{_size(c.online_bytes):>10} {1e3 * c.online_seconds:>8.2f} {c.online_rounds:>6}"
             )
         lines.append("-" * len(head))
+        lines.append(f"{'':>3} {'input':<8} {'(masked input)':<22} {'':>8} {'':>10} {'':>7} "
+                     f"{_size(self.input_bytes):>10} {1e3 * self.input_seconds:>8.2f} {1:>6}")
         lines.append(
             f"{'':>3} {'total':<8} {'':<22} {self.relus:>8,} {_size(self.offline_bytes):>10} "
             f"{self.offline_seconds:>7.2f} {_size(self.online_bytes):>10} "
