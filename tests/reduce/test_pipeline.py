@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import pie
@@ -74,6 +75,11 @@ def test_whole_pipeline_on_builtin_data(tmp_path: Path, capsys: pytest.CaptureFi
     plan = pie.compile(model, (3, 16, 16), input_norm=norm, calibration=images)
     report_cal = plan.calibrate(images, model)
     assert report_cal.top1_agreement >= 0.95
+    # ... and runs under the two-party engine with the secure result equal to the reference.
+    x = images[0].numpy()
+    logits, secure_report = pie.infer(plan, x)
+    assert np.array_equal(logits, plan.run_reference(x))
+    assert secure_report.relus == relus
     assert sum(s.kind == "relu" for s in plan.steps) == sum(
         1 for layer in pie.relu_report(model, (3, 16, 16)).layers)
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -85,6 +91,18 @@ def test_whole_pipeline_on_builtin_data(tmp_path: Path, capsys: pytest.CaptureFi
     assert json.loads((out / "report.json").read_text())["reduced"] == report["reduced"]
     points = json.loads((out / "models.json").read_text())
     assert len(points) == len({json.dumps(p, sort_keys=True) for p in points})
+
+
+def test_criticality_command(tmp_path: Path) -> None:
+    out = tmp_path / "crit"
+    assert reduce_main(["criticality", "--dataset", "builtin", "--image-size", "16", "--base-alpha",
+                        "0.125", "--epochs", "1", "--max-batches", "2", "--batch-size", "32",
+                        "--out", str(out), "--quiet"]) == 0
+    result = json.loads((out / "criticality.json").read_text())
+    assert sorted(result["ranking"]) == [1, 2, 3, 4]
+    assert {int(k) for k in result["relus"]} == {1, 2, 3, 4}
+    # Stage s alone at 16x16, alpha 0.125: the stage's share of ReLUs.
+    assert result["relus"]["1"] == 2 * 2 * 8 * 16 * 16
 
 
 def test_cli_reports_missing_dataset(tmp_path: Path) -> None:
