@@ -27,6 +27,7 @@ from .channel import Channel, ChannelError, TcpListener, tcp_connect
 from .plan import Plan
 from .protocol import Client, Server, infer
 from .protocol import wire
+from .reduce.data import CIFAR100_STATS, TINY_IMAGENET_STATS
 
 __all__ = ["fetch_public_plan", "load_input", "load_server", "main", "serve_forever"]
 
@@ -35,13 +36,15 @@ _log = logging.getLogger("pie.serve")
 
 def load_server(model: str | Path, arch: str | None = None, threads: int = 0) -> Server:
     """Load a checkpoint and compile it, folding the input normalisation that a
-    pie checkpoint records (DeepReDuce checkpoints: CIFAR-100 statistics)."""
+    pie checkpoint records (other checkpoints: the CIFAR-100 or TinyImageNet
+    statistics the DeepReDuce releases were trained with, by input size)."""
     net = checkpoint.load_checkpoint(model, arch)
     meta = checkpoint.checkpoint_meta(model)
-    norm = meta.get("input_norm")
-    if norm is None:  # the DeepReDuce releases were trained on normalised CIFAR-100
-        norm = {"mean": [0.5071, 0.4865, 0.4409], "std": [0.2673, 0.2564, 0.2762]}
     size = net.config.input_size
+    norm = meta.get("input_norm")
+    if norm is None:
+        mean, std = TINY_IMAGENET_STATS if size == 64 else CIFAR100_STATS
+        norm = {"mean": list(mean), "std": list(std)}
     shape = tuple(meta.get("input_shape", (3, size, size)))
     plan = compiler.compile(net, shape, input_norm=(norm["mean"], norm["std"]))
     return Server(plan, threads=threads)

@@ -102,3 +102,15 @@ def test_demo_runs_on_the_bundled_model(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert "prediction: class" in out
     assert "equals the cleartext fixed-point reference: yes" in out
+
+
+def test_server_loads_a_deepreduce_checkpoint(tmp_path: Path) -> None:
+    net = pie.models.build("DRD_C100_12K").eval()
+    path = tmp_path / "drd.pth.tar"
+    torch.save({"snet": {"module." + k: v for k, v in net.state_dict().items()}}, path)
+    server = serve.load_server(path, arch="DRD_C100_12K")
+    assert server.plan.input_shape == (3, 32, 32)
+    assert server.plan.relu_count() == 12_288
+    # No recorded normalisation: the CIFAR-100 statistics are folded in.
+    norm = (serve.CIFAR100_STATS[0], serve.CIFAR100_STATS[1])
+    assert server.digest == pie.compile(net, (3, 32, 32), input_norm=norm).digest()

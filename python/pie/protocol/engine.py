@@ -36,7 +36,7 @@ from .. import gc, he
 from ..channel import Channel, memory_pair
 from ..compiler import compile as compile_plan
 from ..crypto import secure_random
-from ..plan import ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, Step, TruncateStep
+from ..plan import ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep
 from ..reference import conv2d_ring, fc_ring, mask, reduce
 from . import wire
 from .report import Report, StepCost

@@ -30,10 +30,13 @@ import numpy as np
 import torch
 
 __all__ = [
+    "CIFAR100_STATS",
+    "CIFAR10_STATS",
     "DATASETS",
     "DatasetNotFoundError",
     "ImageDataset",
     "Splits",
+    "TINY_IMAGENET_STATS",
     "batches",
     "load_builtin",
     "load_cifar",
@@ -45,9 +48,9 @@ __all__ = [
 DATASETS = ("builtin", "cifar10", "cifar100", "tinyimagenet", "folder")
 
 # Per-channel statistics on the [0, 1] scale, as commonly used for these sets.
-_CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-_CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-_TINY_STATS = ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821))
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+TINY_IMAGENET_STATS = ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821))
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".webp"}
 
 
@@ -214,11 +217,11 @@ def load_cifar(root: str | os.PathLike[str], num_classes: int) -> Splits:
     if num_classes == 10:
         train_files = [folder / f"data_batch_{i}" for i in range(1, 6)]
         test_files, meta_file, label_key, names_key = [folder / "test_batch"], "batches.meta", "labels", "label_names"
-        stats = _CIFAR10_STATS
+        stats = CIFAR10_STATS
     else:
         train_files, test_files = [folder / "train"], [folder / "test"]
         meta_file, label_key, names_key = "meta", "fine_labels", "fine_label_names"
-        stats = _CIFAR100_STATS
+        stats = CIFAR100_STATS
     missing = [p.name for p in train_files + test_files if not p.is_file()]
     if missing:
         raise DatasetNotFoundError(
@@ -303,8 +306,8 @@ def load_tiny_imagenet(root: str | os.PathLike[str]) -> Splits:
         name="tinyimagenet",
         train=_stack(train_x, train_y, wnids),
         test=_stack(test_x, test_y, wnids),
-        mean=_TINY_STATS[0],
-        std=_TINY_STATS[1],
+        mean=TINY_IMAGENET_STATS[0],
+        std=TINY_IMAGENET_STATS[1],
     )
 
 
