@@ -179,3 +179,16 @@ def test_infer_compiles_a_model() -> None:
     plan = pie.compile(net, (3, 8, 8))
     assert np.array_equal(logits, plan.run_reference(x))
     assert report.relus == pie.relu_count(net, (3, 8, 8))
+
+
+@pytest.mark.slow
+def test_drd_c100_12k_twenty_inputs_bit_exact() -> None:
+    torch.manual_seed(12)
+    net = _random_bn(pie.models.build("DRD_C100_12K"), 12)
+    plan = pie.compile(net, (3, 32, 32))
+    rng = np.random.default_rng(12)
+    for _ in range(20):
+        x = rng.random((3, 32, 32))
+        logits, report = pie.infer(plan, x)
+        assert np.array_equal(logits, plan.run_reference(x))
+    assert report.relus == 12_288

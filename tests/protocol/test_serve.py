@@ -114,3 +114,23 @@ def test_server_loads_a_deepreduce_checkpoint(tmp_path: Path) -> None:
     # No recorded normalisation: the CIFAR-100 statistics are folded in.
     norm = (serve.CIFAR100_STATS[0], serve.CIFAR100_STATS[1])
     assert server.digest == pie.compile(net, (3, 32, 32), input_norm=norm).digest()
+
+
+def test_clients_killed_during_offline_and_online(running) -> None:  # type: ignore[no-untyped-def]
+    server, port = running
+    plan_public = server.public_plan()
+    # Killed during the offline phase: after the handshake and HE key set-up,
+    # while the server waits for the first encrypted share.
+    ch = pie.tcp_connect("127.0.0.1", port)
+    serve.fetch_public_plan(ch)
+    pie.Client(plan_public).session(ch)
+    ch.close()
+    # Killed during the online phase: offline done, masked input never sent.
+    ch = pie.tcp_connect("127.0.0.1", port)
+    serve.fetch_public_plan(ch)
+    session = pie.Client(plan_public).session(ch)
+    session.offline()
+    ch.close()
+    # The server goes on serving the next client correctly.
+    x = np.random.default_rng(3).random(SHAPE)
+    assert np.array_equal(_query(port, x), server.plan.run_reference(x))
