@@ -28,7 +28,7 @@ namespace pie {
 struct GcOptions {
   /// Worker threads; 0 = all available (OpenMP), ignored without OpenMP.
   int threads = 0;
-  /// Instances per block; 0 = chosen from the circuit size (about 2 MiB of labels).
+  /// Instances per block; 0 = chosen from the circuit size (about 512 KiB of labels).
   std::size_t block = 0;
 };
 
@@ -60,7 +60,7 @@ struct BlockRange {
   std::size_t count;
 };
 
-/// Instances per block when GcOptions::block is 0: labels of about 2 MiB.
+/// Instances per block when GcOptions::block is 0: labels of about 512 KiB.
 std::size_t default_block_size(const Circuit& c);
 
 /// One workspace per worker thread, sized for blocks of `block` instances.
