@@ -134,3 +134,15 @@ def test_clients_killed_during_offline_and_online(running) -> None:  # type: ign
     # The server goes on serving the next client correctly.
     x = np.random.default_rng(3).random(SHAPE)
     assert np.array_equal(_query(port, x), server.plan.run_reference(x))
+
+
+def test_bundled_model_twenty_inputs_bit_exact() -> None:
+    from importlib import resources
+
+    with resources.as_file(resources.files("pie") / "data" / "demo_model.pt") as path:
+        plan = serve.load_server(path).plan
+    rng = np.random.default_rng(20)
+    for _ in range(20):
+        x = rng.random(plan.input_shape)
+        logits, _ = pie.infer(plan, x)
+        assert np.array_equal(logits, plan.run_reference(x))
