@@ -61,13 +61,12 @@ std::vector<GcWorkspace> make_workspaces(const Circuit& c, std::size_t block, in
   return ws;
 }
 
-void garble_blocks(const Circuit& c, const TccrHash& hash, const Block& delta, const BlockRange& r,
-                   const Block* inputs, Block* tables, Block* outputs, std::vector<GcWorkspace>& ws,
-                   TweakRange* ranges) {
-  const std::size_t A = c.num_and();
-  const std::size_t ins = c.num_input_bits();
-  const std::size_t outs = c.num_output_bits();
-  const std::size_t table_origin = 2 * A * r.first_block * r.block;
+namespace {
+
+// Runs body(block index, first instance, instance count, workspace) for every
+// block of r, one block per worker at a time.
+template <typename Body>
+void for_each_block(const BlockRange& r, std::vector<GcWorkspace>& ws, const Body& body) {
   const auto nb = static_cast<long long>(r.count);
   const int threads = static_cast<int>(ws.size());
   (void)threads;
@@ -77,12 +76,25 @@ void garble_blocks(const Circuit& c, const TccrHash& hash, const Block& delta, c
   for (long long k = 0; k < nb; ++k) {
     const std::size_t b = r.first_block + static_cast<std::size_t>(k);
     const std::size_t first = b * r.block;
-    const std::size_t cnt = std::min(r.block, r.n - first);
+    body(b, first, std::min(r.block, r.n - first), ws[static_cast<std::size_t>(thread_id())]);
+  }
+}
+
+}  // namespace
+
+void garble_blocks(const Circuit& c, const TccrHash& hash, const Block& delta, const BlockRange& r,
+                   const Block* inputs, Block* tables, Block* outputs, std::vector<GcWorkspace>& ws,
+                   TweakRange* ranges) {
+  const std::size_t A = c.num_and();
+  const std::size_t ins = c.num_input_bits();
+  const std::size_t outs = c.num_output_bits();
+  const std::size_t table_origin = 2 * A * r.first_block * r.block;
+  for_each_block(r, ws, [&](std::size_t b, std::size_t first, std::size_t cnt, GcWorkspace& w) {
     const std::uint64_t t = r.tweak_base + 2 * A * first;
     garble_instances(c, hash, delta, t, cnt, inputs + first * ins, tables + (2 * A * first - table_origin),
-                     outputs + first * outs, ws[static_cast<std::size_t>(thread_id())]);
+                     outputs + first * outs, w);
     if (ranges != nullptr) ranges[b] = TweakRange{t, t + 2 * A * cnt, thread_id()};
-  }
+  });
 }
 
 void evaluate_blocks(const Circuit& c, const TccrHash& hash, const BlockRange& r, const Block* inputs,
@@ -91,20 +103,10 @@ void evaluate_blocks(const Circuit& c, const TccrHash& hash, const BlockRange& r
   const std::size_t ins = c.num_input_bits();
   const std::size_t outs = c.num_output_bits();
   const std::size_t table_origin = 2 * A * r.first_block * r.block;
-  const auto nb = static_cast<long long>(r.count);
-  const int threads = static_cast<int>(ws.size());
-  (void)threads;
-#ifdef PIE_HAVE_OPENMP
-#pragma omp parallel for schedule(static, 1) num_threads(threads)
-#endif
-  for (long long k = 0; k < nb; ++k) {
-    const std::size_t b = r.first_block + static_cast<std::size_t>(k);
-    const std::size_t first = b * r.block;
-    const std::size_t cnt = std::min(r.block, r.n - first);
+  for_each_block(r, ws, [&](std::size_t, std::size_t first, std::size_t cnt, GcWorkspace& w) {
     evaluate_instances(c, hash, r.tweak_base + 2 * A * first, cnt, inputs + first * ins,
-                       tables + (2 * A * first - table_origin), outputs + first * outs,
-                       ws[static_cast<std::size_t>(thread_id())]);
-  }
+                       tables + (2 * A * first - table_origin), outputs + first * outs, w);
+  });
 }
 
 int resolve_threads(int requested) {
