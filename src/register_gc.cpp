@@ -341,7 +341,27 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
             }
             return to_array(ys);
           },
-          py::arg("material"), py::arg("server_share"));
+          py::arg("material"), py::arg("server_share"))
+      .def(
+          "send_labels",
+          [](ReluServer& s, ReluServerMaterial& mat, const U64Array& xs) {
+            if (xs.ndim() != 1) throw std::invalid_argument("server_share: must be one-dimensional");
+            py::gil_scoped_release release;
+            s.send_labels(mat, xs.data(), static_cast<std::size_t>(xs.shape(0)));
+          },
+          py::arg("material"), py::arg("server_share"),
+          "First half of online(): consume the material and send the labels of the server's shares.")
+      .def(
+          "finish",
+          [](ReluServer& s, ReluServerMaterial& mat) {
+            std::vector<std::uint64_t> ys;
+            {
+              py::gil_scoped_release release;
+              ys = s.finish(mat);
+            }
+            return to_array(ys);
+          },
+          py::arg("material"), "Second half of online(): receive the client's reply, return the server's shares.");
 
   py::class_<ReluClient>(m, "GcReluClient", "The evaluating side of the ReLU protocol (one session per object).")
       .def(py::init([](std::shared_ptr<Channel> ch, std::uint32_t l_in, std::uint32_t l_out, std::uint32_t shift,
@@ -360,7 +380,11 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
             return c.offline(xc.data(), r.data(), static_cast<std::size_t>(xc.shape(0)));
           },
           py::arg("client_share"), py::arg("client_mask"))
-      .def("online", &ReluClient::online, py::arg("material"), py::call_guard<py::gil_scoped_release>());
+      .def("online", &ReluClient::online, py::arg("material"), py::call_guard<py::gil_scoped_release>())
+      .def("evaluate", &ReluClient::evaluate, py::arg("material"), py::call_guard<py::gil_scoped_release>(),
+           "First half of online(): consume the material, receive the server's labels and evaluate.")
+      .def("reply", &ReluClient::reply, py::arg("material"), py::call_guard<py::gil_scoped_release>(),
+           "Second half of online(): queue the evaluated batch's reply (sent on the next flush or recv).");
 
   // ------------------------------------------------------------------ OT
   m.def(

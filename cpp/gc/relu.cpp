@@ -81,6 +81,11 @@ ReluServerMaterial ReluServer::offline(std::size_t n) {
 }
 
 std::vector<std::uint64_t> ReluServer::online(ReluServerMaterial& m, const std::uint64_t* xs, std::size_t n) {
+  send_labels(m, xs, n);
+  return finish(m);
+}
+
+void ReluServer::send_labels(ReluServerMaterial& m, const std::uint64_t* xs, std::size_t n) {
   if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
   if (m.consumed_ || consumed_[m.batch_]) throw std::invalid_argument("material: offline batch already consumed");
   if (n != m.n_) throw std::invalid_argument("server_share: length differs from the offline batch");
@@ -88,7 +93,6 @@ std::vector<std::uint64_t> ReluServer::online(ReluServerMaterial& m, const std::
   m.consumed_ = true;
   consumed_[m.batch_] = true;
   const std::size_t l_in = shape_.l_in;
-  const std::size_t l_out = shape_.l_out;
   send_ids(ch_, kFrameReluOnline, m.batch_, n);
   std::vector<Block> labels(n * l_in);
   const Block& delta = session_.delta();
@@ -99,6 +103,17 @@ std::vector<std::uint64_t> ReluServer::online(ReluServerMaterial& m, const std::
     }
   }
   ch_.send(labels.data(), labels.size() * sizeof(Block));
+  m.labels_sent_ = true;
+  m.xs_zero_.clear();
+  m.xs_zero_.shrink_to_fit();
+}
+
+std::vector<std::uint64_t> ReluServer::finish(ReluServerMaterial& m) {
+  if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
+  if (!m.labels_sent_) throw std::invalid_argument("material: labels not sent, or batch already finished");
+  m.labels_sent_ = false;
+  const std::size_t n = m.n_;
+  const std::size_t l_out = shape_.l_out;
   std::vector<std::uint8_t> packed((n * l_out + 7) / 8);
   ch_.recv(packed.data(), packed.size());
   const auto colours = unpack_bits(packed.data(), n * l_out);
@@ -110,8 +125,8 @@ std::vector<std::uint64_t> ReluServer::online(ReluServerMaterial& m, const std::
     }
     ys[i] = y;
   }
-  m.xs_zero_.clear();
-  m.xs_zero_.shrink_to_fit();
+  m.out_colour_.clear();
+  m.out_colour_.shrink_to_fit();
   return ys;
 }
 
@@ -147,6 +162,12 @@ ReluClientMaterial ReluClient::offline(const std::uint64_t* xc, const std::uint6
 }
 
 void ReluClient::online(ReluClientMaterial& m) {
+  evaluate(m);
+  reply(m);
+  ch_.flush();
+}
+
+void ReluClient::evaluate(ReluClientMaterial& m) {
   if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
   if (m.consumed_ || consumed_[m.batch_]) throw std::invalid_argument("material: offline batch already consumed");
   m.consumed_ = true;
@@ -158,8 +179,7 @@ void ReluClient::online(ReluClientMaterial& m) {
                         ", the client's material is batch " + std::to_string(m.batch_));
   }
   const std::size_t l_in = shape_.l_in;
-  const std::size_t l_out = shape_.l_out;
-  const std::size_t client_bits = l_in + l_out;
+  const std::size_t client_bits = l_in + shape_.l_out;
   const std::size_t ins = circuit_.num_input_bits();
   std::vector<Block> xs_labels(n * l_in);
   ch_.recv(xs_labels.data(), xs_labels.size() * sizeof(Block));
@@ -171,13 +191,21 @@ void ReluClient::online(ReluClientMaterial& m) {
   const auto out = session_.evaluate(circuit_, m.tables_, inputs.data());
   std::vector<std::uint8_t> colours(out.size());
   for (std::size_t k = 0; k < out.size(); ++k) colours[k] = out[k].lsb() ? 1 : 0;
-  const auto packed = pack_bits(colours.data(), colours.size());
-  ch_.send(packed.data(), packed.size());
-  ch_.flush();
+  m.reply_ = pack_bits(colours.data(), colours.size());
+  m.evaluated_ = true;
   m.tables_.tables.clear();
   m.tables_.tables.shrink_to_fit();
   m.own_labels_.clear();
   m.own_labels_.shrink_to_fit();
+}
+
+void ReluClient::reply(ReluClientMaterial& m) {
+  if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
+  if (!m.evaluated_) throw std::invalid_argument("material: not evaluated, or reply already sent");
+  m.evaluated_ = false;
+  ch_.send(m.reply_.data(), m.reply_.size());
+  m.reply_.clear();
+  m.reply_.shrink_to_fit();
 }
 
 }  // namespace pie

@@ -12,6 +12,13 @@
 // Offline material is bound to its session and batch and can be consumed by
 // online() exactly once (the session records consumed batch ids, so a copy of
 // the material is refused too); a second use throws before anything is sent.
+//
+// online() is one round trip. Batches of one round of the Plan can share a
+// round trip through its two halves: the server sends the labels of every
+// batch (send_labels) before decoding any reply (finish); the client
+// evaluates every batch (evaluate) before sending any reply (reply). The
+// client never writes while the server may still be writing, so the round
+// cannot deadlock on transport buffers whatever the batch sizes.
 #pragma once
 
 #include <cstddef>
@@ -50,6 +57,7 @@ class ReluServerMaterial {
   std::vector<Block> xs_zero_;            // [n][l_in] 0-labels of the server's share
   std::vector<std::uint8_t> out_colour_;  // [n][l_out] colour bits of the output 0-labels
   bool consumed_ = false;
+  bool labels_sent_ = false;
 };
 
 /// What the client keeps from an offline batch.
@@ -68,7 +76,9 @@ class ReluClientMaterial {
   std::size_t n_ = 0;
   std::vector<Block> own_labels_;  // [n][l_in + l_out] active labels of x_c and r
   GarbledBatch tables_;
+  std::vector<std::uint8_t> reply_;  // packed output colour bits, kept between evaluate() and reply()
   bool consumed_ = false;
+  bool evaluated_ = false;
 };
 
 class ReluServer {
@@ -84,6 +94,12 @@ class ReluServer {
   /// Returns the server's output shares.
   /// @throws std::invalid_argument if the material is consumed, foreign or xs is malformed.
   std::vector<std::uint64_t> online(ReluServerMaterial& material, const std::uint64_t* xs, std::size_t n);
+  /// First half of online(): consumes the material and sends the labels of xs.
+  /// @throws std::invalid_argument as online().
+  void send_labels(ReluServerMaterial& material, const std::uint64_t* xs, std::size_t n);
+  /// Second half of online(): receives the client's reply and returns the server's output shares.
+  /// @throws std::invalid_argument unless send_labels() ran on this material and finish() did not.
+  std::vector<std::uint64_t> finish(ReluServerMaterial& material);
 
  private:
   Channel& ch_;
@@ -106,6 +122,13 @@ class ReluClient {
   /// @throws std::invalid_argument if the material is consumed or foreign;
   ///         ProtocolError if the server's batch differs.
   void online(ReluClientMaterial& material);
+  /// First half of online(): consumes the material, receives the server's labels and evaluates.
+  /// @throws as online().
+  void evaluate(ReluClientMaterial& material);
+  /// Second half of online(): queues the reply of an evaluated batch (flushed by the next
+  /// recv or flush of the channel).
+  /// @throws std::invalid_argument unless evaluate() ran on this material and reply() did not.
+  void reply(ReluClientMaterial& material);
 
  private:
   Channel& ch_;

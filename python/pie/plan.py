@@ -311,11 +311,34 @@ class Plan:
                 depth[s.output] = rounds[s.output] = depth[s.input] + 1
         return rounds
 
-    def last_uses(self) -> dict[int, list[str]]:
-        """For each step index, the tensors read for the last time there (output kept)."""
-        last: dict[str, int] = {}
+    def schedule(self) -> list[tuple[list[int], list[int]]]:
+        """The online execution order as waves ``(local, garbled)`` of step indices.
+
+        Wave ``d`` first runs the linear steps whose inputs are ready after ``d``
+        garbled rounds (the server computes them locally, no messages), then every
+        garbled step of round ``d + 1`` (see :meth:`rounds`) in one round trip.
+        Plan order is topological, so steps within a wave keep their plan order.
+        The output step is not part of any wave: it runs after the last one.
+        """
+        depth: dict[str, int] = {self.input: 0}
+        local: dict[int, list[int]] = {}
+        garbled: dict[int, list[int]] = {}
         for i, s in enumerate(self.steps):
-            for name in s.inputs:
+            if isinstance(s, LinearStep):
+                depth[s.output] = d = max(depth[t.input] for t in s.terms)
+                local.setdefault(d, []).append(i)
+            elif isinstance(s, (ReluStep, TruncateStep)):
+                depth[s.output] = depth[s.input] + 1
+                garbled.setdefault(depth[s.input], []).append(i)
+        last = max([*local, *garbled], default=0)
+        return [(local.get(d, []), garbled.get(d, [])) for d in range(last + 1)]
+
+    def last_uses(self, order: Sequence[int] | None = None) -> dict[int, list[str]]:
+        """For each step index, the tensors read for the last time there (output kept)
+        when the steps run in ``order`` (default: plan order)."""
+        last: dict[str, int] = {}
+        for i in range(len(self.steps)) if order is None else order:
+            for name in self.steps[i].inputs:
                 last[name] = i
         keep = self.output.input
         out: dict[int, list[str]] = {}
@@ -503,10 +526,12 @@ class Plan:
             raise PlanFormatError(f"cannot read plan file {where}: {exc}") from exc
         try:
             header = json.loads(arrays.pop("header").tobytes().decode("utf-8"))
-            pub = header["public"]
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise PlanFormatError(f"{where} has no valid plan header") from exc
-        return cls._from_dict(pub, header.get("private", {}), arrays)
+        if not (isinstance(header, dict) and isinstance(header.get("public"), dict)
+                and isinstance(header.get("private", {}), dict)):
+            raise PlanFormatError(f"{where} has no valid plan header")
+        return cls._from_dict(header["public"], header.get("private", {}), arrays)
 
     @classmethod
     def _from_dict(cls, pub: dict[str, Any], private: dict[str, Any],
@@ -517,13 +542,17 @@ class Plan:
                 f"(format {pub.get('format')!r}, version {pub.get('version')!r})"
             )
         try:
-            tensors = {
-                d["name"]: TensorSpec(d["name"], tuple(d["shape"]), int(d["ring_bits"]),
-                                      int(d["frac_bits"]))
-                for d in pub["tensors"]
-            }
-            steps = [_step_from_dict(i, d, arrays) for i, d in enumerate(pub["steps"])]
-            return cls(pub["input"], pub["pixel_max"], tensors, steps, pub["policy"], private)
+            tensors = {}
+            for d in _field(pub, "tensors", list):
+                name = _field(d, "name", str)
+                if name in tensors:
+                    raise PlanFormatError(f"tensor {name!r} is declared twice")
+                tensors[name] = TensorSpec(name, _shape(d["shape"], name),
+                                           _int(d["ring_bits"], "ring_bits", 1, 64),
+                                           _int(d["frac_bits"], "frac_bits", 0, MAX_FRAC_BITS))
+            steps = [_step_from_dict(i, d, arrays) for i, d in enumerate(_field(pub, "steps", list))]
+            return cls(_field(pub, "input", str), _int(pub["pixel_max"], "pixel_max", 1, 1 << 16),
+                       tensors, steps, _field(pub, "policy", dict), private)
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, PlanFormatError):
                 raise
@@ -726,26 +755,77 @@ def _step_to_dict(s: Step) -> dict[str, Any]:
     return {"kind": "output", "input": s.input, "frac_bits": s.frac_bits, "shape": list(s.shape)}
 
 
+# Bounds on what a plan file may declare: a plan read from an untrusted peer
+# must not make the reader allocate or shift without limit.
+MAX_FRAC_BITS = 128
+MAX_TENSOR_ELEMENTS = 1 << 28
+
+
+def _field(d: Any, key: str, kind: type) -> Any:
+    if not isinstance(d, dict):
+        raise PlanFormatError(f"expected a JSON object holding {key!r}, got {type(d).__name__}")
+    value = d[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise PlanFormatError(f"{key!r} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _int(v: Any, what: str, lo: int, hi: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise PlanFormatError(f"{what} must be an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def _ints(v: Any, what: str, n: int, lo: int, hi: int = 1 << 31) -> tuple[int, ...]:
+    if not isinstance(v, list) or len(v) != n:
+        raise PlanFormatError(f"{what} must be a list of {n} integers, got {v!r}")
+    return tuple(_int(x, what, lo, hi) for x in v)
+
+
+def _shape(v: Any, name: str) -> tuple[int, ...]:
+    if not isinstance(v, list) or not 1 <= len(v) <= 4:
+        raise PlanFormatError(f"tensor {name!r}: shape must be a list of 1 to 4 sizes, got {v!r}")
+    shape = _ints(v, f"tensor {name!r} shape", len(v), 1)
+    if math.prod(shape) > MAX_TENSOR_ELEMENTS:
+        raise PlanFormatError(f"tensor {name!r}: more than {MAX_TENSOR_ELEMENTS} elements")
+    return shape
+
+
+def _names(v: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise PlanFormatError(f"{what} must be a list of strings")
+    return tuple(v)
+
+
 def _step_from_dict(i: int, d: dict[str, Any], arrays: dict[str, np.ndarray]) -> Step:
-    kind = d["kind"]
+    kind = _field(d, "kind", str)
     if kind == "linear":
         terms: list[Term] = []
-        for j, t in enumerate(d["terms"]):
+        for j, t in enumerate(_field(d, "terms", list)):
             w = arrays.get(f"w{i}_{j}")
-            if t["op"] == "scale":
-                terms.append(ScaleTerm(t["input"], int(t["shift"])))
-            elif t["op"] == "conv2d":
-                terms.append(ConvTerm(t["input"], tuple(t["weight_shape"]), tuple(t["stride"]),
-                                      tuple(t["padding"]), int(t["groups"]), int(t["frac_w"]), w))
-            elif t["op"] == "fc":
-                terms.append(FCTerm(t["input"], tuple(t["weight_shape"]), int(t["frac_w"]), w))
+            op, src = _field(t, "op", str), _field(t, "input", str)
+            if op == "scale":
+                terms.append(ScaleTerm(src, _int(t["shift"], "shift", 0, MAX_FRAC_BITS)))
+            elif op == "conv2d":
+                terms.append(ConvTerm(src, _ints(t["weight_shape"], "weight_shape", 4, 1),
+                                      _ints(t["stride"], "stride", 2, 1),
+                                      _ints(t["padding"], "padding", 2, 0),
+                                      _int(t["groups"], "groups", 1, 1 << 31),
+                                      _int(t["frac_w"], "frac_w", 0, MAX_FRAC_BITS), w))
+            elif op == "fc":
+                terms.append(FCTerm(src, _ints(t["weight_shape"], "weight_shape", 2, 1),
+                                    _int(t["frac_w"], "frac_w", 0, MAX_FRAC_BITS), w))
             else:
-                raise PlanFormatError(f"step {i}: unknown term op {t['op']!r}")
-        return LinearStep(d["output"], terms, tuple(d["source"]), arrays.get(f"b{i}"))
-    if kind == "relu":
-        return ReluStep(d["input"], d["output"], int(d["shift"]), tuple(d["source"]))
-    if kind == "truncate":
-        return TruncateStep(d["input"], d["output"], int(d["shift"]), d["reason"])
+                raise PlanFormatError(f"step {i}: unknown term op {op!r}")
+        return LinearStep(_field(d, "output", str), terms, _names(d["source"], "source"),
+                          arrays.get(f"b{i}"))
+    if kind in ("relu", "truncate"):
+        src, out = _field(d, "input", str), _field(d, "output", str)
+        shift = _int(d["shift"], "shift", 0, MAX_FRAC_BITS)
+        if kind == "relu":
+            return ReluStep(src, out, shift, _names(d["source"], "source"))
+        return TruncateStep(src, out, shift, _field(d, "reason", str))
     if kind == "output":
-        return OutputStep(d["input"], int(d["frac_bits"]), tuple(d["shape"]))
+        return OutputStep(_field(d, "input", str), _int(d["frac_bits"], "frac_bits", 0, MAX_FRAC_BITS),
+                          _shape(d["shape"], "output"))
     raise PlanFormatError(f"step {i}: unknown kind {kind!r}")

@@ -197,3 +197,51 @@ def test_relu_protocol_classes_over_tcp() -> None:
     assert not errors
     for ys, b in zip(results, batches):
         np.testing.assert_array_equal(ys, relu_formula_np(b[0], b[1], b[2], 37, 37, 12))
+
+
+def test_batches_of_one_round_share_a_round_trip_without_deadlock() -> None:
+    """send_labels for every batch before any finish, evaluate every batch before
+    any reply: exact, and no deadlock although each batch's labels (and the
+    truncation's reply) exceed the channel's capacity."""
+    rng = np.random.default_rng(12)
+    relu_in = rng.integers(0, 2**37, size=(3, 3000), dtype=np.uint64)
+    trunc_in = rng.integers(0, 2**59, size=(2, 2500), dtype=np.uint64)
+    trunc_in = np.vstack([trunc_in, rng.integers(0, 2**45, size=(1, 2500), dtype=np.uint64)])
+    server_end, client_end = pie.memory_pair(capacity_bytes=16 << 10)
+    servers = [gc.ReluServer(server_end, 37, 37, 12), gc.ReluServer(server_end, 59, 45, 14, truncate=True)]
+    clients = [gc.ReluClient(client_end, 37, 37, 12), gc.ReluClient(client_end, 59, 45, 14, truncate=True)]
+    batches = [relu_in, trunc_in]
+    errors: list[BaseException] = []
+
+    def client_side() -> None:
+        try:
+            materials = [c.offline(b[1], b[2]) for c, b in zip(clients, batches)]
+            for c, m in zip(clients, materials):
+                c.evaluate(m)
+            with pytest.raises(ValueError, match="already consumed"):
+                clients[0].evaluate(materials[0])
+            for c, m in zip(clients, materials):
+                c.reply(m)
+            with pytest.raises(ValueError, match="reply already sent"):
+                clients[1].reply(materials[1])
+            client_end.flush()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    t = threading.Thread(target=client_side)
+    t.start()
+    materials = [s.offline(b.shape[1]) for s, b in zip(servers, batches)]
+    with pytest.raises(ValueError, match="labels not sent"):
+        servers[0].finish(materials[0])
+    for s, m, b in zip(servers, materials, batches):
+        s.send_labels(m, b[0])
+    results = [s.finish(m) for s, m in zip(servers, materials)]
+    with pytest.raises(ValueError, match="already finished"):
+        servers[1].finish(materials[1])
+    t.join()
+    assert not errors
+    np.testing.assert_array_equal(results[0], relu_formula_np(*relu_in, 37, 37, 12))
+    x = (trunc_in[0] + trunc_in[1]) & np.uint64(2**59 - 1)
+    signed = x.astype(np.int64) - np.where(x >> np.uint64(58) == 1, np.int64(2**59), np.int64(0))
+    expected = ((signed >> 14).astype(np.uint64) - trunc_in[2]) & np.uint64(2**45 - 1)
+    np.testing.assert_array_equal(results[1], expected)

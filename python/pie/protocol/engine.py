@@ -12,8 +12,10 @@ share is fixed in the offline phase, before the input exists:
 
 Online, the client sends ``x - r`` (the server's input share); linear steps are
 local on the server (``W(x_s) + s + b``), so chains of them (culled stages) cost
-no messages; each garbled step costs one round trip (labels of ``x_s`` out,
-colour bits back); the server finally sends its share of the logits.
+no messages; each round of garbled steps (:meth:`Plan.rounds`: ReLUs and
+truncations that do not depend on each other) costs one round trip (labels of
+``x_s`` out, colour bits back; :meth:`Plan.schedule`); the server finally sends
+its share of the logits.
 
 Offline material is bound to one session and one inference: a session runs
 ``offline`` then ``online`` exactly once, and the garbled material refuses a
@@ -92,7 +94,9 @@ class _Meter:
                       for i, s in enumerate(plan.steps)]
 
     @contextmanager
-    def measure(self, index: int, phase: str) -> Iterator[None]:
+    def measure(self, index: int, phase: str, count_rounds: bool = True) -> Iterator[None]:
+        """Charge the time and traffic of the block to step ``index``; steps that
+        share a round trip count its messages once (``count_rounds`` on one of them)."""
         ch = self.channel
         sent, received, flushes = ch.bytes_sent, ch.bytes_received, ch.flushes
         start = time.perf_counter()
@@ -105,8 +109,9 @@ class _Meter:
                 getattr(cost, f"{phase}_bytes_s2c") + ch.bytes_received - received)
         # One-way messages: the client's flushes, plus at least one reply for
         # every exchange in which the server sent something.
-        rounds = ch.flushes - flushes + (1 if ch.bytes_received > received else 0)
-        setattr(cost, f"{phase}_rounds", getattr(cost, f"{phase}_rounds") + rounds)
+        if count_rounds:
+            rounds = ch.flushes - flushes + (1 if ch.bytes_received > received else 0)
+            setattr(cost, f"{phase}_rounds", getattr(cost, f"{phase}_rounds") + rounds)
 
 
 # ------------------------------------------------------------------- server
@@ -205,19 +210,33 @@ class ServerSession:
             raise wire.ProtocolError(f"masked input has {len(raw)} bytes, expected {8 * spec.numel}")
         values = {plan.input: mask(np.frombuffer(raw, dtype="<u8").astype(np.uint64), spec.ring_bits)
                   .reshape(spec.shape)}
-        last_use = plan.last_uses()
-        for i, step in enumerate(plan.steps):
-            if isinstance(step, LinearStep):
-                values[step.output] = self._linear(i, step, values)
-            elif isinstance(step, (ReluStep, TruncateStep)):
-                x = values[step.input].reshape(-1)
-                y = self._gc[_gc_shape(plan, step)].online(self._material.pop(i), np.ascontiguousarray(x))
-                values[step.output] = y.reshape(t[step.output].shape)
-            elif isinstance(step, OutputStep):
-                out = values[step.input].astype("<u8")
-                self.channel.send_frame(wire.OUTPUT_SHARE, out.tobytes())
+        waves = plan.schedule()
+        out_index = plan.steps.index(plan.output)
+        order = [i for local, garbled in waves for i in (*local, *garbled)] + [out_index]
+        last_use = plan.last_uses(order)
+
+        def release(i: int) -> None:
             for name in last_use.get(i, ()):
                 values.pop(name, None)
+
+        for local, garbled in waves:
+            for i in local:
+                values[plan.steps[i].output] = self._linear(i, plan.steps[i], values)
+                release(i)
+            # One round trip for the whole round: every batch's labels go out
+            # before any reply is read (see gc.ReluServer.send_labels).
+            for i in garbled:
+                step = plan.steps[i]
+                self._gc[_gc_shape(plan, step)].send_labels(
+                    self._material[i], np.ascontiguousarray(values[step.input].reshape(-1)))
+            for i in garbled:
+                step = plan.steps[i]
+                y = self._gc[_gc_shape(plan, step)].finish(self._material.pop(i))
+                values[step.output] = y.reshape(t[step.output].shape)
+                release(i)
+        out_step = plan.output
+        out = values[out_step.input].astype("<u8")
+        self.channel.send_frame(wire.OUTPUT_SHARE, out.tobytes())
         self._masks.clear()
 
     def _linear(self, index: int, step: LinearStep, values: dict[str, np.ndarray]) -> np.ndarray:
@@ -358,17 +377,23 @@ class ClientSession:
         self.channel.send_frame(wire.MASKED_INPUT, masked.astype("<u8").tobytes())
         self.report.input_seconds = time.perf_counter() - start
         self.report.input_bytes = self.channel.bytes_sent - sent
-        for i, step in enumerate(plan.steps):
-            with self._meter.measure(i, "online"):
-                if isinstance(step, (ReluStep, TruncateStep)):
-                    self._gc[_gc_shape(plan, step)].online(self._material.pop(i))
-                elif isinstance(step, OutputStep):
-                    raw = self.channel.recv_frame(wire.OUTPUT_SHARE, 8 * out_spec.numel)
-                    if len(raw) != 8 * out_spec.numel:
-                        raise wire.ProtocolError("output share has the wrong length")
-                    server_share = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
-                    y = mask(server_share.reshape(out_spec.shape) + self._shares.pop(step.input),
-                             out_spec.ring_bits)
+        for _, garbled in plan.schedule():
+            # The server sends every batch of the round before reading any reply:
+            # evaluate them all, then reply (one round trip per round).
+            for k, i in enumerate(garbled):
+                with self._meter.measure(i, "online", count_rounds=k == 0):
+                    self._gc[_gc_shape(plan, plan.steps[i])].evaluate(self._material[i])
+            for k, i in enumerate(garbled):
+                with self._meter.measure(i, "online", count_rounds=k == len(garbled) - 1):
+                    self._gc[_gc_shape(plan, plan.steps[i])].reply(self._material.pop(i))
+        step = plan.output
+        with self._meter.measure(plan.steps.index(step), "online"):
+            raw = self.channel.recv_frame(wire.OUTPUT_SHARE, 8 * out_spec.numel)
+            if len(raw) != 8 * out_spec.numel:
+                raise wire.ProtocolError("output share has the wrong length")
+            server_share = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
+            y = mask(server_share.reshape(out_spec.shape) + self._shares.pop(step.input),
+                     out_spec.ring_bits)
         return y.reshape(plan.output.shape)
 
 
