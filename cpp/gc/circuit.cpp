@@ -85,6 +85,8 @@ std::vector<std::uint8_t> Circuit::evaluate(const std::vector<std::uint8_t>& inp
 
 namespace {
 
+constexpr std::uint64_t kMaxBristolWires = std::uint64_t{1} << 26;
+
 class BristolParser {
  public:
   BristolParser(const std::string& text, const std::string& name) : in_(text), name_(name) {}
@@ -155,11 +157,20 @@ Circuit Circuit::from_bristol_text(const std::string& text, const std::string& n
   if (header.size() != 2) p.fail("header: expected 'num_gates num_wires'");
   const std::uint64_t num_gates = p.number(header[0], "num_gates");
   const std::uint64_t num_wires = p.number(header[1], "num_wires");
+  // Every gate takes a line of at least 8 bytes: bounding the count by the
+  // text keeps a hostile header from reserving gigabytes.
+  if (num_gates > text.size() / 8) p.fail("num_gates: more gates than the text can hold");
+  // One 16-byte label per wire and instance: 2^26 wires (1 GiB of labels per
+  // instance) is far beyond any circuit pie garbles, and bounds the wire map.
+  if (num_wires > kMaxBristolWires) p.fail("num_wires: more than 2^26 wires");
   const auto in_widths = p.widths("input widths");
   const auto out_widths = p.widths("output widths");
   const std::size_t in_bits = sum_widths(in_widths);
   const std::size_t out_bits = sum_widths(out_widths);
   if (in_bits > num_wires || out_bits > num_wires) p.fail("widths exceed num_wires");
+  // Every wire is an input or the output of one gate; more wires than that
+  // could never be written, and would only size the wire map.
+  if (num_wires > in_bits + num_gates) p.fail("num_wires: more wires than the inputs and gates can write");
 
   // Bristol wires map to internal wires; EQW (copy) aliases, EQ (constant)
   // maps to a constant wire built from XOR(w, w) = 0 and its inverse.
@@ -236,9 +247,7 @@ Circuit Circuit::from_bristol_text(const std::string& text, const std::string& n
   std::vector<std::uint32_t> outputs(out_bits);
   for (std::size_t k = 0; k < out_bits; ++k) {
     const std::size_t w = num_wires - out_bits + k;
-    if (map[w] == kUnset) {
-      throw std::invalid_argument(name + ": output wire " + std::to_string(w) + " is never written");
-    }
+    if (map[w] == kUnset) p.fail("output wire " + std::to_string(w) + " is never written");
     outputs[k] = map[w];
   }
   return Circuit(next_internal, in_widths, out_widths, std::move(gates), std::move(outputs));

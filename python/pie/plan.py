@@ -525,7 +525,10 @@ class Plan:
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise PlanFormatError(f"cannot read plan file {where}: {exc}") from exc
         try:
-            header = json.loads(arrays.pop("header").tobytes().decode("utf-8"))
+            # NaN and infinities have no canonical JSON: a header holding them
+            # could never be digested.
+            header = json.loads(arrays.pop("header").tobytes().decode("utf-8"),
+                                parse_constant=_reject_constant)
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             raise PlanFormatError(f"{where} has no valid plan header") from exc
         if not (isinstance(header, dict) and isinstance(header.get("public"), dict)
@@ -759,6 +762,10 @@ def _step_to_dict(s: Step) -> dict[str, Any]:
 # must not make the reader allocate or shift without limit.
 MAX_FRAC_BITS = 128
 MAX_TENSOR_ELEMENTS = 1 << 28
+
+
+def _reject_constant(name: str) -> Any:
+    raise PlanFormatError(f"{name} is not allowed in a plan header")
 
 
 def _field(d: Any, key: str, kind: type) -> Any:
