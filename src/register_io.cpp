@@ -101,7 +101,20 @@ traffic counters. Blocking calls release the GIL. One thread at a time.)doc")
                              [](const Channel& ch) { return ch.stats().bytes_received; })
       .def_property_readonly("flushes", [](const Channel& ch) { return ch.stats().flushes; },
                              "Flushes that pushed data: the one-way messages this end sent.")
-      .def("reset_stats", &Channel::reset_stats)
+      .def("reset_stats", &Channel::reset_stats,
+           "Zero the counters (the transcript digests keep running).")
+      .def(
+          "transcript",
+          [](const Channel& ch) {
+            const ChannelTranscript t = ch.transcript();
+            return py::make_tuple(
+                py::bytes(reinterpret_cast<const char*>(t.sent.data()), t.sent.size()),
+                py::bytes(reinterpret_cast<const char*>(t.received.data()), t.received.size()));
+          },
+          R"doc(Return (sent_digest, received_digest): SHA-256 of every byte this end
+has sent (buffered or not) and of every byte it has received so far. After the
+peer flushed and this end consumed everything, the peer's sent digest equals
+this end's received digest. The running hashes continue.)doc")
       .def_property(
           "timeout", [](const Channel& ch) { return static_cast<double>(ch.timeout().count()) / 1000.0; },
           [](Channel& ch, double seconds) { ch.set_timeout(to_ms(seconds, "timeout")); },

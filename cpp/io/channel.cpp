@@ -1,11 +1,42 @@
 #include "io/channel.h"
 
+#include <openssl/evp.h>
+
+#include <algorithm>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 
 namespace pie {
 
 namespace {
+
+EVP_MD_CTX* new_sha256() {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  if (ctx == nullptr || EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr) != 1) {
+    EVP_MD_CTX_free(ctx);
+    throw std::runtime_error("OpenSSL SHA-256 initialisation failed");
+  }
+  return ctx;
+}
+
+void hash_update(EVP_MD_CTX* ctx, const void* data, std::size_t n) {
+  if (n != 0 && EVP_DigestUpdate(ctx, data, n) != 1) {
+    throw std::runtime_error("OpenSSL SHA-256 update failed");
+  }
+}
+
+/// Finalises a copy, so the running hash continues.
+std::array<std::uint8_t, 32> hash_snapshot(const EVP_MD_CTX* ctx) {
+  std::array<std::uint8_t, 32> out{};
+  EVP_MD_CTX* copy = EVP_MD_CTX_new();
+  unsigned int len = 0;
+  const bool ok = copy != nullptr && EVP_MD_CTX_copy_ex(copy, ctx) == 1 &&
+                  EVP_DigestFinal_ex(copy, out.data(), &len) == 1 && len == out.size();
+  EVP_MD_CTX_free(copy);
+  if (!ok) throw std::runtime_error("OpenSSL SHA-256 snapshot failed");
+  return out;
+}
 
 void put_le(std::uint8_t* p, std::uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) p[i] = static_cast<std::uint8_t>(v >> (8 * i));
@@ -19,10 +50,41 @@ std::uint64_t get_le(const std::uint8_t* p, int bytes) {
 
 }  // namespace
 
+struct Channel::Hashes {
+  Hashes() : sent(new_sha256()) {
+    try {
+      received = new_sha256();
+    } catch (...) {
+      EVP_MD_CTX_free(sent);
+      throw;
+    }
+  }
+  ~Hashes() {
+    EVP_MD_CTX_free(sent);
+    EVP_MD_CTX_free(received);
+  }
+  Hashes(const Hashes&) = delete;
+  Hashes& operator=(const Hashes&) = delete;
+
+  EVP_MD_CTX* sent;
+  EVP_MD_CTX* received = nullptr;
+};
+
+Channel::Channel() : hashes_(std::make_unique<Hashes>()) {}
+
+Channel::~Channel() = default;
+
+ChannelTranscript Channel::transcript() const {
+  return ChannelTranscript{hash_snapshot(hashes_->sent), hash_snapshot(hashes_->received)};
+}
+
 void Channel::send(const void* data, std::size_t n) {
   const auto* bytes = static_cast<const std::uint8_t*>(data);
   stats_.bytes_sent += n;
+  // Hashed when handed over: the order of send() calls is the order of the
+  // stream, whether the bytes are buffered or written at once.
   if (out_.size() + n <= kBufferBytes) {
+    hash_update(hashes_->sent, bytes, n);
     out_.insert(out_.end(), bytes, bytes + n);
     return;
   }
@@ -31,7 +93,15 @@ void Channel::send(const void* data, std::size_t n) {
     write_all(out_.data(), out_.size());
     out_.clear();
   }
-  write_all(bytes, n);
+  // Hash and write in cache-sized pieces so the peer reads (and hashes) one
+  // piece while this end hashes the next.
+  while (n > 0) {
+    const std::size_t piece = std::min(n, kHashPieceBytes);
+    hash_update(hashes_->sent, bytes, piece);
+    write_all(bytes, piece);
+    bytes += piece;
+    n -= piece;
+  }
 }
 
 void Channel::flush() {
@@ -43,7 +113,16 @@ void Channel::flush() {
 
 void Channel::recv(void* data, std::size_t n) {
   flush();
-  read_all(static_cast<std::uint8_t*>(data), n);
+  auto* bytes = static_cast<std::uint8_t*>(data);
+  // Hashed piece by piece while the piece is still in cache (see send()).
+  std::size_t left = n;
+  do {
+    const std::size_t piece = std::min(left, kHashPieceBytes);
+    read_all(bytes, piece);
+    hash_update(hashes_->received, bytes, piece);
+    bytes += piece;
+    left -= piece;
+  } while (left > 0);
   stats_.bytes_received += n;
 }
 

@@ -11,9 +11,11 @@
 // concurrent streams open several channels.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "io/errors.h"
@@ -29,15 +31,25 @@ struct ChannelStats {
   std::uint64_t flushes = 0;
 };
 
+/// SHA-256 digests of the byte streams one channel end has sent and received
+/// so far. The sender's `sent` equals the receiver's `received` once the
+/// receiver has consumed everything that was sent, so two parties comparing
+/// digests (or binding them into a later message) detect any change, loss or
+/// insertion of bytes on the way.
+struct ChannelTranscript {
+  std::array<std::uint8_t, 32> sent{};
+  std::array<std::uint8_t, 32> received{};
+};
+
 class Channel {
  public:
   /// Frame header: 4-byte type, 8-byte payload length, little endian.
   static constexpr std::size_t kFrameHeaderBytes = 12;
 
-  Channel() = default;
+  Channel();
   Channel(const Channel&) = delete;
   Channel& operator=(const Channel&) = delete;
-  virtual ~Channel() = default;
+  virtual ~Channel();
 
   /// Queues n bytes; they reach the peer at the latest on flush().
   /// @throws ChannelError (PeerClosedError, ChannelTimeoutError) when the
@@ -67,7 +79,13 @@ class Channel {
   virtual void close() = 0;
 
   const ChannelStats& stats() const { return stats_; }
+  /// Zeroes the counters; the transcript digests keep running.
   void reset_stats() { stats_ = ChannelStats{}; }
+
+  /// Snapshot of the running SHA-256 of every byte passed to send() (the
+  /// stream the peer receives, buffered or not) and of every byte recv()
+  /// returned. Hashing continues after the snapshot.
+  ChannelTranscript transcript() const;
 
   /// Deadline for every blocking operation (no progress for this long fails).
   std::chrono::milliseconds timeout() const { return timeout_; }
@@ -81,9 +99,13 @@ class Channel {
 
  private:
   static constexpr std::size_t kBufferBytes = 1 << 20;
+  static constexpr std::size_t kHashPieceBytes = 256 << 10;
+
+  struct Hashes;  // the two running OpenSSL digest contexts
 
   std::vector<std::uint8_t> out_;
   ChannelStats stats_;
+  std::unique_ptr<Hashes> hashes_;
   std::chrono::milliseconds timeout_{std::chrono::seconds(120)};
 };
 
