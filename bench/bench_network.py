@@ -1,15 +1,31 @@
-"""Whole networks over loopback TCP: offline and online latency and traffic.
+"""Whole networks: offline and online time and traffic, per step, in memory
+(``pie.infer``) and over loopback TCP.
 
-Targets (../shared/REFERENCE.md): DRD_C100_12K online <= 45 ms, DRD_C100_230K
-online <= 1 s, offline traffic for 230K <= 1.3 GB. Each figure is reported
-next to a float32 torch forward pass of the same network measured in the same
-run. DRD_C100_12K runs by default; PIE_BENCH_NET=all adds DRD_C100_230K.
-PIE_BENCH_INPUTS=N runs N random inputs per network (default 1), each checked
-bit for bit against the Plan's reference; figures are medians over them.
+Every run checks the secure output bit for bit against the Plan's reference
+and records in ``extra_info`` the engine's report (totals and every step's
+time, bytes each way and rounds), the network's ReLUs and garbled work, a
+float32 torch forward pass of the same network measured in the same run, the
+server's online linear arithmetic (the Plan's exact reference execution,
+which computes the same ring convolutions), and, when ``PIE_BENCH_PROFILE``
+names a profile (``pie.estimate``), the cost model's prediction.
+
+Which networks (``PIE_BENCH_NET``):
+
+- unset: a small DeepReDuce-style network (culled stage 1, bottom-thinned,
+  alpha 0.125, rho 0.5, one block per stage) -- the smoke run, a few seconds;
+- ``all``: every DRD_C100 configuration and the ResNet-18 baseline;
+- a comma-separated list of names from ``pie.models.names()``.
+
+``PIE_BENCH_TRANSPORT`` (``memory``, ``tcp`` or ``both``, the default) picks
+the transports; ``PIE_BENCH_INPUTS=N`` runs N random inputs per network
+(default 1), figures are medians over them. Targets (../shared/REFERENCE.md):
+DRD_C100_12K online <= 45 ms, DRD_C100_230K online <= 1 s and offline traffic
+<= 1.3 GB, server online linear compute <= 8x the torch forward pass.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -19,12 +35,34 @@ import pytest
 import torch
 
 import pie
+from pie.estimate import Profile, estimate
+from pie.models import ResNet, ResNetConfig
 
-NETWORKS = ["DRD_C100_12K"] + (["DRD_C100_230K"] if os.environ.get("PIE_BENCH_NET") == "all" else [])
+SMOKE = "smoke"
+DRD_C100 = [n for n in pie.models.names() if n.startswith("DRD_C100_")]
+
+
+def _networks() -> list[str]:
+    chosen = os.environ.get("PIE_BENCH_NET", "")
+    if not chosen:
+        return [SMOKE]
+    if chosen == "all":
+        return [*DRD_C100, "resnet18"]
+    return [n.strip() for n in chosen.split(",") if n.strip()]
+
+
+def _transports() -> list[str]:
+    chosen = os.environ.get("PIE_BENCH_TRANSPORT", "both")
+    return ["memory", "tcp"] if chosen == "both" else [chosen]
+
+
 INPUTS = int(os.environ.get("PIE_BENCH_INPUTS", "1"))
+SHAPE = (3, 32, 32)
 
 
 def _random_bn(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Untrained networks get non-trivial batch-norm statistics so the Plan's
+    rings and truncations look like a trained network's."""
     g = torch.Generator().manual_seed(seed)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -33,8 +71,24 @@ def _random_bn(net: torch.nn.Module, seed: int) -> torch.nn.Module:
     return net.eval()
 
 
-def _torch_forward_seconds(net: torch.nn.Module, shape: tuple[int, ...], repeat: int = 20) -> float:
-    x = torch.rand(1, *shape)
+def build(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == SMOKE:
+        cfg = ResNetConfig(blocks=(1, 1, 1, 1), alpha=0.125, rho=0.5, culled=(True, False, False, False),
+                           thinned=(False, True))
+        return _random_bn(ResNet(cfg), 0)
+    return _random_bn(pie.models.build(name), 0)
+
+
+@functools.lru_cache(maxsize=1)
+def compiled(name: str) -> tuple[torch.nn.Module, pie.Plan]:
+    net = build(name)
+    return net, pie.compile(net, SHAPE)
+
+
+def torch_forward_seconds(net: torch.nn.Module, repeat: int = 20) -> float:
+    """Median float32 forward pass of one image (torch's default threads)."""
+    x = torch.rand(1, *SHAPE)
     with torch.no_grad():
         net(x)
         times = []
@@ -45,47 +99,85 @@ def _torch_forward_seconds(net: torch.nn.Module, shape: tuple[int, ...], repeat:
     return float(np.median(times))
 
 
-def _tcp_inference(plan: pie.Plan, x: np.ndarray) -> tuple[np.ndarray, pie.Report]:
+def server_linear_seconds(plan: pie.Plan, repeat: int = 5) -> float:
+    """Median time of the Plan's exact reference on one input: the server's
+    online work (every linear step's ring convolutions, as the server computes
+    them on its shares) plus the cleartext ReLUs, which cost little next to it."""
+    x = np.random.default_rng(1).integers(0, plan.pixel_max + 1, plan.input_shape)
+    plan.run_reference_int(x)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        plan.run_reference_int(x)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def tcp_inference(plan: pie.Plan, x: np.ndarray) -> tuple[np.ndarray, pie.Report]:
     server = pie.Server(plan)
-    listener = pie.TcpListener("127.0.0.1", 0)
-    worker = threading.Thread(target=lambda: server.serve(listener.accept(timeout=60)))
-    worker.start()
-    with pie.tcp_connect("127.0.0.1", listener.port) as ch:
-        logits, report = pie.Client(server.public_plan()).infer(ch, x)
-    worker.join()
-    listener.close()
+    errors: list[BaseException] = []
+    with pie.TcpListener("127.0.0.1", 0) as listener:
+
+        def serve() -> None:
+            try:
+                server.serve(listener.accept(timeout=60))
+            except BaseException as exc:  # re-raised below
+                errors.append(exc)
+
+        worker = threading.Thread(target=serve)
+        worker.start()
+        try:
+            with pie.tcp_connect("127.0.0.1", listener.port) as ch:
+                logits, report = pie.Client(server.public_plan()).infer(ch, x)
+        finally:
+            worker.join()
+    if errors:
+        raise errors[0]
     report.transport = "tcp"
     return logits, report
 
 
-@pytest.mark.parametrize("name", NETWORKS)
-def test_network_over_tcp(benchmark, name: str) -> None:  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    net = _random_bn(pie.models.build(name), 0)
-    shape = (3, 32, 32)
-    plan = pie.compile(net, shape)
+@pytest.mark.parametrize("transport", _transports())
+@pytest.mark.parametrize("name", _networks())
+def test_network(benchmark, name: str, transport: str) -> None:  # type: ignore[no-untyped-def]
+    net, plan = compiled(name)
     rng = np.random.default_rng(0)
     runs: list[pie.Report] = []
 
     def once() -> None:
-        x = rng.random(shape)
-        logits, report = _tcp_inference(plan, x)
+        x = rng.random(SHAPE)
+        logits, report = tcp_inference(plan, x) if transport == "tcp" else pie.infer(plan, x)
         assert np.array_equal(logits, plan.run_reference(x))
         runs.append(report)
 
     benchmark.pedantic(once, rounds=INPUTS, iterations=1)
-    torch_s = _torch_forward_seconds(net, shape)
+    torch_s = torch_forward_seconds(net)
+    linear_s = server_linear_seconds(plan)
     online = float(np.median([r.online_seconds for r in runs]))
-    benchmark.extra_info.update(
+    last = runs[-1]
+    info = dict(
         network=name,
+        transport=transport,
         inputs_bit_exact=len(runs),
-        relus=runs[-1].relus,
+        relus=last.relus,
+        gc_cost=plan.gc_cost(),
+        online_gc_rounds=len(set(plan.rounds().values())),
         offline_seconds=float(np.median([r.offline_seconds for r in runs])),
-        offline_bytes=runs[-1].offline_bytes,
+        offline_bytes=last.offline_bytes,
+        setup_seconds=float(np.median([r.setup_seconds for r in runs])),
+        setup_bytes=last.setup_bytes,
         online_seconds=online,
-        online_bytes=runs[-1].online_bytes,
-        online_rounds=runs[-1].online_rounds,
+        online_bytes=last.online_bytes,
+        online_rounds=last.online_rounds,
         torch_float32_forward_seconds=torch_s,
         online_to_torch_ratio=online / torch_s,
-        steps=runs[-1].steps,
+        server_linear_seconds=linear_s,
+        server_linear_to_torch_ratio=linear_s / torch_s,
+        steps=last.steps,
     )
+    profile_path = os.environ.get("PIE_BENCH_PROFILE")
+    if profile_path:
+        predicted = estimate(plan, Profile.load(profile_path), transport)
+        info["estimate"] = predicted.totals()
+        info["estimate_steps"] = [s.to_dict() for s in predicted.steps]
+    benchmark.extra_info.update(info)

@@ -23,6 +23,7 @@ from .channel import (
 )
 from .checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, save_checkpoint
 from .compiler import CompileError, UnsupportedOpError, compile
+from .estimate import Estimate, Profile, estimate
 from .plan import Plan, PlanFormatError
 from .protocol import Client, HandshakeError, Report, Server, infer
 from .relu_count import relu_count, relu_report
@@ -37,9 +38,11 @@ __all__ = [
     "CheckpointError",
     "Client",
     "CompileError",
+    "Estimate",
     "HandshakeError",
     "Plan",
     "PlanFormatError",
+    "Profile",
     "UnsupportedOpError",
     "OversizeMessageError",
     "PeerClosedError",
@@ -52,6 +55,7 @@ __all__ = [
     "checkpoint_meta",
     "compile",
     "crypto",
+    "estimate",
     "gc",
     "he",
     "infer",
