@@ -3,12 +3,14 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "buffer.h"
 #include "io/channel.h"
 #include "io/memory_channel.h"
 #include "io/tcp_channel.h"
+#include "io/tls_channel.h"
 #include "register.h"
 
 namespace py = pybind11;
@@ -40,6 +42,9 @@ void register_io(py::module_& m) {
       .doc() = "A framed message announced more bytes than the reader allows.";
   py::register_exception<ProtocolError>(m, "ProtocolError", base)
       .doc() = "A framed message had an unexpected type or layout.";
+  py::register_exception<TlsError>(m, "TlsError", base)
+      .doc() = "TLS failed: handshake, certificate verification, record authentication, or "
+               "loading a certificate or key file.";
 
   py::class_<Channel, std::shared_ptr<Channel>>(m, "Channel", R"doc(
 A reliable byte stream between the two parties with exact-size reads and
@@ -157,6 +162,50 @@ this end's received digest. The running hashes continue.)doc")
       .def("close", &TcpListener::close)
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](TcpListener& l, py::args) { l.close(); });
+
+  m.def(
+      "tls_connect",
+      [](const std::string& host, std::uint16_t port, const std::string& ca,
+         const std::optional<std::string>& cert, const std::optional<std::string>& key,
+         const std::optional<std::string>& server_name, double timeout) {
+        const auto t = to_ms(timeout, "timeout");
+        TlsClientOptions options;
+        options.ca_file = ca;
+        options.cert_file = cert.value_or("");
+        options.key_file = key.value_or("");
+        options.server_name = server_name.value_or("");
+        py::gil_scoped_release release;
+        return std::shared_ptr<Channel>(TlsChannel::connect(host, port, options, t));
+      },
+      py::arg("host"), py::arg("port"), py::kw_only(), py::arg("ca"), py::arg("cert") = py::none(),
+      py::arg("key") = py::none(), py::arg("server_name") = py::none(), py::arg("timeout") = 10.0,
+      "Connect to host:port over TLS 1.3, verifying the server against the CA file and name.");
+
+  py::class_<TlsListener>(m, "TlsListener", "A listening TCP socket whose connections speak TLS 1.3.")
+      .def(py::init([](const std::string& host, std::uint16_t port, const std::string& cert,
+                       const std::string& key, const std::optional<std::string>& client_ca) {
+             TlsServerOptions options;
+             options.cert_file = cert;
+             options.key_file = key;
+             options.client_ca_file = client_ca.value_or("");
+             return std::make_unique<TlsListener>(host, port, options);
+           }),
+           py::arg("host"), py::arg("port"), py::kw_only(), py::arg("cert"), py::arg("key"),
+           py::arg("client_ca") = py::none())
+      .def_property_readonly("port", &TlsListener::port)
+      .def(
+          "accept",
+          [](TlsListener& l, double timeout) {
+            const auto t = to_ms(timeout, "timeout");
+            py::gil_scoped_release release;
+            return std::shared_ptr<Channel>(l.accept(t));
+          },
+          py::arg("timeout") = 60.0,
+          "Wait up to timeout seconds for one connection; its TLS handshake runs on its first "
+          "send or recv.")
+      .def("close", &TlsListener::close)
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](TlsListener& l, py::args) { l.close(); });
 }
 
 }  // namespace pie::bindings

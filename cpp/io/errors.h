@@ -37,4 +37,13 @@ class ProtocolError : public ChannelError {
   using ChannelError::ChannelError;
 };
 
+/// TLS failed: a handshake that could not complete (no common version,
+/// refused or unverifiable certificate, wrong host name, a plain-TCP peer) or
+/// a record that failed authentication. Also raised for certificate or key
+/// files that cannot be loaded.
+class TlsError : public ChannelError {
+ public:
+  using ChannelError::ChannelError;
+};
+
 }  // namespace pie

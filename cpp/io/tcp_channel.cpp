@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -24,21 +25,6 @@ void set_nonblocking(int fd) {
   const int flags = fcntl(fd, F_GETFL, 0);
   if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
     throw ChannelError("fcntl(O_NONBLOCK) failed: " + errno_text(errno));
-  }
-}
-
-/// Waits for `events` on fd; returns false on timeout.
-bool wait_fd(int fd, short events, std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  for (;;) {
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    pollfd p{fd, events, 0};
-    const int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1 << 30)));
-    if (r > 0) return true;
-    if (r == 0) return false;
-    if (errno != EINTR) throw ChannelError("poll failed: " + errno_text(errno));
   }
 }
 
@@ -76,6 +62,20 @@ struct AddrInfo {
 
 }  // namespace
 
+bool wait_socket(int fd, short events, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return false;
+    pollfd p{fd, events, 0};
+    const int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1 << 30)));
+    if (r > 0) return true;
+    if (r == 0) return false;
+    if (errno != EINTR) throw ChannelError("poll failed: " + errno_text(errno));
+  }
+}
+
 // ---------------------------------------------------------------- TcpChannel
 
 std::unique_ptr<TcpChannel> TcpChannel::connect(const std::string& host, std::uint16_t port,
@@ -100,7 +100,7 @@ std::unique_ptr<TcpChannel> TcpChannel::connect(const std::string& host, std::ui
       if (rc != 0) {
         const auto left =
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-        if (!wait_fd(fd, POLLOUT, left)) {
+        if (!wait_socket(fd, POLLOUT, left)) {
           ::close(fd);
           throw ChannelTimeoutError("connecting to " + host + ":" + std::to_string(port) +
                                     " timed out after " + std::to_string(timeout.count()) +
@@ -153,7 +153,7 @@ void TcpChannel::write_all(const std::uint8_t* data, std::size_t n) {
     }
     if (w < 0 && errno == EINTR) continue;
     if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (!wait_fd(fd_, POLLOUT, timeout())) {
+      if (!wait_socket(fd_, POLLOUT, timeout())) {
         throw ChannelTimeoutError("send to " + peer_ + " made no progress within " +
                                   std::to_string(timeout().count()) + " ms");
       }
@@ -183,7 +183,7 @@ void TcpChannel::read_all(std::uint8_t* data, std::size_t n) {
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (!wait_fd(fd_, POLLIN, timeout())) {
+      if (!wait_socket(fd_, POLLIN, timeout())) {
         throw ChannelTimeoutError("recv from " + peer_ + " got no data within " +
                                   std::to_string(timeout().count()) + " ms");
       }
@@ -252,7 +252,7 @@ std::unique_ptr<TcpChannel> TcpListener::accept(std::chrono::milliseconds timeou
       throw ChannelError("accept failed: " + errno_text(errno));
     }
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    if (!wait_fd(fd_, POLLIN, left)) {
+    if (!wait_socket(fd_, POLLIN, left)) {
       throw ChannelTimeoutError("no connection within " + std::to_string(timeout.count()) + " ms");
     }
   }

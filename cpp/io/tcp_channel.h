@@ -11,6 +11,11 @@
 
 namespace pie {
 
+/// Waits until the descriptor is ready for `events` (poll(2) flags), retrying
+/// on EINTR; returns false when the timeout passes first.
+/// @throws ChannelError when poll fails.
+bool wait_socket(int fd, short events, std::chrono::milliseconds timeout);
+
 class TcpChannel final : public Channel {
  public:
   /// Connects to host:port (name or numeric address, IPv4 or IPv6), trying
@@ -27,6 +32,10 @@ class TcpChannel final : public Channel {
 
   /// "address:port" of the peer, for logs and errors.
   const std::string& peer() const { return peer_; }
+
+  /// The non-blocking socket (-1 once closed), for layers running over this
+  /// connection (TLS); the channel keeps ownership.
+  int fd() const { return fd_; }
 
  protected:
   void write_all(const std::uint8_t* data, std::size_t n) override;

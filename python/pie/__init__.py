@@ -18,8 +18,11 @@ from .channel import (
     PeerClosedError,
     ProtocolError,
     TcpListener,
+    TlsError,
+    TlsListener,
     memory_pair,
     tcp_connect,
+    tls_connect,
 )
 from .checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, save_checkpoint
 from .compiler import CompileError, UnsupportedOpError, compile
@@ -50,6 +53,8 @@ __all__ = [
     "Report",
     "Server",
     "TcpListener",
+    "TlsError",
+    "TlsListener",
     "__version__",
     "channel",
     "checkpoint_meta",
@@ -67,4 +72,5 @@ __all__ = [
     "run_selftest",
     "save_checkpoint",
     "tcp_connect",
+    "tls_connect",
 ]
