@@ -669,10 +669,11 @@ def measure_profile(seconds: float = 60.0, threads: int = 0,
     bandwidth, rtt = _measure_transports(int(16 * scale) << 20)
     say("garbled circuits")
     gc_fit = _measure_gc(threads, [int(2048 * scale), int(16384 * scale)], reps)
+    layers = _SAMPLE_LAYERS if scale >= 0.5 else _SAMPLE_LAYERS[::2]
     say("HE linear layers")
-    he_fit = _measure_he(reps)
+    he_fit = _measure_he(layers, reps)
     say("online linear arithmetic")
-    lin_fit = _measure_linear(reps + 1)
+    lin_fit = _measure_linear(layers, reps + 1)
     import torch
 
     machine = {
@@ -787,7 +788,7 @@ def _gc_timings(shape: tuple[int, int, int, bool], runs: list[int], threads: int
 _SAMPLE_LAYERS: list[tuple[Any, ...]] = [("conv", *c) for c in _CONV_SAMPLES] + [("fc", *f) for f in _FC_SAMPLES]
 
 
-def _measure_he(reps: int) -> dict[str, float]:
+def _measure_he(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float]:
     """Fits each part of an HE term separately (the parties time their own
     parts), then the rest of the client's wall time (transfers, the server's
     weight encoding where it outlasts the encryption, Python)."""
@@ -799,7 +800,7 @@ def _measure_he(reps: int) -> dict[str, float]:
     sessions = []
     for bits in (37, 58):
         limbs = he.he_parameters(bits)["final_limbs"]
-        jobs = [layer for layer in _SAMPLE_LAYERS for _ in range(reps)]
+        jobs = [layer for layer in layers for _ in range(reps)]
         session, timings = _he_timings(bits, jobs, rng)
         sessions.append(session)
         for layer, (wall, encrypt, compute, decrypt) in zip(jobs, timings):
@@ -864,13 +865,13 @@ def _he_timings(bits: int, jobs: list[tuple[Any, ...]],
     return ready[0] - start, [(w, e, c, d) for (w, e, d), c in zip(client_side, compute)]
 
 
-def _measure_linear(reps: int) -> dict[str, float]:
+def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float]:
     from .reference import conv2d_ring, fc_ring
 
     rng = np.random.default_rng(2)
     rows, times = [], []
     for bits in (37, 58):
-        for layer in _SAMPLE_LAYERS:
+        for layer in layers:
             w = _random_weight(layer, rng)
             x = rng.integers(0, 1 << bits, _in_shape(layer), dtype=np.uint64)[None]
             best = math.inf

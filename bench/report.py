@@ -1,0 +1,464 @@
+"""Run the benchmark suites and write the performance report.
+
+    python bench/report.py                 # everything (about 20-30 minutes on 2 cores)
+    python bench/report.py --render-only   # rebuild REPORT.md and the plots from the JSON files
+
+Writes into ``bench/results/`` (``--out``): ``profile.json`` (the machine
+profile for ``pie.estimate``), ``<suite>.json`` (pytest-benchmark JSON of
+``bench/bench_<suite>.py``, figures in ``extra_info``), ``run.json`` (machine,
+load and timings of this run), ``REPORT.md`` and the PNG plots. The suites run
+one after the other in child processes, at these sizes: the micro suites as
+written, ``bench_he.py`` with ``PIE_BENCH_HE=all`` (every linear layer of
+ResNet-18 and DRD_C100_12K at rings 37 and 59), ``bench_network.py`` with
+``PIE_BENCH_NET=all`` (every DRD_C100 configuration and the ResNet-18 baseline,
+in memory and over loopback TCP, one input each, with the cost model's
+prediction from the fresh profile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITES = ["crypto", "channel", "ot", "gc", "he", "network"]
+TOLERANCE = 0.25  # the cost model's target: within 25% of measured time
+
+# Published anchors (../shared/REFERENCE.md): Delphi on CIFAR ResNet-18,
+# measured by a third party.
+DELPHI = {
+    "garbled_bytes_per_relu": 17072.0,
+    "online_bytes_per_relu": 1184.0,
+    "evaluate_us_per_relu": 18.0,
+    "garble_us_per_relu": 30.0,
+    "and_gates_per_relu": 290.0,
+}
+
+
+# ----------------------------------------------------------------------- running
+
+
+def _load_snapshot() -> dict[str, Any]:
+    """Machine load now: load averages and the busiest other processes."""
+    snap: dict[str, Any] = {"time": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
+    if hasattr(os, "getloadavg"):
+        snap["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    try:
+        out = subprocess.run(["top", "-bn1", "-w", "200"], capture_output=True, text=True, timeout=10).stdout
+        lines = out.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("PID"))
+        busy = []
+        for line in lines[start + 1:]:
+            cols = line.split(None, 11)
+            if len(cols) == 12 and float(cols[8].replace(",", ".")) >= 5.0 and int(cols[0]) != os.getpid():
+                busy.append(f"{cols[11][:60]} ({cols[8]}% CPU)")
+        snap["busy_processes"] = busy[:8]
+    except (OSError, StopIteration, ValueError, subprocess.SubprocessError):
+        snap["busy_processes"] = []
+    return snap
+
+
+def _machine() -> dict[str, Any]:
+    import pie
+    from pie.estimate import _cpu_name
+
+    return {
+        "processor": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "pie": pie.__version__,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip(),
+    }
+
+
+def run_all(out: Path, networks: str, profile_seconds: float) -> None:
+    from pie.estimate import measure_profile
+
+    out.mkdir(parents=True, exist_ok=True)
+    run: dict[str, Any] = {"machine": _machine(), "load_before": _load_snapshot(), "suites": {}}
+    t0 = time.perf_counter()
+    print("profile ...", flush=True)
+    measure_profile(profile_seconds, progress=lambda m: print(f"  {m}", flush=True)).save(out / "profile.json")
+    run["profile_seconds"] = round(time.perf_counter() - t0, 1)
+    env_extra = {
+        "he": {"PIE_BENCH_HE": "all"},
+        "network": {"PIE_BENCH_NET": networks, "PIE_BENCH_PROFILE": str(out / "profile.json")},
+    }
+    for suite in SUITES:
+        print(f"bench_{suite} ...", flush=True)
+        env = {**os.environ, **env_extra.get(suite, {})}
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", f"bench/bench_{suite}.py", "--benchmark-enable",
+             f"--benchmark-json={out / f'{suite}.json'}", "-q", "-p", "no:cacheprovider"],
+            cwd=ROOT, env=env, capture_output=True, text=True,
+        )
+        run["suites"][suite] = {"seconds": round(time.perf_counter() - start, 1), "returncode": proc.returncode}
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+            run["suites"][suite]["failure"] = tail
+            print(tail, flush=True)
+    run["load_after"] = _load_snapshot()
+    run["total_seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------- rendering
+
+
+def _benchmarks(out: Path, suite: str) -> list[dict[str, Any]]:
+    path = out / f"{suite}.json"
+    if not path.exists():
+        return []
+    return list(json.loads(path.read_text()).get("benchmarks", []))
+
+
+def _find(benches: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    return next((b["extra_info"] for b in benches if b["name"] == name), None)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _fmt_s(s: float) -> str:
+    return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def _status(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def _network_runs(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(e["network"], e["transport"]): e for e in (b["extra_info"] for b in _benchmarks(out, "network"))}
+
+
+def _gc_offline_bytes(steps: list[dict[str, Any]], kinds: tuple[str, ...]) -> int:
+    return sum(s["offline_bytes"] for s in steps if s["kind"] in kinds)
+
+
+def _targets(out: Path, nets: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    gc = _benchmarks(out, "gc")
+    he = _benchmarks(out, "he")
+    rows = ["| what | target | measured | status | source |", "|---|---|---|---|---|"]
+
+    def row(what: str, target: str, measured: str, ok: bool | None, source: str) -> None:
+        rows.append(f"| {what} | {target} | {measured} | {_status(ok)} | {source} |")
+
+    relu = _find(gc, "test_secure_relu_bytes")
+    if relu:
+        gates = relu["and_gates_per_relu"]
+        row("ReLU circuit, l_in = l_out = 37", "<= 111 AND gates", f"{gates} AND gates (shift 12)",
+            gates <= 111, "bench_gc::test_secure_relu_bytes")
+        gb = relu["garbled_bytes_per_relu"]
+        row("garbled bytes per ReLU (l=37)", "<= 3.6 KB", f"{gb:,.0f} B", gb <= 3600, "bench_gc::test_secure_relu_bytes")
+        s2c, c2s = relu["online_server_to_client_per_relu"], relu["online_client_to_server_per_relu"]
+        row("online bytes per ReLU (l=37)", "<= 600 B s->c and <= 5 B c->s",
+            f"{s2c:,.1f} B s->c, {c2s:,.2f} B c->s", s2c <= 600 and c2s <= 5, "bench_gc::test_secure_relu_bytes")
+    else:
+        row("ReLU circuit / garbled bytes / online bytes", "see REFERENCE.md", "not measured", None, "bench_gc")
+    ev = _find(gc, "test_evaluate_relu[1]")
+    ratio = _find(gc, "test_evaluation_vs_hash_ratio")
+    if ev and ratio:
+        us = ev["us_per_relu_per_core"]
+        r = ratio["ratio_evaluate_to_two_hashes"]
+        row("GC evaluation (l=37)", "<= 1.5 us per ReLU per core; per AND <= 2x its 2 hash calls",
+            f"{us:.2f} us per ReLU (1 thread); {r:.2f}x", us <= 1.5 and r <= 2.0,
+            "bench_gc::test_evaluate_relu[1], test_evaluation_vs_hash_ratio")
+    gb1 = _find(gc, "test_garble_relu[1]")
+    if gb1:
+        us = gb1["us_per_relu_per_core"]
+        row("GC garbling (l=37)", "<= 3 us per ReLU per core", f"{us:.2f} us per ReLU (1 thread)", us <= 3.0,
+            "bench_gc::test_garble_relu[1]")
+    he37 = _find(he, "test_he_network[resnet18-37]")
+    he59 = _find(he, "test_he_network[resnet18-59]")
+    if he37:
+        mb = he37["mb_client_to_server"] + he37["mb_server_to_client"]
+        row("HE offline, all linear layers of CIFAR ResNet-18, ring 37", "<= 10 s on 2 cores, <= 300 MB",
+            f"{he37['wall_s']:.2f} s, {mb:,.0f} MB", he37["wall_s"] <= 10 and mb <= 300,
+            "bench_he::test_he_network[resnet18-37]")
+    if he59:
+        mb = he59["mb_client_to_server"] + he59["mb_server_to_client"]
+        row("HE offline, all linear layers of CIFAR ResNet-18, ring 59", "<= 10 s on 2 cores, <= 500 MB",
+            f"{he59['wall_s']:.2f} s, {mb:,.0f} MB", he59["wall_s"] <= 10 and mb <= 500,
+            "bench_he::test_he_network[resnet18-59]")
+    base = nets.get(("resnet18", "tcp")) or nets.get(("resnet18", "memory"))
+    if base:
+        lin_s = sum(s["offline_seconds"] for s in base["steps"] if s["kind"] == "linear")
+        lin_b = sum(s["offline_bytes"] for s in base["steps"] if s["kind"] == "linear") + base["setup_bytes"]
+        row("HE offline in the engine, ResNet-18 baseline (compiled rings, up to 59 bits)",
+            "<= 10 s on 2 cores, <= 500 MB", f"{lin_s:.2f} s, {_fmt_bytes(lin_b)} (with key set-up)",
+            lin_s <= 10 and lin_b <= 500e6, f"bench_network[resnet18-{base['transport']}]")
+    n230 = nets.get(("DRD_C100_230K", "tcp")) or nets.get(("DRD_C100_230K", "memory"))
+    if n230:
+        row("offline traffic per inference, DRD_C100_230K", "<= 1.3 GB", _fmt_bytes(n230["offline_bytes"]),
+            n230["offline_bytes"] <= 1.3e9, f"bench_network[DRD_C100_230K-{n230['transport']}]")
+    for name, limit in (("DRD_C100_12K", 0.045), ("DRD_C100_230K", 1.0)):
+        e = nets.get((name, "tcp"))
+        if e:
+            row(f"{name} online latency, loopback TCP, 2 cores", f"<= {_fmt_s(limit)}", _fmt_s(e["online_seconds"]),
+                e["online_seconds"] <= limit, f"bench_network[{name}-tcp]")
+        else:
+            row(f"{name} online latency, loopback TCP, 2 cores", f"<= {_fmt_s(limit)}", "not measured", None,
+                "bench_network")
+    lin = [(e["server_linear_to_torch_ratio"], k[0]) for k, e in nets.items() if k[1] == "memory"]
+    if lin:
+        worst, name = max(lin)
+        row("server online linear compute", "<= 8x a float32 torch forward",
+            f"{worst:.1f}x at worst ({name}); all networks in the table below", worst <= 8,
+            "bench_network (server_linear_to_torch_ratio)")
+    if nets:
+        exact = sum(e["inputs_bit_exact"] for e in nets.values())
+        row("secure output vs fixed-point reference", "bit-exact, always",
+            f"{exact}/{exact} network runs bit-exact (every run asserts it)", True, "bench_network")
+    return rows
+
+
+def _network_table(nets: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    rows = ["| network | transport | ReLUs | trunc. elems | GC rounds | offline time | offline bytes | online time "
+            "| online bytes | torch fp32 | online / torch | server linear / torch |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, transport), e in sorted(nets.items(), key=lambda kv: (kv[1]["relus"], kv[0][1])):
+        rows.append(
+            f"| {name} | {transport} | {e['relus']:,} | {e['gc_cost']['truncations']:,} | {e['online_gc_rounds']} "
+            f"| {_fmt_s(e['offline_seconds'])} | {_fmt_bytes(e['offline_bytes'])} | {_fmt_s(e['online_seconds'])} "
+            f"| {_fmt_bytes(e['online_bytes'])} | {_fmt_s(e['torch_float32_forward_seconds'])} "
+            f"| {e['online_to_torch_ratio']:.0f}x | {e['server_linear_to_torch_ratio']:.1f}x |"
+        )
+    return rows
+
+
+def _model_table(nets: dict[tuple[str, str], dict[str, Any]]) -> tuple[list[str], list[str]]:
+    rows = ["| network | transport | offline measured | predicted | error | online measured | predicted | error "
+            "| within 25% | offline bytes | online bytes |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    misses = []
+    for (name, transport), e in sorted(nets.items(), key=lambda kv: (kv[1]["relus"], kv[0][1])):
+        est = e.get("estimate")
+        if not est:
+            continue
+        errs = []
+        cells = []
+        for key in ("offline_seconds", "online_seconds"):
+            err = est[key] / e[key] - 1
+            errs.append(abs(err))
+            cells.append(f"{_fmt_s(e[key])} | {_fmt_s(est[key])} | {err:+.0%}")
+        ok = max(errs) <= TOLERANCE
+        if not ok and name.startswith("DRD_C100"):
+            misses.append(f"{name} ({transport})")
+        bytes_cells = []
+        for key in ("offline_bytes", "online_bytes"):
+            bytes_cells.append("exact" if est[key] == e[key] else f"{est[key] - e[key]:+,} B")
+        rows.append(f"| {name} | {transport} | {cells[0]} | {cells[1]} | {'yes' if ok else '**no**'} "
+                    f"| {bytes_cells[0]} | {bytes_cells[1]} |")
+    return rows, misses
+
+
+def _delphi(out: Path, nets: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    gc = _benchmarks(out, "gc")
+    relu = _find(gc, "test_secure_relu_bytes")
+    ev1, ev_all = _find(gc, "test_evaluate_relu[1]"), None
+    gb1 = _find(gc, "test_garble_relu[1]")
+    for b in gc:
+        if b["name"].startswith("test_evaluate_relu[") and b["name"] != "test_evaluate_relu[1]":
+            ev_all = b["extra_info"]
+    rows = ["| per ReLU | Delphi (ResNet-18) | pie | Delphi / pie | pie measured by |", "|---|---|---|---|---|"]
+
+    def row(what: str, delphi: float, ours: float, unit: str, source: str) -> None:
+        rows.append(f"| {what} | {delphi:,.1f} {unit} | {ours:,.2f} {unit} | {delphi / ours:,.1f}x | {source} |")
+
+    if relu:
+        row("AND gates", DELPHI["and_gates_per_relu"], relu["and_gates_per_relu"], "", "ReLU circuit, l=37, shift 12")
+        row("garbled bytes", DELPHI["garbled_bytes_per_relu"], relu["garbled_bytes_per_relu"], "B",
+            "bench_gc, l=37")
+        on = relu["online_server_to_client_per_relu"] + relu["online_client_to_server_per_relu"]
+        row("online bytes", DELPHI["online_bytes_per_relu"], on, "B", "bench_gc, l=37")
+    if ev1:
+        row("evaluation time", DELPHI["evaluate_us_per_relu"], ev1["us_per_relu"], "us", "bench_gc, 1 thread")
+    if ev_all:
+        row("evaluation time", DELPHI["evaluate_us_per_relu"], ev_all["us_per_relu"], "us",
+            f"bench_gc, {ev_all['threads']} threads")
+    if gb1:
+        row("garbling time", DELPHI["garble_us_per_relu"], gb1["us_per_relu"], "us", "bench_gc, 1 thread")
+    base = nets.get(("resnet18", "memory"))
+    if base:
+        relus = base["relus"]
+        gc_off = _gc_offline_bytes(base["steps"], ("relu", "truncate"))
+        row("garbled + OT bytes, whole network", DELPHI["garbled_bytes_per_relu"], gc_off / relus, "B",
+            "ResNet-18 engine run (compiled rings, truncations included)")
+        row("online bytes, whole network", DELPHI["online_bytes_per_relu"], base["online_bytes"] / relus, "B",
+            "ResNet-18 engine run")
+        gc_on = sum(s["online_seconds"] for s in base["steps"] if s["kind"] in ("relu", "truncate"))
+        row("online GC time, whole network", DELPHI["evaluate_us_per_relu"], 1e6 * gc_on / relus, "us",
+            "ResNet-18 engine run (includes the server's linear work between rounds)")
+    return rows
+
+
+def _plots(out: Path, nets: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    drd = {k: v for k, v in nets.items() if k[0].startswith("DRD_C100")}
+    if drd:
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        for transport, marker in (("memory", "o"), ("tcp", "s")):
+            pts = sorted((e["relus"], e["online_seconds"], k[0]) for k, e in drd.items() if k[1] == transport)
+            if not pts:
+                continue
+            ax.plot([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker=marker, label=f"measured, {transport}")
+            pred = sorted((e["relus"], e["estimate"]["online_seconds"]) for k, e in drd.items()
+                          if k[1] == transport and "estimate" in e)
+            if pred:
+                ax.plot([p[0] for p in pred], [p[1] * 1e3 for p in pred], linestyle="--", marker="x",
+                        label=f"pie.estimate, {transport}")
+            if transport == "tcp":
+                for relus, seconds, name in pts:
+                    ax.annotate(name.replace("DRD_C100_", ""), (relus, seconds * 1e3), fontsize=7,
+                                textcoords="offset points", xytext=(4, -10))
+        ax.scatter([12288, 229376], [45, 1000], marker="*", s=120, color="red", zorder=5,
+                   label="targets (12K: 45 ms, 230K: 1 s)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("ReLUs")
+        ax.set_ylabel("online latency (ms)")
+        ax.set_title("Online latency vs ReLU count, DRD_C100 configurations")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "online_vs_relus.png", dpi=120)
+        plt.close(fig)
+        made.append("online_vs_relus.png")
+    pick = next((k for k in (("DRD_C100_230K", "tcp"), ("DRD_C100_12K", "tcp")) if k in nets),
+                next(iter(nets), None))
+    if pick:
+        e = nets[pick]
+        steps = e["steps"]
+        parts = {
+            "offline": [("session set-up", e["setup_seconds"], e["setup_bytes"])]
+            + [(label, sum(s["offline_seconds"] for s in steps if s["kind"] == kind),
+                sum(s["offline_bytes"] for s in steps if s["kind"] == kind))
+               for kind, label in (("linear", "HE linear"), ("relu", "GC ReLU (garble+OT)"),
+                                   ("truncate", "GC truncation (garble+OT)"))],
+            "online": [(label, sum(s["online_seconds"] for s in steps if s["kind"] == kind),
+                        sum(s["online_bytes"] for s in steps if s["kind"] == kind))
+                       for kind, label in (("relu", "GC ReLU rounds"), ("truncate", "GC truncation rounds"),
+                                           ("linear", "server linear (not on the client's clock)"),
+                                           ("output", "output share"))],
+        }
+        fig, axes = plt.subplots(2, 2, figsize=(10, 5.5))
+        for col, phase in enumerate(("offline", "online")):
+            labels = [p[0] for p in parts[phase]]
+            for row, (idx, unit, scale) in enumerate(((1, "seconds", 1.0), (2, "MB", 1e-6))):
+                ax = axes[row][col]
+                vals = [p[idx] * scale for p in parts[phase]]
+                ax.barh(labels, vals, color=["#4477aa", "#66ccee", "#228833", "#ccbb44"][: len(vals)])
+                ax.set_xlabel(unit)
+                ax.set_title(f"{phase}: {unit}", fontsize=9)
+                ax.tick_params(axis="y", labelsize=8)
+        fig.suptitle(f"Per-stage breakdown, {pick[0]} ({pick[1]})")
+        fig.tight_layout()
+        fig.savefig(out / "breakdown.png", dpi=120)
+        plt.close(fig)
+        made.append("breakdown.png")
+    return made
+
+
+def render(out: Path) -> None:
+    run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    nets = _network_runs(out)
+    lines = ["# pie performance report", ""]
+    machine = run.get("machine", {})
+    before, after = run.get("load_before", {}), run.get("load_after", {})
+    lines += [
+        f"Produced by `python bench/report.py` at commit `{machine.get('commit', '?')}`, "
+        f"{before.get('time', '?')} to {after.get('time', '?')} "
+        f"({run.get('total_seconds', 0) / 60:.1f} minutes).",
+        "",
+        f"Machine: {machine.get('processor', '?')}, {machine.get('cpus', '?')} CPUs, {machine.get('platform', '?')}, "
+        f"Python {machine.get('python', '?')}.",
+        f"Load average (1, 5, 15 min) before: {before.get('load_average', '?')}, after: "
+        f"{after.get('load_average', '?')}.",
+    ]
+    busy = sorted(set(before.get("busy_processes", []) + after.get("busy_processes", [])))
+    if busy:
+        lines.append("Other busy processes seen: " + "; ".join(busy) + ". Times are from a shared, loaded "
+                     "machine: treat them as upper bounds for an idle one.")
+    failed = {k: v for k, v in run.get("suites", {}).items() if v.get("returncode")}
+    if failed:
+        lines.append("")
+        lines.append("**Suites that failed:** " + ", ".join(f"bench_{k}" for k in failed) + " (see run.json).")
+    lines += ["", "Suite wall times: " + ", ".join(f"bench_{k} {v['seconds']:.0f} s"
+                                                   for k, v in run.get("suites", {}).items())
+              + f"; profile {run.get('profile_seconds', 0):.0f} s.", ""]
+    lines += ["## Targets (../shared/REFERENCE.md)", ""] + _targets(out, nets) + [""]
+    lines += ["## Networks", "",
+              "One input per network and transport, bit-exact against the Plan's reference. Untrained networks "
+              "with random batch-norm statistics, compiled with the default policy (12 fractional bits, "
+              "12-bit weights). *offline* includes the session set-up; *online* is the client's wall time from "
+              "the masked input to the decoded output; *torch fp32* is a float32 forward pass of the same "
+              "network in the same run; *server linear* is the server's online ring arithmetic (the Plan's exact "
+              "reference execution on one input).", ""]
+    lines += _network_table(nets) + [""]
+    plots = _plots(out, nets)
+    for p in plots:
+        lines += [f"![{p}]({p})", ""]
+    lines += ["## Delphi anchors", "",
+              "Ratios above 1 mean pie needs less. Delphi's figures are a third party's measurement on CIFAR "
+              "ResNet-18 (557,056 ReLUs, 41-bit prime field); pie's micro figures are at l = 37.", ""]
+    lines += _delphi(out, nets) + [""]
+    model_rows, misses = _model_table(nets)
+    lines += ["## Cost model: predicted vs measured", "",
+              "`pie.estimate(plan, Profile.load('profile.json'), transport)` with the profile measured at the "
+              "start of this run. Bytes are predicted exactly; times are the model (see `pie/estimate.py`). "
+              "Target: within 25% of measured offline and online time for every DRD_C100 configuration.", ""]
+    lines += model_rows + [""]
+    drd_rows = [k for k, e in nets.items() if k[0].startswith("DRD_C100") and "estimate" in e]
+    if drd_rows:
+        lines.append(f"DRD_C100 runs within 25% on both times: {len(drd_rows) - len(misses)}/{len(drd_rows)}"
+                     + (f"; outside: {', '.join(misses)}." if misses else "."))
+        lines.append("")
+    profile_path = out / "profile.json"
+    if profile_path.exists():
+        prof = json.loads(profile_path.read_text())
+        keys = [k for k, v in prof.items() if isinstance(v, (int, float)) and (k.endswith("_s") or k == "threads")]
+        lines += ["## Machine profile (profile.json)", "", "| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {prof[k]:.4g} |" for k in keys]
+        lines += [f"| bandwidth {t} | {v / 1e9:.2f} GB/s |" for t, v in prof["bandwidth"].items()]
+        lines += [f"| round trip {t} | {v * 1e6:.1f} us |" for t, v in prof["rtt_s"].items()]
+        lines.append("")
+    (out / "REPORT.md").write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder")
+    parser.add_argument("--networks", default="all",
+                        help="PIE_BENCH_NET for bench_network.py: 'all' or comma-separated names")
+    parser.add_argument("--profile-seconds", type=float, default=60.0, help="budget of measure_profile")
+    parser.add_argument("--render-only", action="store_true", help="only rebuild REPORT.md and the plots")
+    args = parser.parse_args(argv)
+    if not args.render_only:
+        run_all(args.out, args.networks, args.profile_seconds)
+    render(args.out)
+    print(f"wrote {args.out / 'REPORT.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
