@@ -12,24 +12,47 @@ prediction and the latency/traffic of the offline and online phases.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import checkpoint, compiler
-from .channel import Channel, ChannelError, TcpListener, tcp_connect
+from .channel import (
+    Channel,
+    ChannelError,
+    ChannelTimeoutError,
+    TcpListener,
+    tcp_connect,
+)
 from .plan import Plan
-from .protocol import Client, Server, infer
-from .protocol import wire
+from .protocol import Client, Server, infer, wire
+from .protocol.engine import ClientSession, ServerSession
+from .protocol.limits import Admission, Limits, MaterialEstimate, Reservation
+from .protocol.report import Report
 from .reduce.data import CIFAR100_STATS, TINY_IMAGENET_STATS
 
-__all__ = ["fetch_public_plan", "load_input", "load_server", "main", "serve_forever"]
+__all__ = [
+    "Limits",
+    "SessionLog",
+    "SessionRecord",
+    "fetch_public_plan",
+    "load_input",
+    "load_server",
+    "main",
+    "query",
+    "serve_forever",
+]
 
 _log = logging.getLogger("pie.serve")
 
@@ -50,45 +73,180 @@ def load_server(model: str | Path, arch: str | None = None, threads: int = 0) ->
     return Server(plan, threads=threads)
 
 
-def _handle(server: Server, public: bytes, channel: Channel) -> None:
-    wire.recv_json(channel, wire.GET_PLAN)
-    channel.send_frame(wire.PUBLIC_PLAN, public)
-    server.serve(channel)
+class Listener(Protocol):
+    """What :func:`serve_forever` accepts connections from (TCP or TLS)."""
+
+    def accept(self, timeout: float = ...) -> Channel: ...
 
 
-def serve_forever(server: Server, listener: TcpListener, max_sessions: int = 4,
-                  stop: threading.Event | None = None) -> None:
-    """Accept clients until ``stop`` is set, each in its own thread, at most
-    ``max_sessions`` at a time; a failing client is logged and never affects
-    the others."""
-    public = server.public_plan().to_bytes()
-    slots = threading.BoundedSemaphore(max_sessions)
+@dataclass(frozen=True)
+class SessionRecord:
+    """How one connection ended.
+
+    Attributes:
+        number: the connection's number, in order of acceptance (from 1).
+        outcome: ``"ok"`` (inference served), ``"refused"`` (busy: a limit
+            was reached) or ``"failed"`` (anything else: the peer went away,
+            timed out, sent something unexpected or malformed, or a mismatch).
+        phase: the session phase it ended in (see :class:`pie.protocol.wire.Phase`).
+        error: the exception's class (``None`` when ``ok``).
+        message: the exception's message.
+        started: ``time.monotonic()`` at acceptance.
+        ended: ``time.monotonic()`` once its resources were released.
+    """
+
+    number: int
+    outcome: str
+    phase: str
+    error: type[BaseException] | None
+    message: str
+    started: float
+    ended: float
+
+
+class SessionLog:
+    """The server's record of finished connections (the most recent
+    ``keep``) and counts of every outcome; thread-safe."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._records: deque[SessionRecord] = deque(maxlen=keep)
+        self._counts: dict[str, int] = {"ok": 0, "refused": 0, "failed": 0}
+        self._cond = threading.Condition()
+
+    def add(self, record: SessionRecord) -> None:
+        """Record one finished connection."""
+        with self._cond:
+            self._records.append(record)
+            self._counts[record.outcome] += 1
+            self._cond.notify_all()
+
+    def records(self) -> list[SessionRecord]:
+        """The recorded connections, oldest first."""
+        with self._cond:
+            return list(self._records)
+
+    def counts(self) -> dict[str, int]:
+        """Connections by outcome since the start."""
+        with self._cond:
+            return dict(self._counts)
+
+    def wait_for(self, total: int, timeout: float) -> bool:
+        """Wait until at least ``total`` connections have finished; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: sum(self._counts.values()) >= total, timeout)
+
+
+def serve_forever(server: Server, listener: Listener, limits: Limits | None = None,
+                  stop: threading.Event | None = None, log: SessionLog | None = None) -> None:
+    """Accept clients until ``stop`` is set, each connection in its own thread.
+
+    A connection gets ``limits.handshake_timeout`` seconds without progress to
+    ask for the public Plan and say HELLO; its session is then admitted if a
+    session slot and enough offline-material budget are free (else it is
+    refused with a busy ``WELCOME``, :class:`ServerBusyError` on the client),
+    and from then on it may go ``limits.idle_timeout`` seconds without
+    progress before it is dropped. A failing connection (closed, stalled,
+    malformed, corrupted) ends its own session only: it is logged and
+    recorded in ``log``, its material and socket are released, and the other
+    sessions go on. Returns after ``stop`` once every connection has ended.
+    """
+    limits = limits or Limits()
     stop = stop or threading.Event()
+    log = log if log is not None else SessionLog()
+    public = server.public_plan().to_bytes()
+    material = MaterialEstimate.from_plan(server.plan).server_bytes
+    if material > limits.max_session_bytes:
+        _log.warning("a session of this plan needs %.1f MiB of offline material, over the "
+                     "per-session limit: every session will be refused", material / (1 << 20))
+    admission = Admission(limits)
+    connections = threading.BoundedSemaphore(limits.max_connections)
+    workers: set[threading.Thread] = set()
+    workers_lock = threading.Lock()
+    numbers = itertools.count(1)
 
-    def run(ch: Channel) -> None:
+    def run(ch: Channel, number: int) -> None:
+        started = time.monotonic()
+        conv = wire.Conversation(ch, "server", public_plan=public)
+        reservation: Reservation | None = None
+
+        def admit() -> None:
+            nonlocal reservation
+            reservation = admission.admit(material)
+            ch.timeout = limits.idle_timeout
+
+        outcome, error, message = "ok", None, ""
         try:
-            _handle(server, public, ch)
-        except (ChannelError, ValueError, RuntimeError) as exc:
-            _log.warning("session failed: %s: %s", type(exc).__name__, exc)
+            ch.timeout = limits.handshake_timeout
+            session = ServerSession(server, ch, conversation=conv, admit=admit)
+            session.offline()
+            session.online()
+            del session  # the material goes with it
+        except wire.ServerBusyError as exc:
+            outcome, error, message = "refused", type(exc), str(exc)
+            _log.info("connection %d refused: %s", number, exc)
+        except ChannelError as exc:
+            outcome, error, message = "failed", type(exc), str(exc)
+            _log.warning("connection %d failed in phase %s: %s: %s", number, conv.phase.value,
+                         type(exc).__name__, exc)
+        except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, the server goes on
+            outcome, error, message = "failed", type(exc), str(exc)
+            _log.exception("connection %d: internal error in phase %s", number, conv.phase.value)
         finally:
             ch.close()
-            slots.release()
+            if reservation is not None:
+                admission.release(reservation)
+            connections.release()
+            log.add(SessionRecord(number, outcome, conv.phase.value, error, message, started,
+                                  time.monotonic()))
+            with workers_lock:
+                workers.discard(threading.current_thread())
 
     while not stop.is_set():
-        if not slots.acquire(timeout=0.2):
+        if not connections.acquire(timeout=0.2):
             continue
         try:
             ch = listener.accept(timeout=0.2)
-        except ChannelError:
-            slots.release()
+        except ChannelTimeoutError:
+            connections.release()
             continue
-        threading.Thread(target=run, args=(ch,), daemon=True).start()
+        except ChannelError as exc:  # e.g. out of file descriptors: back off, keep serving
+            connections.release()
+            _log.warning("accept failed: %s", exc)
+            stop.wait(0.1)
+            continue
+        worker = threading.Thread(target=run, args=(ch, next(numbers)), name="pie-connection",
+                                  daemon=True)
+        with workers_lock:
+            workers.add(worker)
+        worker.start()
+    with workers_lock:
+        running = list(workers)
+    for worker in running:
+        worker.join()
 
 
 def fetch_public_plan(channel: Channel) -> Plan:
-    """Ask the server on ``channel`` for its public Plan."""
-    wire.send_json(channel, wire.GET_PLAN, {})
-    return Plan.from_bytes(channel.recv_frame(wire.PUBLIC_PLAN, wire.MAX_PLAN_BYTES))
+    """Ask the server on ``channel`` for its public Plan (raises
+    :class:`~pie.protocol.wire.MalformedPlanError` if the reply is not one)."""
+    return wire.Conversation(channel, "client").request_plan()
+
+
+def query(channel: Channel, x: np.ndarray | str | Path, *, threads: int = 0,
+          progress: bool = False) -> tuple[np.ndarray, Report, Plan]:
+    """One private inference against a server: fetch its public Plan, run the
+    protocol on ``x`` (an image (C, H, W) with values in [0, 1], or a file
+    that :func:`load_input` reads) and return the logits, the cost report and
+    the Plan. Raises the :class:`ChannelError` family
+    (:class:`~pie.protocol.wire.ServerBusyError` when the server is at a
+    limit, :class:`~pie.protocol.wire.MalformedPlanError` for an unreadable
+    Plan), or :class:`ValueError` for an input that does not fit the Plan."""
+    conv = wire.Conversation(channel, "client")
+    plan = conv.request_plan()
+    image = load_input(x, plan.input_shape) if isinstance(x, (str, Path)) else x
+    session = ClientSession(Client(plan, threads=threads), channel, conversation=conv)
+    session.offline(progress)
+    logits, report = session.online(image)
+    return logits, report, plan
 
 
 def load_input(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
@@ -131,12 +289,38 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+def _size(text: str) -> int:
+    """A byte count with an optional binary suffix: 512M, 4G, 1T (or plain bytes)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 4G)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return int(value)
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pie.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="server and client in this process on the bundled model and image")
     demo.add_argument("--threads", type=int, default=0, help="garbling/evaluation threads (0: all cores)")
+    defaults = Limits()
     srv = sub.add_parser("server", help="serve a checkpoint over TCP")
     srv.add_argument("--model", required=True, type=Path,
                      help="checkpoint: pie's format, or a DeepReDuce .pth.tar (then give --arch)")
@@ -144,13 +328,33 @@ def main(argv: list[str] | None = None) -> int:
                      "that do not record their configuration")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=7000, help="TCP port (default 7000; 0 picks one)")
-    srv.add_argument("--max-sessions", type=int, default=4, help="clients served at the same time")
     srv.add_argument("--threads", type=int, default=0, help="garbling threads per session (0: all cores)")
+    lim = srv.add_argument_group("limits")
+    lim.add_argument("--max-sessions", type=_positive(int), default=defaults.max_sessions,
+                     help=f"sessions served at the same time; more are refused as busy "
+                     f"(default {defaults.max_sessions})")
+    lim.add_argument("--max-connections", type=_positive(int), default=defaults.max_connections,
+                     help="connections handled at the same time, handshakes included; more wait "
+                     f"in the listen backlog (default {defaults.max_connections})")
+    lim.add_argument("--handshake-timeout", type=_positive(float), default=defaults.handshake_timeout,
+                     metavar="SECONDS", help="a new connection's deadline without progress "
+                     f"(default {defaults.handshake_timeout:g})")
+    lim.add_argument("--idle-timeout", type=_positive(float), default=defaults.idle_timeout,
+                     metavar="SECONDS", help="a session without progress for this long is dropped "
+                     f"and its material freed (default {defaults.idle_timeout:g})")
+    lim.add_argument("--max-session-memory", type=_size, default=defaults.max_session_bytes, metavar="SIZE",
+                     help="offline material one session may need, e.g. 512M "
+                     f"(default {defaults.max_session_bytes >> 20} MiB)")
+    lim.add_argument("--max-total-memory", type=_size, default=defaults.max_total_bytes, metavar="SIZE",
+                     help="offline material of all sessions together; more are refused as busy "
+                     "(default half the physical memory)")
     cli = sub.add_parser("client", help="run one private inference against a server")
     cli.add_argument("--connect", required=True, metavar="HOST:PORT", help="the server's address")
     cli.add_argument("--input", required=True, type=Path, help="image: .npy (C,H,W in [0,1]) or .png/.jpg")
     cli.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    cli.add_argument("--timeout", type=float, default=10.0, help="connect timeout in seconds")
+    cli.add_argument("--timeout", type=_positive(float), default=10.0, help="connect timeout in seconds")
+    cli.add_argument("--io-timeout", type=_positive(float), default=120.0, metavar="SECONDS",
+                     help="give up when the server makes no progress for this long (default 120)")
     cli.add_argument("--threads", type=int, default=0, help="evaluation threads (0: all cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
@@ -158,23 +362,52 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return _demo(args)
     if args.command == "server":
-        try:
-            server = load_server(args.model, args.arch, args.threads)
-        except (checkpoint.CheckpointError, compiler.CompileError, FileNotFoundError) as exc:
-            parser.error(str(exc))
-        listener = TcpListener(args.host, args.port)
-        print(f"serving {args.model} ({server.plan.relu_count():,} ReLUs, plan {server.digest[:16]}) "
-              f"on {args.host}:{listener.port}", flush=True)
-        try:
-            serve_forever(server, listener, args.max_sessions)
-        except KeyboardInterrupt:
-            pass
-        return 0
+        return _server(parser, args)
+    return _client(args)
+
+
+def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        limits = Limits(max_sessions=args.max_sessions, max_connections=args.max_connections,
+                        handshake_timeout=args.handshake_timeout, idle_timeout=args.idle_timeout,
+                        max_session_bytes=args.max_session_memory, max_total_bytes=args.max_total_memory)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        server = load_server(args.model, args.arch, args.threads)
+    except (checkpoint.CheckpointError, compiler.CompileError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    need = MaterialEstimate.from_plan(server.plan).server_bytes
+    if need > limits.max_session_bytes:
+        parser.error(f"a session of this model needs about {need >> 20} MiB of offline material, "
+                     f"more than --max-session-memory ({limits.max_session_bytes >> 20} MiB)")
+    listener = TcpListener(args.host, args.port)
+    print(f"serving {args.model} ({server.plan.relu_count():,} ReLUs, plan {server.digest[:16]}) "
+          f"on {args.host}:{listener.port}; {need / (1 << 20):.1f} MiB of offline material per session, "
+          f"at most {limits.max_sessions} sessions", flush=True)
+    try:
+        serve_forever(server, listener, limits)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
     host, _, port = args.connect.rpartition(":")
-    with tcp_connect(host, int(port), timeout=args.timeout) as channel:
-        plan = fetch_public_plan(channel)
-        x = load_input(args.input, plan.input_shape)
-        logits, report = Client(plan, threads=args.threads).infer(channel, x, progress=not args.json)
+    try:
+        with tcp_connect(host, int(port), timeout=args.timeout) as channel:
+            channel.timeout = args.io_timeout
+            logits, report, plan = query(channel, args.input, threads=args.threads,
+                                         progress=not args.json)
+    except wire.ServerBusyError as exc:
+        print(f"error: {exc} (try again later)", file=sys.stderr)
+        return 75  # EX_TEMPFAIL
+    except ChannelError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # an input that does not fit the plan
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps({"logits": logits.tolist(), "prediction": int(np.argmax(logits)),
                           "plan": plan.digest(), **report.totals()}))

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import struct
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pie
 import pytest
 import torch
-from PIL import Image
-
-import pie
 from pie import serve
 from pie.models import ResNetConfig, from_config
+from pie.protocol import wire
+from pie.protocol.limits import MaterialEstimate
+from PIL import Image
 
 SHAPE = (3, 16, 16)
 NORM = {"mean": [0.3, 0.3, 0.3], "std": [0.25, 0.25, 0.25]}
@@ -30,17 +37,33 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture()
-def running(checkpoint: Path):  # type: ignore[no-untyped-def]
-    server = serve.load_server(checkpoint)
+@pytest.fixture(scope="module")
+def server(checkpoint: Path) -> pie.Server:
+    return serve.load_server(checkpoint)
+
+
+@contextmanager
+def serving(server: pie.Server, limits: serve.Limits) -> Iterator[tuple[int, serve.SessionLog]]:
+    """``serve_forever`` in a thread on a fresh port; yields (port, log)."""
     listener = pie.TcpListener("127.0.0.1", 0)
     stop = threading.Event()
-    worker = threading.Thread(target=serve.serve_forever, args=(server, listener, 2, stop))
+    log = serve.SessionLog()
+    worker = threading.Thread(target=serve.serve_forever, args=(server, listener, limits, stop, log))
     worker.start()
-    yield server, listener.port
-    stop.set()
-    worker.join(30)
-    listener.close()
+    try:
+        yield listener.port, log
+    finally:
+        stop.set()
+        worker.join(60)
+        listener.close()
+    assert not worker.is_alive()
+
+
+@pytest.fixture()
+def running(server: pie.Server):  # type: ignore[no-untyped-def]
+    # Room for every client of the tests below: more would be refused as busy.
+    with serving(server, serve.Limits(max_sessions=4)) as (port, _):
+        yield server, port
 
 
 def _query(port: int, x: np.ndarray) -> np.ndarray:
@@ -146,3 +169,304 @@ def test_bundled_model_twenty_inputs_bit_exact() -> None:
         x = rng.random(plan.input_shape)
         logits, _ = pie.infer(plan, x)
         assert np.array_equal(logits, plan.run_reference(x))
+
+
+# ------------------------------------------------------------------ limits
+
+
+def _hold_session(port: int, plan: pie.Plan) -> tuple[pie.Channel, object]:
+    """A client admitted by the server that has not started its offline phase."""
+    ch = pie.tcp_connect("127.0.0.1", port)
+    return ch, pie.Client(plan).session(ch)
+
+
+def test_busy_server_refuses_then_serves(server: pie.Server) -> None:
+    x = np.random.default_rng(4).random(SHAPE)
+    with serving(server, serve.Limits(max_sessions=1)) as (port, log):
+        ch, held = _hold_session(port, server.public_plan())
+        with pie.tcp_connect("127.0.0.1", port) as other, \
+                pytest.raises(wire.ServerBusyError, match="session slots"):
+            serve.query(other, x)
+        held.offline()  # type: ignore[attr-defined]
+        logits, _ = held.online(x)  # type: ignore[attr-defined]
+        ch.close()
+        assert np.array_equal(logits, server.plan.run_reference(x))
+        assert log.wait_for(2, 30)
+        with pie.tcp_connect("127.0.0.1", port) as again:
+            assert np.array_equal(serve.query(again, x)[0], server.plan.run_reference(x))
+        assert log.wait_for(3, 30)
+    assert log.counts() == {"ok": 2, "refused": 1, "failed": 0}
+    refused = [r for r in log.records() if r.outcome == "refused"]
+    assert refused[0].error is wire.ServerBusyError and refused[0].phase == "handshake"
+
+
+def test_material_limits_refuse_cleanly(server: pie.Server) -> None:
+    need = MaterialEstimate.from_plan(server.plan).server_bytes
+    assert need > 0
+    plan = server.public_plan()
+    # The total budget holds one session, not two.
+    with serving(server, serve.Limits(max_total_bytes=need + need // 2)) as (port, _):
+        ch, _ = _hold_session(port, plan)
+        with pie.tcp_connect("127.0.0.1", port) as other, \
+                pytest.raises(wire.ServerBusyError, match="would exceed"):
+            serve.query(other, np.zeros(SHAPE))
+        ch.close()
+    # A plan over the per-session limit is refused outright.
+    with serving(server, serve.Limits(max_session_bytes=need - 1)) as (port, _), \
+            pie.tcp_connect("127.0.0.1", port) as ch, \
+            pytest.raises(wire.ServerBusyError, match="per-session limit"):
+        serve.query(ch, np.zeros(SHAPE))
+
+
+def test_material_estimate_counts_labels_masks_and_tables(server: pie.Server) -> None:
+    plan = server.plan
+    est = MaterialEstimate.from_plan(plan)
+    assert est == MaterialEstimate.from_plan(plan.public())  # public information only
+    t = plan.tensors
+    gc_steps = [s for s in plan.steps if s.kind in ("relu", "truncate")]
+    assert est.gc_held == sum(t[s.output].numel * (16 * t[s.input].ring_bits + t[s.output].ring_bits)
+                              for s in gc_steps)
+    cost = plan.gc_cost()
+    assert est.tables == 32 * (cost["relu_and_gates"] + cost["truncate_and_gates"])
+    assert est.he_held > 0 and est.he_keys > 0 and est.he_peak > 0
+    assert est.server_bytes == est.gc_held + est.he_held + est.he_keys + max(est.gc_peak, est.he_peak)
+
+
+def test_limits_validation() -> None:
+    with pytest.raises(ValueError, match="max_sessions"):
+        serve.Limits(max_sessions=0)
+    with pytest.raises(ValueError, match="idle_timeout"):
+        serve.Limits(idle_timeout=-1.0)
+    with pytest.raises(ValueError, match="at least"):
+        serve.Limits(max_sessions=8, max_connections=4)
+
+
+def test_idle_session_is_dropped_and_its_slot_freed(server: pie.Server) -> None:
+    x = np.random.default_rng(5).random(SHAPE)
+    limits = serve.Limits(max_sessions=1, idle_timeout=1.0)
+    with serving(server, limits) as (port, log):
+        ch, held = _hold_session(port, server.public_plan())
+        assert log.wait_for(1, 30)  # dropped after about a second without progress
+        record = log.records()[0]
+        assert record.outcome == "failed" and issubclass(record.error, pie.ChannelTimeoutError)  # type: ignore[arg-type]
+        assert record.phase == "offline"
+        assert record.ended - record.started < limits.idle_timeout + 20  # generous: a shared machine
+        with pytest.raises(pie.ChannelError):
+            held.offline()  # type: ignore[attr-defined]
+        ch.close()
+        with pie.tcp_connect("127.0.0.1", port) as again:  # the slot is free again
+            assert np.array_equal(serve.query(again, x)[0], server.plan.run_reference(x))
+
+
+def test_silent_connection_hits_the_handshake_deadline(server: pie.Server) -> None:
+    with serving(server, serve.Limits(handshake_timeout=0.5)) as (port, log):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(30)
+            assert sock.recv(1) == b""  # the server hung up
+        assert log.wait_for(1, 30)
+    record = log.records()[0]
+    assert issubclass(record.error, pie.ChannelTimeoutError) and record.phase == "plan"  # type: ignore[arg-type]
+
+
+def _threads_and_fds() -> tuple[int, int, int]:
+    return (threading.active_count(), len(os.listdir("/proc/self/task")),
+            len(os.listdir("/proc/self/fd")))
+
+
+def test_failing_connections_leak_no_threads_sockets_or_material(server: pie.Server) -> None:
+    plan = server.public_plan()
+    x = np.random.default_rng(9).random(SHAPE)
+    wrong = json.dumps({"protocol": wire.PROTOCOL_VERSION, "plan": "0" * 64}).encode()
+
+    def vanish_after_handshake() -> None:
+        ch, _ = _hold_session(port, plan)
+        ch.close()
+
+    def vanish_after_offline() -> None:
+        ch, session = _hold_session(port, plan)
+        session.offline()  # type: ignore[attr-defined]
+        ch.close()
+
+    def silent() -> None:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.settimeout(30)
+            sock.recv(1)  # returns when the server hangs up
+
+    failures = [
+        lambda: _raw(port, os.urandom(100)),
+        lambda: _raw(port, b""),
+        lambda: _raw(port, _frame(wire.GET_PLAN, b"{}")),
+        lambda: _raw(port, _frame(wire.HELLO, wrong)),
+        lambda: _raw(port, _frame(wire.HELLO, b"", length=1 << 62)),
+        vanish_after_handshake,
+        vanish_after_offline,
+        silent,
+    ]
+    # Four slots: sessions whose slot or material were not given back would
+    # make the last query busy.
+    limits = serve.Limits(max_sessions=4, handshake_timeout=1.0, idle_timeout=1.0)
+    with serving(server, limits) as (port, log):
+        with pie.tcp_connect("127.0.0.1", port) as ch:  # warm-up: thread pools, caches
+            serve.query(ch, x)
+        assert log.wait_for(1, 30)
+        time.sleep(0.5)
+        baseline = _threads_and_fds()
+        rounds = 2
+        for _ in range(rounds):
+            for fail in failures:
+                fail()
+        assert log.wait_for(1 + rounds * len(failures), 60)
+        deadline = time.monotonic() + 30
+        while _threads_and_fds() != baseline and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _threads_and_fds() == baseline
+        counts = log.counts()
+        assert counts["failed"] == rounds * len(failures) and counts["ok"] == 1
+        with pie.tcp_connect("127.0.0.1", port) as ch:
+            assert np.array_equal(serve.query(ch, x)[0], server.plan.run_reference(x))
+
+
+# --------------------------------------------------------- wire hardening
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection and return what the server answers until it hangs up."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(30)
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)  # nothing more will come: the server sees it at once
+        reply = b""
+        while chunk := sock.recv(1 << 16):
+            reply += chunk
+    return reply
+
+
+def _frame(kind: int, payload: bytes, length: int | None = None) -> bytes:
+    return struct.pack("<IQ", kind, len(payload) if length is None else length) + payload
+
+
+def test_unexpected_and_oversize_messages_end_only_their_connection(server: pie.Server) -> None:
+    hello = json.dumps({"protocol": wire.PROTOCOL_VERSION, "plan": server.digest}).encode()
+    bad = [
+        (_frame(wire.MASKED_INPUT, b"\0" * 8), pie.ProtocolError, "plan"),  # out of order
+        (_frame(wire.HELLO, b"", length=1 << 40), pie.OversizeMessageError, "plan"),
+        (_frame(wire.HELLO, b"{not json"), wire.MalformedMessageError, "handshake"),
+        (_frame(wire.GET_PLAN, b"{}") + _frame(wire.GET_PLAN, b"{}"), pie.ProtocolError, "handshake"),
+        (_frame(wire.HELLO, hello) + _frame(wire.FINISH, b"\0" * 64), pie.ProtocolError, "offline"),
+        (os.urandom(64), pie.ChannelError, "plan"),
+    ]
+    x = np.random.default_rng(6).random(SHAPE)
+    with serving(server, serve.Limits(handshake_timeout=5.0, idle_timeout=5.0)) as (port, log):
+        for data, _, _ in bad:
+            _raw(port, data)
+        assert log.wait_for(len(bad), 60)
+        with pie.tcp_connect("127.0.0.1", port) as ch:
+            assert np.array_equal(serve.query(ch, x)[0], server.plan.run_reference(x))
+    records = sorted(log.records(), key=lambda r: r.number)
+    for (_, error, phase), record in zip(bad, records):
+        assert record.outcome == "failed"
+        assert issubclass(record.error, error), (record.error, record.message)  # type: ignore[arg-type]
+        assert record.phase == phase
+    assert records[0].message.startswith("server, phase plan: expected HELLO or GET_PLAN")
+    assert "announces 1099511627776 bytes" in records[1].message
+    assert "phase handshake" in records[3].message
+    assert log.counts()["ok"] == 1
+
+
+def test_refusal_and_version_mismatch_reach_the_client(server: pie.Server) -> None:
+    s_end, c_end = pie.memory_pair()
+    result: list[BaseException] = []
+
+    def serve_one() -> None:
+        conv = wire.Conversation(s_end, "server")
+        try:
+            conv.server_handshake(server.digest)
+        except wire.HandshakeError as exc:
+            result.append(exc)
+
+    worker = threading.Thread(target=serve_one)
+    worker.start()
+    conv = wire.Conversation(c_end, "client")
+    c_end.send_frame(wire.HELLO, json.dumps({"protocol": 1, "plan": server.digest}).encode())
+    conv.phase = wire.Phase.HANDSHAKE
+    _, payload = conv._recv({wire.WELCOME: wire.MAX_CONTROL_BYTES})
+    worker.join(30)
+    reply = json.loads(payload)
+    assert reply["ok"] is False and reply["busy"] is False and "protocol version 1" in reply["error"]
+    assert isinstance(result[0], wire.HandshakeError) and not isinstance(result[0], wire.ServerBusyError)
+
+
+def test_conversation_refuses_calls_out_of_order() -> None:
+    a, _ = pie.memory_pair()
+    conv = wire.Conversation(a, "client")
+    with pytest.raises(RuntimeError, match="phase plan"):
+        conv.client_output(8)
+    with pytest.raises(RuntimeError, match="server method"):
+        conv.server_offline_check()
+    with pytest.raises(ValueError, match="role"):
+        wire.Conversation(a, "observer")
+
+
+# ----------------------------------------------------------- integrity
+
+
+def _sealed(channel: pie.Channel, kind: int, body: bytes, *, stale: bool = False) -> None:
+    """A sealed frame as the protocol writes it; ``stale`` takes the digests
+    before the frame, as if its bytes had changed on the way."""
+    before = channel.transcript()
+    channel.send(struct.pack("<IQ", kind, len(body) + 64))
+    channel.send(body)
+    sent, received = before if stale else channel.transcript()
+    channel.send(sent + received)
+    channel.flush()
+
+
+@pytest.mark.parametrize("fault", ["none", "server-to-client", "client-to-server"])
+def test_sealed_output_share_detects_either_direction(fault: str) -> None:
+    share = bytes(range(40))
+    server_end, client_end = pie.memory_pair()
+    conv = wire.Conversation(client_end, "client")
+    conv.phase = wire.Phase.ONLINE
+    if fault == "client-to-server":
+        client_end.send(b"?")  # never read by the server: its received digest differs
+        client_end.flush()
+    _sealed(server_end, wire.OUTPUT_SHARE, share, stale=fault == "server-to-client")
+    if fault == "none":
+        assert conv.client_output(len(share)) == share
+        assert conv.phase is wire.Phase.DONE
+        # FINISH carries the client's digests, matching the server's view.
+        header = server_end.recv(12)
+        assert struct.unpack("<IQ", header) == (wire.FINISH, 64)
+        mine = server_end.transcript()
+        assert server_end.recv(64) == mine[1] + mine[0]
+        return
+    which = "received" if fault == "server-to-client" else "sent"
+    with pytest.raises(wire.TranscriptError, match=f"client {which} differ"):
+        conv.client_output(len(share))
+    assert conv.failed and conv.phase is wire.Phase.ONLINE
+    with pytest.raises(pie.ProtocolError, match="failed earlier"):
+        conv.client_output(len(share))
+
+
+def test_whole_session_over_tcp_checks_both_transcripts(server: pie.Server) -> None:
+    """A normal session ends with both ends in phase done (OFFLINE_DONE,
+    OFFLINE_VERDICT, OUTPUT_SHARE and FINISH all checked)."""
+    x = np.random.default_rng(8).random(SHAPE)
+    with serving(server, serve.Limits()) as (port, log):
+        with pie.tcp_connect("127.0.0.1", port) as ch:
+            logits, _, plan = serve.query(ch, x)
+        assert log.wait_for(1, 30)
+    assert plan.digest() == server.digest
+    assert np.array_equal(logits, server.plan.run_reference(x))
+    record = log.records()[0]
+    assert record.outcome == "ok" and record.phase == "done" and record.error is None
+
+
+def test_cli_sizes() -> None:
+    assert serve._size("512M") == 512 << 20
+    assert serve._size("4GiB") == 4 << 30
+    assert serve._size("1.5k") == 1536
+    assert serve._size("1000") == 1000
+    for bad in ("lots", "-1G", "0"):
+        with pytest.raises(Exception, match="size"):
+            serve._size(bad)

@@ -25,7 +25,7 @@ second use.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -162,10 +162,14 @@ class Server:
 class ServerSession:
     """One client's inference on the server side: offline, then online, once."""
 
-    def __init__(self, server: Server, channel: Channel) -> None:
+    def __init__(self, server: Server, channel: Channel, *, conversation: wire.Conversation | None = None,
+                 admit: Callable[[], None] | None = None) -> None:
+        """Handshake on ``channel`` (or continue ``conversation`` on it);
+        ``admit`` may refuse the session by raising :class:`wire.ServerBusyError`."""
         self.plan = server.plan
         self.channel = channel
-        wire.server_handshake(channel, server.digest)
+        self.wire = conversation or wire.Conversation(channel, "server")
+        self.wire.server_handshake(server.digest, admit)
         self._he = {bits: he.LinearServer(channel, bits, n) for bits, n in _he_sessions(self.plan).items()}
         self._gc = {shape: gc.ReluServer(channel, shape[0], shape[1], shape[2], server.threads,
                                          truncate=shape[3]) for shape in _gc_shapes(self.plan)}
@@ -196,6 +200,7 @@ class ServerSession:
                     self._masks[i] = mask(acc.reshape(t[step.output].shape), bits)
             elif isinstance(step, (ReluStep, TruncateStep)):
                 self._material[i] = self._gc[_gc_shape(self.plan, step)].offline(t[step.input].numel)
+        self.wire.server_offline_check()
         self._state = "offline"
 
     def online(self) -> None:
@@ -236,7 +241,7 @@ class ServerSession:
                 release(i)
         out_step = plan.output
         out = values[out_step.input].astype("<u8")
-        self.channel.send_frame(wire.OUTPUT_SHARE, out.tobytes())
+        self.wire.server_output(out.tobytes())
         self._masks.clear()
 
     def _linear(self, index: int, step: LinearStep, values: dict[str, np.ndarray]) -> np.ndarray:
@@ -289,11 +294,14 @@ class Client:
 class ClientSession:
     """One inference on the client side: offline (no input needed), then online, once."""
 
-    def __init__(self, client: Client, channel: Channel) -> None:
+    def __init__(self, client: Client, channel: Channel, *,
+                 conversation: wire.Conversation | None = None) -> None:
+        """Handshake on ``channel`` (or continue ``conversation`` on it)."""
         self.plan = client.plan
         self.channel = channel
         start = time.perf_counter()
-        wire.client_handshake(channel, client.digest)
+        self.wire = conversation or wire.Conversation(channel, "client")
+        self.wire.client_handshake(client.digest)
         self._he = {bits: he.LinearClient(channel, bits, n) for bits, n in _he_sessions(self.plan).items()}
         self._gc = {shape: gc.ReluClient(channel, shape[0], shape[1], shape[2], client.threads,
                                          truncate=shape[3]) for shape in _gc_shapes(self.plan)}
@@ -333,6 +341,7 @@ class ClientSession:
                     self._material[i] = self._gc[_gc_shape(plan, step)].offline(x, r.reshape(-1))
                     shares[step.output] = r
         self._shares = {plan.output.input: shares[plan.output.input]}
+        self.wire.client_offline_check()
         self._state = "offline"
 
     def _linear(self, step: LinearStep, shares: dict[str, np.ndarray]) -> np.ndarray:
@@ -388,9 +397,7 @@ class ClientSession:
                     self._gc[_gc_shape(plan, plan.steps[i])].reply(self._material.pop(i))
         step = plan.output
         with self._meter.measure(plan.steps.index(step), "online"):
-            raw = self.channel.recv_frame(wire.OUTPUT_SHARE, 8 * out_spec.numel)
-            if len(raw) != 8 * out_spec.numel:
-                raise wire.ProtocolError("output share has the wrong length")
+            raw = self.wire.client_output(8 * out_spec.numel)  # transcript checked
             server_share = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
             y = mask(server_share.reshape(out_spec.shape) + self._shares.pop(step.input),
                      out_spec.ring_bits)

@@ -1,69 +1,365 @@
-"""Framing of the session-level messages and the handshake.
+"""Session-level messages, their framing, and the state of one connection.
 
-Every message is a frame (type, length) read with a size limit; the
-handshake carries the protocol version and the public Plan's digest, so two
-parties with different Plans stop before any cryptographic material flows.
-Bulk data (ciphertexts, garbled tables, labels) travels inside the HE and GC
-sub-protocols, which frame and bound their own messages.
+Every session-level message is a frame: a 4-byte type and an 8-byte payload
+length (little endian, the format of :meth:`pie.Channel.send_frame`), read
+with a per-type size limit. A :class:`Conversation` holds one connection end's
+phase and accepts, in each phase, only the messages that phase expects:
+
+====================  ==========================================================
+phase                 messages (c: client -> server, s: server -> client)
+====================  ==========================================================
+``plan``              c ``GET_PLAN``, s ``PUBLIC_PLAN`` (optional)
+``handshake``         c ``HELLO`` (version, Plan digest), s ``WELCOME`` (ok, or
+                      a refusal: mismatch, or busy)
+``offline``           HE and GC sub-protocols (they frame and bound their own
+                      messages), then c ``OFFLINE_DONE``, s ``OFFLINE_VERDICT``
+``online``            c ``MASKED_INPUT``, GC rounds, s ``OUTPUT_SHARE``
+``finish``            c ``FINISH``
+====================  ==========================================================
+
+Anything else raises a :class:`ProtocolError` naming the phase, what was
+expected and what arrived. Oversized length headers raise
+:class:`~pie.channel.OversizeMessageError` before any payload is read.
+
+End-to-end integrity: ``OFFLINE_DONE``, ``OFFLINE_VERDICT``, ``OUTPUT_SHARE``
+and ``FINISH`` are *sealed*: after the payload, the sender appends the SHA-256
+digests of everything it has sent (this frame's header and payload included)
+and received on the connection (:meth:`pie.Channel.transcript`); the receiver
+compares them with its own received/sent digests. So a changed, lost or
+inserted byte anywhere in the session is detected by the server at the end of
+the offline phase, by the client before it decodes the output, and by the
+server on the client's final ``FINISH`` (which the client sends after it has
+its result, adding no latency). The digests are not keyed: they detect faults
+of the transport, not an active attacker on the wire, who can recompute them;
+TLS (:func:`pie.channel.tls_connect`) authenticates the stream.
 """
 
 from __future__ import annotations
 
+import enum
+import hmac
 import json
+import struct
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..channel import Channel, ProtocolError
+from ..channel import Channel, OversizeMessageError, ProtocolError
+from ..plan import Plan, PlanFormatError
 
-PROTOCOL_VERSION = 1
+__all__ = [
+    "FINISH",
+    "GET_PLAN",
+    "HELLO",
+    "MASKED_INPUT",
+    "MAX_CONTROL_BYTES",
+    "MAX_PLAN_BYTES",
+    "OFFLINE_DONE",
+    "OFFLINE_VERDICT",
+    "OUTPUT_SHARE",
+    "PROTOCOL_VERSION",
+    "PUBLIC_PLAN",
+    "WELCOME",
+    "Conversation",
+    "HandshakeError",
+    "MalformedMessageError",
+    "MalformedPlanError",
+    "Phase",
+    "ProtocolError",
+    "ServerBusyError",
+    "TranscriptError",
+    "message_name",
+]
+
+# 2: sealed OFFLINE_DONE/OFFLINE_VERDICT, OUTPUT_SHARE and FINISH (transcript digests).
+PROTOCOL_VERSION = 2
 
 # Frame types of the session layer ("PI" + a counter).
 HELLO = 0x50490001  # client -> server: {"protocol", "plan"}
-WELCOME = 0x50490002  # server -> client: {"ok"} or {"ok": false, "error"}
+WELCOME = 0x50490002  # server -> client: {"ok": true} or {"ok": false, "error", "busy"}
 MASKED_INPUT = 0x50490003  # client -> server: (x - r) mod 2^l, uint64 little endian
-OUTPUT_SHARE = 0x50490004  # server -> client: the server's share of the logits
+OUTPUT_SHARE = 0x50490004  # server -> client, sealed: the server's share of the logits
 GET_PLAN = 0x50490005  # client -> server: {} (asks for the public Plan)
 PUBLIC_PLAN = 0x50490006  # server -> client: Plan.to_bytes() of the public Plan
+OFFLINE_DONE = 0x50490007  # client -> server, sealed, empty: the client's offline transcript
+OFFLINE_VERDICT = 0x50490008  # server -> client, sealed: empty if the transcripts agree, else why not
+FINISH = 0x50490009  # client -> server, sealed, empty: the client's final transcript
+
+_NAMES = {
+    HELLO: "HELLO", WELCOME: "WELCOME", MASKED_INPUT: "MASKED_INPUT", OUTPUT_SHARE: "OUTPUT_SHARE",
+    GET_PLAN: "GET_PLAN", PUBLIC_PLAN: "PUBLIC_PLAN", OFFLINE_DONE: "OFFLINE_DONE",
+    OFFLINE_VERDICT: "OFFLINE_VERDICT", FINISH: "FINISH",
+}
 
 MAX_PLAN_BYTES = 64 << 20
+# HELLO, WELCOME, GET_PLAN and OFFLINE_VERDICT's reason: small JSON objects or text.
+MAX_CONTROL_BYTES = 4096
 
-MAX_CONTROL_BYTES = 1 << 16
+_HEADER = struct.Struct("<IQ")
+_DIGESTS = 64  # SHA-256 of the bytes sent, then of the bytes received
 
 
-def send_json(channel: Channel, frame_type: int, obj: dict[str, Any]) -> None:
-    channel.send_frame(frame_type, json.dumps(obj, sort_keys=True).encode())
-
-
-def recv_json(channel: Channel, frame_type: int) -> dict[str, Any]:
-    raw = channel.recv_frame(frame_type, MAX_CONTROL_BYTES)
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"malformed control message: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ProtocolError("malformed control message: not a JSON object")
-    return obj
+def message_name(frame_type: int) -> str:
+    """A frame type's name, or its hex value if it is not a session-level message."""
+    return _NAMES.get(frame_type, f"0x{frame_type:08x}")
 
 
 class HandshakeError(ProtocolError):
-    """The peers disagree on the protocol version or the Plan."""
+    """The peers disagree on the protocol version or the Plan, or the server
+    refused the session."""
 
 
-def client_handshake(channel: Channel, digest: str) -> None:
-    """Announce version and Plan digest; raise :class:`HandshakeError` if refused."""
-    send_json(channel, HELLO, {"protocol": PROTOCOL_VERSION, "plan": digest})
-    reply = recv_json(channel, WELCOME)
-    if reply.get("ok") is not True:
-        raise HandshakeError(f"server refused the session: {reply.get('error', 'no reason given')}")
+class ServerBusyError(HandshakeError):
+    """The server is at its session or memory limit and refused the session;
+    trying again later may succeed."""
 
 
-def server_handshake(channel: Channel, digest: str) -> None:
-    """Check the client's version and Plan digest; refuse (and raise) on mismatch."""
-    hello = recv_json(channel, HELLO)
-    error = None
-    if hello.get("protocol") != PROTOCOL_VERSION:
-        error = f"protocol version {hello.get('protocol')!r} is not {PROTOCOL_VERSION}"
-    elif hello.get("plan") != digest:
-        error = f"plan digest {str(hello.get('plan'))[:16]}... does not match the served plan {digest[:16]}..."
-    send_json(channel, WELCOME, {"ok": error is None, **({"error": error} if error else {})})
-    if error:
-        raise HandshakeError(error)
+class TranscriptError(ProtocolError):
+    """The two ends saw different byte streams: a byte was changed, lost or
+    inserted on the way."""
+
+
+class MalformedMessageError(ProtocolError):
+    """A message of the expected type and size whose content is invalid."""
+
+
+class MalformedPlanError(MalformedMessageError, PlanFormatError):
+    """The server's ``PUBLIC_PLAN`` is not a readable Plan (both a
+    :class:`ProtocolError` and a :class:`~pie.plan.PlanFormatError`)."""
+
+
+class Phase(enum.Enum):
+    """Where a connection is in the session (see the module's table)."""
+
+    PLAN = "plan"
+    HANDSHAKE = "handshake"
+    OFFLINE = "offline"
+    ONLINE = "online"
+    FINISH = "finish"
+    DONE = "done"
+
+
+class Conversation:
+    """The session-level state of one end of a connection.
+
+    Both ends call its methods in protocol order; a method called in the wrong
+    phase raises :class:`RuntimeError` (a bug in the caller), a message that
+    the phase does not expect raises :class:`ProtocolError`. After any error
+    ``failed`` is set (``phase`` stays where it happened) and the
+    conversation refuses further use.
+
+    Args:
+        channel: the connection.
+        role: ``"server"`` or ``"client"``.
+        public_plan: server only: the public Plan's bytes, sent to a client
+            that asks for them (``GET_PLAN``) before its ``HELLO``; without it
+            such a request is refused as unexpected.
+    """
+
+    def __init__(self, channel: Channel, role: str, *, public_plan: bytes | None = None) -> None:
+        if role not in ("server", "client"):
+            raise ValueError(f"role must be 'server' or 'client', not {role!r}")
+        if public_plan is not None and role != "server":
+            raise ValueError("only the server sends a public plan")
+        self.channel = channel
+        self.role = role
+        self.phase = Phase.PLAN
+        self.failed = False
+        self._public_plan = public_plan
+
+    # ---------------------------------------------------------------- client
+    def request_plan(self) -> Plan:
+        """Client, phase ``plan``: ask for the server's public Plan.
+
+        Raises :class:`MalformedPlanError` if the reply is not a Plan."""
+        with self._step("client", Phase.PLAN):
+            _send_json(self.channel, GET_PLAN, {})
+            _, payload = self._recv({PUBLIC_PLAN: MAX_PLAN_BYTES})
+            try:
+                plan = Plan.from_bytes(payload)
+            except PlanFormatError as exc:
+                raise MalformedPlanError(f"PUBLIC_PLAN: {exc}") from exc
+            self.phase = Phase.HANDSHAKE
+            return plan
+
+    def client_handshake(self, digest: str) -> None:
+        """Client: announce the protocol version and the Plan's digest; raise
+        :class:`HandshakeError` or :class:`ServerBusyError` if refused."""
+        with self._step("client", Phase.PLAN, Phase.HANDSHAKE):
+            _send_json(self.channel, HELLO, {"protocol": PROTOCOL_VERSION, "plan": digest})
+            _, payload = self._recv({WELCOME: MAX_CONTROL_BYTES})
+            reply = _parse_json(payload, "WELCOME")
+            if reply.get("ok") is not True:
+                _raise_refusal(reply)
+            self.phase = Phase.OFFLINE
+
+    def client_offline_check(self) -> None:
+        """Client, end of the offline phase: send the transcript, get the
+        server's verdict; :class:`TranscriptError` if the streams differ."""
+        with self._step("client", Phase.OFFLINE):
+            self._send_sealed(OFFLINE_DONE, b"")
+            verdict, mismatch = self._recv_sealed(OFFLINE_VERDICT, MAX_CONTROL_BYTES)
+            if mismatch:
+                raise TranscriptError(f"offline phase: {mismatch}")
+            if verdict:
+                reason = verdict.decode("utf-8", "replace")
+                raise TranscriptError(f"offline phase: the server reports: {reason}")
+            self.phase = Phase.ONLINE
+
+    def client_output(self, nbytes: int) -> bytes:
+        """Client, online: receive the server's output share (exactly ``nbytes``),
+        check the transcript before it is used, then send ``FINISH``."""
+        with self._step("client", Phase.ONLINE):
+            share, mismatch = self._recv_sealed(OUTPUT_SHARE, nbytes)
+            if len(share) != nbytes:
+                raise MalformedMessageError(f"OUTPUT_SHARE has {len(share)} bytes, expected {nbytes}")
+            if mismatch:
+                raise TranscriptError(f"online phase: {mismatch}")
+            self.phase = Phase.FINISH
+            self._send_sealed(FINISH, b"")
+            self.phase = Phase.DONE
+            return share
+
+    # ---------------------------------------------------------------- server
+    def server_handshake(self, digest: str, admit: Callable[[], None] | None = None) -> None:
+        """Server: answer a plan request if one comes, then check the client's
+        version and Plan digest and call ``admit`` (which raises
+        :class:`ServerBusyError` to refuse the session). Every refusal is sent
+        to the client in ``WELCOME`` and raised here too."""
+        with self._step("server", Phase.PLAN):
+            allowed = {HELLO: MAX_CONTROL_BYTES}
+            if self._public_plan is not None:
+                allowed[GET_PLAN] = MAX_CONTROL_BYTES
+            kind, payload = self._recv(allowed)
+            if kind == GET_PLAN:
+                _parse_json(payload, "GET_PLAN")
+                self.channel.send_frame(PUBLIC_PLAN, self._public_plan)
+                self.phase = Phase.HANDSHAKE
+                _, payload = self._recv({HELLO: MAX_CONTROL_BYTES})
+            self.phase = Phase.HANDSHAKE
+            hello = _parse_json(payload, "HELLO")
+            error = None
+            if hello.get("protocol") != PROTOCOL_VERSION:
+                error = f"protocol version {hello.get('protocol')!r} is not {PROTOCOL_VERSION}"
+            elif hello.get("plan") != digest:
+                error = (f"plan digest {str(hello.get('plan'))[:16]}... does not match the served "
+                         f"plan {digest[:16]}...")
+            if error is not None:
+                _send_json(self.channel, WELCOME, {"ok": False, "busy": False, "error": error})
+                raise HandshakeError(error)
+            if admit is not None:
+                try:
+                    admit()
+                except ServerBusyError as exc:
+                    _send_json(self.channel, WELCOME, {"ok": False, "busy": True, "error": str(exc)})
+                    raise
+            _send_json(self.channel, WELCOME, {"ok": True})
+            self.phase = Phase.OFFLINE
+
+    def server_offline_check(self) -> None:
+        """Server, end of the offline phase: compare the client's transcript
+        with ours and tell the client; :class:`TranscriptError` if they differ."""
+        with self._step("server", Phase.OFFLINE):
+            _, mismatch = self._recv_sealed(OFFLINE_DONE, 0)
+            self._send_sealed(OFFLINE_VERDICT, mismatch.encode()[:MAX_CONTROL_BYTES])
+            if mismatch:
+                raise TranscriptError(f"offline phase: {mismatch}")
+            self.phase = Phase.ONLINE
+
+    def server_output(self, share: bytes) -> None:
+        """Server, online: send the output share (sealed), then check the
+        client's final transcript in ``FINISH``."""
+        with self._step("server", Phase.ONLINE):
+            self._send_sealed(OUTPUT_SHARE, share)
+            self.phase = Phase.FINISH
+            _, mismatch = self._recv_sealed(FINISH, 0)
+            if mismatch:
+                raise TranscriptError(f"finish: {mismatch}")
+            self.phase = Phase.DONE
+
+    # -------------------------------------------------------------- framing
+    def _step(self, role: str, *phases: Phase) -> _Step:
+        if self.role != role:
+            raise RuntimeError(f"a {role} method called on the {self.role}'s conversation")
+        if self.failed:
+            raise ProtocolError("the session failed earlier on this connection")
+        if self.phase not in phases:
+            raise RuntimeError(f"called in phase {self.phase.value}, needs "
+                               + " or ".join(p.value for p in phases))
+        return _Step(self)
+
+    def _recv(self, allowed: Mapping[int, int]) -> tuple[int, bytes]:
+        """One frame whose type is in ``allowed`` (type -> payload limit)."""
+        kind, length = self._recv_header(allowed)
+        return kind, self.channel.recv(length) if length else b""
+
+    def _recv_header(self, allowed: Mapping[int, int]) -> tuple[int, int]:
+        kind, length = _HEADER.unpack(self.channel.recv(_HEADER.size))
+        if kind not in allowed:
+            expected = " or ".join(message_name(k) for k in allowed)
+            raise ProtocolError(f"{self.role}, phase {self.phase.value}: expected {expected}, "
+                                f"got message type {message_name(kind)}")
+        if length > allowed[kind]:
+            raise OversizeMessageError(f"{self.role}, phase {self.phase.value}: {message_name(kind)} "
+                                       f"announces {length} bytes, limit is {allowed[kind]}")
+        return kind, length
+
+    def _send_sealed(self, kind: int, body: bytes) -> None:
+        ch = self.channel
+        ch.send(_HEADER.pack(kind, len(body) + _DIGESTS))
+        ch.send(body)
+        sent, received = ch.transcript()  # covers this frame's header and body
+        ch.send(sent + received)
+        ch.flush()
+
+    def _recv_sealed(self, kind: int, max_body: int) -> tuple[bytes, str]:
+        """A sealed frame's body and, if the peer's digests differ from ours,
+        what differs (empty if they agree)."""
+        ch = self.channel
+        _, length = self._recv_header({kind: max_body + _DIGESTS})
+        if length < _DIGESTS:
+            raise MalformedMessageError(f"{message_name(kind)} has {length} bytes, "
+                                        f"too few for its {_DIGESTS} bytes of digests")
+        body = ch.recv(length - _DIGESTS) if length > _DIGESTS else b""
+        sent, received = ch.transcript()
+        peer = ch.recv(_DIGESTS)
+        problems = []
+        if not hmac.compare_digest(peer[:32], received):
+            problems.append(f"the bytes the {self.role} received differ from those its peer sent")
+        if not hmac.compare_digest(peer[32:], sent):
+            problems.append(f"the bytes the {self.role} sent differ from those its peer received")
+        return body, "; ".join(problems)
+
+
+class _Step:
+    """Marks the conversation failed when the step raises."""
+
+    def __init__(self, conversation: Conversation) -> None:
+        self.conversation = conversation
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.conversation.failed = True
+
+
+def _send_json(channel: Channel, frame_type: int, obj: dict[str, Any]) -> None:
+    channel.send_frame(frame_type, json.dumps(obj, sort_keys=True).encode())
+
+
+def _parse_json(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedMessageError(f"malformed {what}: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise MalformedMessageError(f"malformed {what}: not a JSON object")
+    return obj
+
+
+def _raise_refusal(reply: dict[str, Any]) -> None:
+    reason = str(reply.get("error", "no reason given"))
+    if reply.get("busy") is True:
+        raise ServerBusyError(f"server busy: {reason}")
+    raise HandshakeError(f"server refused the session: {reason}")

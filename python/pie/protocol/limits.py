@@ -1,0 +1,216 @@
+"""A server's resource limits: sessions, offline material in memory, deadlines.
+
+Offline material is what a server session holds between its offline and
+online phases plus what its largest step needs while it runs. It is
+estimated from the public Plan alone (the same for every session of a
+Plan), before a session is admitted:
+
+- garbled steps: per element the 16-byte 0-labels of the server's ``l_in``
+  input bits and the ``l_out`` output colour bits (held until online); while
+  a step garbles, the correlated-OT blocks of the client's ``l_in + l_out``
+  bits, the 0-labels of all ``2 l_in + l_out`` inputs and of the ``l_out``
+  outputs, and at most the step's garbled tables (32 bytes per AND gate,
+  streamed to the client and not held afterwards);
+- linear steps: the 8-byte mask ``s`` of every output element computed with
+  HE (held until online); while a step runs, its input ciphertexts (as
+  received and as loaded) and its products and replies;
+- per HE session (one per ring), the client's public key.
+
+The client holds more (the garbled tables themselves): the ``tables`` field
+says how much, so that a client can judge a Plan before it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from .. import he
+from ..plan import (
+    ConvTerm,
+    FCTerm,
+    LinearStep,
+    Plan,
+    ReluStep,
+    TruncateStep,
+    relu_and_gates,
+    truncate_and_gates,
+)
+from .engine import _he_sessions
+from .wire import ServerBusyError
+
+__all__ = ["Admission", "Limits", "MaterialEstimate", "Reservation"]
+
+_LABEL = 16  # bytes of one wire label / OT block
+
+
+def _default_total_bytes() -> int:
+    """Half the machine's physical memory (8 GiB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server allows (``python -m pie.serve server`` flags in brackets).
+
+    Attributes:
+        max_sessions: sessions admitted at the same time (``--max-sessions``);
+            a client over the limit is refused with :class:`ServerBusyError`.
+        max_connections: connections handled at the same time, sessions and
+            handshakes together (``--max-connections``); further connections
+            wait in the listen backlog.
+        handshake_timeout: seconds a connection may go without progress before
+            its session is admitted (``--handshake-timeout``).
+        idle_timeout: seconds an admitted session may go without progress
+            (``--idle-timeout``): it is then dropped and its material freed.
+        max_session_bytes: offline material one session may need
+            (``--max-session-memory``); a Plan over it is refused.
+        max_total_bytes: offline material of all admitted sessions together
+            (``--max-total-memory``; default half the physical memory).
+    """
+
+    max_sessions: int = 4
+    max_connections: int = 64
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_session_bytes: int = 4 << 30
+    max_total_bytes: int = _default_total_bytes()
+
+    def __post_init__(self) -> None:
+        for name in ("max_sessions", "max_connections", "max_session_bytes", "max_total_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("handshake_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.max_connections < self.max_sessions:
+            raise ValueError(f"max_connections ({self.max_connections}) must be at least "
+                             f"max_sessions ({self.max_sessions})")
+
+
+@dataclass(frozen=True)
+class MaterialEstimate:
+    """Bytes of offline material one server session needs (see the module).
+
+    Attributes:
+        gc_held: garbled steps, held from offline to online.
+        gc_peak: the largest garbled step's working set while it garbles.
+        he_held: HE output masks, held from offline to online.
+        he_peak: the largest HE term's ciphertexts while it runs.
+        he_keys: the client's public keys (one per HE session).
+        tables: garbled-table bytes streamed to the client (what the client holds).
+    """
+
+    gc_held: int
+    gc_peak: int
+    he_held: int
+    he_peak: int
+    he_keys: int
+    tables: int
+
+    @property
+    def server_bytes(self) -> int:
+        """The server's peak: everything held plus the larger working set."""
+        return self.gc_held + self.he_held + self.he_keys + max(self.gc_peak, self.he_peak)
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> MaterialEstimate:
+        """The estimate for one session of ``plan`` (public or with weights)."""
+        t = plan.tensors
+        gc_held = gc_peak = tables = 0
+        for s in plan.steps:
+            if isinstance(s, (ReluStep, TruncateStep)):
+                n, l_in, l_out = t[s.output].numel, t[s.input].ring_bits, t[s.output].ring_bits
+                ands = (relu_and_gates if isinstance(s, ReluStep) else truncate_and_gates)(l_in, l_out)
+                held = n * (_LABEL * l_in + l_out)
+                work = n * _LABEL * ((l_in + l_out) + (2 * l_in + l_out) + l_out) + 2 * _LABEL * ands * n
+                gc_held += held
+                gc_peak = max(gc_peak, work)
+                tables += 2 * _LABEL * ands * n
+        sessions = _he_sessions(plan)
+        he_held = he_peak = he_keys = 0
+        ct_bytes: dict[int, int] = {}
+        for bits, revealed in sessions.items():
+            p = he.he_parameters(bits, max_revealed=revealed)
+            ct_bytes[bits] = 2 * p["poly_degree"] * len(p["coeff_bits"]) * 8
+            he_keys += ct_bytes[bits]  # a public key is the size of a ciphertext
+        for s in plan.steps:
+            if not isinstance(s, LinearStep):
+                continue
+            bits = t[s.output].ring_bits
+            terms = [term for term in s.terms if isinstance(term, (ConvTerm, FCTerm))]
+            if terms:
+                he_held += 8 * t[s.output].numel
+            for term in terms:
+                if isinstance(term, ConvTerm):
+                    lay = he.layout(t[term.input].shape, term.weight_shape, int(term.stride[0]),
+                                    int(term.padding[0]), term.groups)
+                else:  # the HE layer runs y = W x as a 1x1 convolution
+                    k = t[term.input].numel
+                    lay = he.layout((k, 1, 1), (term.weight_shape[0], k, 1, 1))
+                # inputs as received and as loaded, products and replies
+                he_peak = max(he_peak, 2 * (lay["num_inputs"] + lay["num_outputs"]) * ct_bytes[bits])
+        return cls(gc_held, gc_peak, he_held, he_peak, he_keys, tables)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """An admitted session's share of the limits; give it back with
+    :meth:`Admission.release`."""
+
+    bytes: int
+
+
+class Admission:
+    """Thread-safe accounting of admitted sessions against :class:`Limits`."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._sessions = 0
+        self._bytes = 0
+
+    @property
+    def sessions(self) -> int:
+        """Sessions admitted and not yet released."""
+        with self._lock:
+            return self._sessions
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Material of the admitted sessions."""
+        with self._lock:
+            return self._bytes
+
+    def admit(self, material_bytes: int) -> Reservation:
+        """Admit a session needing ``material_bytes``, or raise :class:`ServerBusyError`
+        saying which limit it would exceed."""
+        lim = self.limits
+        if material_bytes > lim.max_session_bytes:
+            raise ServerBusyError(f"a session of this plan needs {_mib(material_bytes)} of offline "
+                                  f"material, over the per-session limit of {_mib(lim.max_session_bytes)}")
+        with self._lock:
+            if self._sessions >= lim.max_sessions:
+                raise ServerBusyError(f"all {lim.max_sessions} session slots are in use")
+            if self._bytes + material_bytes > lim.max_total_bytes:
+                raise ServerBusyError(f"offline material in use ({_mib(self._bytes)}) plus this session's "
+                                      f"({_mib(material_bytes)}) would exceed {_mib(lim.max_total_bytes)}")
+            self._sessions += 1
+            self._bytes += material_bytes
+        return Reservation(material_bytes)
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back an admitted session's share."""
+        with self._lock:
+            self._sessions -= 1
+            self._bytes -= reservation.bytes
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
