@@ -7,7 +7,9 @@ time, bytes each way and rounds), the network's ReLUs and garbled work, a
 float32 torch forward pass of the same network measured in the same run, the
 server's online linear arithmetic (the Plan's exact reference execution,
 which computes the same ring convolutions), and, when ``PIE_BENCH_PROFILE``
-names a profile (``pie.estimate``), the cost model's prediction.
+names a profile (``pie.estimate``), the cost model's prediction, raw and
+rescaled to the machine's speed measured just before the run
+(``measure_speed_index``, for shared machines).
 
 Which networks (``PIE_BENCH_NET``):
 
@@ -35,7 +37,7 @@ import pytest
 import torch
 
 import pie
-from pie.estimate import Profile, estimate
+from pie.estimate import Profile, estimate, measure_speed_index
 from pie.models import ResNet, ResNetConfig
 
 SMOKE = "smoke"
@@ -141,6 +143,10 @@ def tcp_inference(plan: pie.Plan, x: np.ndarray) -> tuple[np.ndarray, pie.Report
 @pytest.mark.parametrize("name", _networks())
 def test_network(benchmark, name: str, transport: str) -> None:  # type: ignore[no-untyped-def]
     net, plan = compiled(name)
+    profile_path = os.environ.get("PIE_BENCH_PROFILE")
+    # The machine's speed right before the run, against the profile's: the
+    # load-adjusted prediction rescales the profile by it (a shared machine).
+    speed = measure_speed_index() if profile_path else 0.0
     rng = np.random.default_rng(0)
     runs: list[pie.Report] = []
 
@@ -175,9 +181,13 @@ def test_network(benchmark, name: str, transport: str) -> None:  # type: ignore[
         server_linear_to_torch_ratio=linear_s / torch_s,
         steps=last.steps,
     )
-    profile_path = os.environ.get("PIE_BENCH_PROFILE")
     if profile_path:
-        predicted = estimate(plan, Profile.load(profile_path), transport)
+        profile = Profile.load(profile_path)
+        predicted = estimate(plan, profile, transport)
         info["estimate"] = predicted.totals()
         info["estimate_steps"] = [s.to_dict() for s in predicted.steps]
+        if profile.speed_index_s > 0:
+            factor = speed / profile.speed_index_s
+            info["speed_factor"] = factor
+            info["estimate_load_adjusted"] = estimate(plan, profile.scaled(factor), transport).totals()
     benchmark.extra_info.update(info)

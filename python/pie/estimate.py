@@ -57,7 +57,9 @@ microseconds), contention with other processes, memory-bandwidth effects of
 very large batches beyond what the fit saw, and work that overlaps across the
 two parties beyond the critical path above (offline garbling and table
 transfer are treated as sequential). Times scale with the profile's machine;
-a profile measured under load predicts loaded times.
+a profile measured under load predicts loaded times. On a shared machine,
+``profile.scaled(measure_speed_index() / profile.speed_index_s)`` adjusts the
+profile to the load of the moment.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ from .plan import (
     TruncateStep,
 )
 
-__all__ = ["Estimate", "Profile", "ProfileError", "StepEstimate", "estimate", "measure_profile"]
+__all__ = ["Estimate", "Profile", "ProfileError", "StepEstimate", "estimate", "measure_profile",
+           "measure_speed_index"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -141,6 +144,8 @@ class Profile:
             server online ring arithmetic of one conv/fc term.
         bandwidth: bytes per second of each transport (``"memory"``, ``"tcp"``).
         rtt_s: round-trip time of a small message on each transport.
+        speed_index_s: seconds of :func:`measure_speed_index`'s reference
+            workload while the profile was measured (0: unknown).
         machine: description of the machine and software (informational).
     """
 
@@ -163,7 +168,21 @@ class Profile:
     linear_per_term_s: float
     bandwidth: dict[str, float]
     rtt_s: dict[str, float]
+    speed_index_s: float = 0.0
     machine: dict[str, Any] = field(default_factory=dict)
+
+    def scaled(self, factor: float) -> Profile:
+        """This profile on a machine ``factor`` times slower (every time
+        coefficient multiplied, every bandwidth divided by it): e.g.
+        ``measure_speed_index() / profile.speed_index_s`` rescales a profile to
+        the load a shared machine is under right now."""
+        if not factor > 0 or not math.isfinite(factor):
+            raise ValueError(f"factor must be a positive number, got {factor!r}")
+        times = {f.name: getattr(self, f.name) * factor for f in dataclasses.fields(self)
+                 if f.name.endswith("_s") and f.name != "rtt_s"}
+        return dataclasses.replace(
+            self, **times, rtt_s={k: v * factor for k, v in self.rtt_s.items()},
+            bandwidth={k: v / factor for k, v in self.bandwidth.items()})
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data, tagged with the profile format and version."""
@@ -184,6 +203,8 @@ class Profile:
         for f in dataclasses.fields(cls):
             if f.name == "machine":
                 kwargs["machine"] = dict(data.get("machine", {}))
+                continue
+            if f.name == "speed_index_s" and f.name not in data:
                 continue
             if f.name not in data:
                 raise ProfileError(f"profile field {f.name!r} is missing")
@@ -438,14 +459,13 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
     for r in sorted(set(rounds.values())):
         first_of_round = next(e for e in gc_steps if e.round == r)
         first_of_round.online_seconds += rtt
-    # Session frames measured on a tiny inference (handshake and any other
-    # fixed control frames): charged to set-up, the first offline step and the
-    # output step, where the engine's report counts them.
+    # Session frames measured on a tiny inference (handshake, phase checks,
+    # finish): charged where the engine's report counts them.
     setup_bytes = frames["setup"] + sum(_he_hello_bytes(bits) for bits in he_sessions)
-    if steps:
-        steps[0].offline_bytes_c2s += frames["offline"]
-        steps[plan.steps.index(plan.output)].online_bytes_s2c += frames["online"]
-    input_bytes = FRAME_HEADER_BYTES + SHARE_BYTES * t[plan.input].numel
+    for position, index in _frame_positions(plan).items():
+        for key in _BYTE_KEYS:
+            setattr(steps[index], key, getattr(steps[index], key) + frames[f"{position}:{key}"])
+    input_bytes = FRAME_HEADER_BYTES + SHARE_BYTES * t[plan.input].numel + frames["input"]
     setup_seconds = p.he_session_s * len(he_sessions) + rtt
     input_seconds = input_bytes / p.bandwidth[transport]
     return Estimate(steps, transport, setup_bytes, setup_seconds, input_bytes, input_seconds, n_rounds)
@@ -580,20 +600,47 @@ def _base_ot_bytes() -> tuple[int, int]:
     return int(b.bytes_sent) - _iknp_matrix_bytes(1), int(b.bytes_received)
 
 
+_BYTE_KEYS = ("offline_bytes_c2s", "offline_bytes_s2c", "online_bytes_c2s", "online_bytes_s2c")
+
+
+def _frame_positions(plan: Plan) -> dict[str, int]:
+    """Steps that carry session-level frames: the first step, the last step
+    before the output and the output step."""
+    out = plan.steps.index(plan.output)
+    last = max((i for i, s in enumerate(plan.steps) if not isinstance(s, OutputStep)), default=0)
+    return {"first": 0, "last": last, "output": out}
+
+
 @functools.lru_cache(maxsize=1)
 def _session_frames() -> dict[str, int]:
-    """Bytes of the session-level frames (handshake and any other fixed control
-    frames): one inference of a tiny plan, minus everything modelled per step."""
+    """Bytes of the session-level frames (handshake, phase checks, finish):
+    one inference of a tiny plan, minus everything modelled per step.
+
+    Raises:
+        RuntimeError: the engine's traffic differs from the model at a step
+            that cannot carry a session frame (the model is out of date).
+    """
     from .protocol import infer
 
     up, down = _base_ot_bytes()
-    frames = {"setup": 0, "offline": 0, "online": 0, "base_ot_c2s": up, "base_ot_s2c": down}
+    frames = {"setup": 0, "input": 0, "base_ot_c2s": up, "base_ot_s2c": down}
+    frames.update({f"{pos}:{key}": 0 for pos in ("first", "last", "output") for key in _BYTE_KEYS})
     plan = _tiny_plan()
     _, report = infer(plan, np.full(plan.input_shape, 0.5))
     zero = _estimate(plan, _ZERO_PROFILE, "memory", frames)
     frames["setup"] = report.setup_bytes - zero.setup_bytes
-    frames["offline"] = (report.offline_bytes - report.setup_bytes) - (zero.offline_bytes - zero.setup_bytes)
-    frames["online"] = report.online_bytes - zero.online_bytes
+    frames["input"] = report.input_bytes - zero.input_bytes
+    positions = _frame_positions(plan)
+    for index, (predicted, measured) in enumerate(zip(zero.steps, report.costs)):
+        for key in _BYTE_KEYS:
+            diff = getattr(measured, key) - getattr(predicted, key)
+            position = next((p for p, i in positions.items() if i == index), None)
+            if position is not None:
+                frames[f"{position}:{key}"] = diff
+            elif diff:
+                raise RuntimeError(f"pie.estimate's traffic model is out of date: step {index} "
+                                   f"({predicted.kind}) {key} is {getattr(measured, key)}, "
+                                   f"the model says {getattr(predicted, key)}")
     return frames
 
 
@@ -665,6 +712,8 @@ def measure_profile(seconds: float = 60.0, threads: int = 0,
     scale = max(0.25, min(4.0, seconds / 60.0))
     reps = max(1, round(3 * scale))
     nthreads = gc.worker_threads(threads)
+    say("speed index")
+    speed = [measure_speed_index(threads, repeat=2)]
     say("channels")
     bandwidth, rtt = _measure_transports(int(16 * scale) << 20)
     say("garbled circuits")
@@ -674,6 +723,8 @@ def measure_profile(seconds: float = 60.0, threads: int = 0,
     he_fit = _measure_he(layers, reps)
     say("online linear arithmetic")
     lin_fit = _measure_linear(layers, reps + 1)
+    say("speed index")
+    speed.append(measure_speed_index(threads, repeat=2))
     import torch
 
     machine = {
@@ -690,7 +741,31 @@ def measure_profile(seconds: float = 60.0, threads: int = 0,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else [],
     }
     return Profile(threads=nthreads, bandwidth=bandwidth, rtt_s=rtt, machine=machine,
-                   **gc_fit, **he_fit, **lin_fit)
+                   speed_index_s=float(np.mean(speed)), **gc_fit, **he_fit, **lin_fit)
+
+
+def measure_speed_index(threads: int = 0, repeat: int = 3) -> float:
+    """Median seconds of a fixed reference workload: garbling and evaluating
+    8192 ReLUs at l = 37, one HE convolution (32 channels, 16x16, both parties)
+    and one exact ring convolution -- a quick gauge (about a second) of how
+    fast the machine runs right now, for :meth:`Profile.scaled`."""
+    from .reference import conv2d_ring
+
+    if repeat < 1:
+        raise ValueError("repeat must be at least 1")
+    rng = np.random.default_rng(3)
+    relu = gc.relu_circuit(37, 37, 12)
+    x = rng.integers(0, 1 << 37, (32, 16, 16), dtype=np.uint64)
+    w = rng.integers(-(1 << 11), 1 << 11, (32, 32, 3, 3), dtype=np.int64)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        gc.kernel_seconds(relu, 8192, threads, 1, "garble")
+        gc.kernel_seconds(relu, 8192, threads, 1, "evaluate")
+        he.secure_conv2d(x, w, stride=1, padding=1, ring_bits=37)
+        conv2d_ring(x[None], w, (1, 1), (1, 1), 1, 37)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def _nnls(rows: Sequence[Sequence[float]], times: Sequence[float]) -> list[float]:

@@ -134,6 +134,19 @@ def test_estimate_serialises(plan: pie.Plan) -> None:
     assert "total" in est.table()
 
 
+def test_scaled_profile_scales_every_time(plan: pie.Plan) -> None:
+    profile = _profile(gc_online_per_and_s=1e-9, he_per_input_s=1e-3, linear_per_limb_mac_s=1e-10,
+                       bandwidth={"memory": 1e9, "tcp": 1e8}, rtt_s={"memory": 1e-5, "tcp": 1e-4})
+    slow = profile.scaled(3.0)
+    for transport in ("memory", "tcp"):
+        a, b = estimate(plan, profile, transport), estimate(plan, slow, transport)
+        assert b.online_seconds == pytest.approx(3 * a.online_seconds)
+        assert b.offline_seconds == pytest.approx(3 * a.offline_seconds)
+        assert b.online_bytes == a.online_bytes
+    with pytest.raises(ValueError, match="factor"):
+        profile.scaled(0)
+
+
 def test_profile_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
     profile = _profile(gc_online_per_and_s=3e-9, machine={"processor": "x"})
     path = tmp_path / "profile.json"
