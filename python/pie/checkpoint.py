@@ -94,7 +94,7 @@ def checkpoint_meta(path: PathLike) -> dict[str, Any]:
         raise
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {os.fspath(path)!r}: {exc}") from exc
-    if not (isinstance(obj, Mapping) and obj.get("format") == PIE_FORMAT):
+    if not _is_pie(obj):
         return {}
     try:
         meta = json.loads(obj.get("meta", "{}"))
@@ -145,7 +145,7 @@ def load_checkpoint(
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {os.fspath(path)!r}: {exc}") from exc
 
-    if isinstance(obj, Mapping) and obj.get("format") == PIE_FORMAT:
+    if _is_pie(obj):
         cfg, state = _read_pie(obj)
         if arch is not None and _as_config(arch, cfg.num_classes).to_dict() != cfg.to_dict():
             raise CheckpointError(
@@ -156,25 +156,56 @@ def load_checkpoint(
         state = _extract_state_dict(obj)
         cfg = _resolve_config(state, arch, culled, thinned, rho, stem_relu)
         state = _rename_for(cfg, state)
+    # The configuration came from the file: check it against the weights on a
+    # network without memory before allocating one of its size.
+    _check_state(_skeleton(cfg), state)
     model = models.from_config(cfg)
-    _load_state(model, state)
+    model.load_state_dict(dict(state), strict=True)
     return model.eval()
+
+
+def _config(d: dict[str, Any]) -> ModelConfig:
+    """A configuration object from its dict form, without building the network."""
+    family = d.get("family", "resnet")
+    if family == "mobilenetv1":
+        return models.MobileNetConfig.from_dict(d)
+    return ResNetConfig.from_dict(d)
+
+
+def _skeleton(cfg: ModelConfig) -> nn.Module:
+    """The network of ``cfg`` on the meta device: its shapes, and no memory."""
+    try:
+        with torch.device("meta"):
+            return models.from_config(cfg)
+    except RuntimeError as exc:  # sizes beyond what any tensor can hold
+        raise CheckpointError(f"configuration {cfg} describes no buildable network: {exc}") from exc
+
+
+def _is_pie(obj: Any) -> bool:
+    # Compared by type first: a tensor in a hostile file compares element-wise.
+    return isinstance(obj, Mapping) and isinstance(obj.get("format"), str) and obj["format"] == PIE_FORMAT
 
 
 def _read_pie(obj: Mapping[str, Any]) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     version = obj.get("version")
-    if version != PIE_FORMAT_VERSION:
+    if type(version) is not int or version != PIE_FORMAT_VERSION:
         raise CheckpointError(
             f"pie checkpoint version {version!r} is not supported (expected {PIE_FORMAT_VERSION})"
         )
     cfg_dict, state = obj.get("config"), obj.get("state_dict")
     if not isinstance(cfg_dict, Mapping) or not isinstance(state, Mapping):
         raise CheckpointError("pie checkpoint lacks its 'config' or 'state_dict' entry")
+    tensors = _tensor_dict(state)
     try:
-        model = models.from_config(dict(cfg_dict))
+        cfg = _config(dict(cfg_dict))
+        # Every block holds several tensors: more blocks than tensors cannot
+        # match, and would only make the network slow to build.
+        if isinstance(cfg, ResNetConfig) and sum(cfg.blocks) > len(tensors):
+            raise ValueError(f"{sum(cfg.blocks)} blocks for {len(tensors)} tensors")
+        _skeleton(cfg)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"pie checkpoint has an invalid configuration: {exc}") from exc
-    return model.config, _tensor_dict(state)
+    return cfg, tensors
 
 
 def _tensor_dict(state: Mapping[Any, Any]) -> dict[str, torch.Tensor]:
@@ -220,14 +251,19 @@ def _infer_resnet(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
             "cannot infer the configuration: expected ResNet keys 'conv1.weight' and "
             "'fc.weight' (or 'linear.weight'); pass arch= explicitly"
         )
-    blocks = [0, 0, 0, 0]
+    found: list[set[int]] = [set(), set(), set(), set()]
     for key in state:
         m = _BLOCK_KEY.match(key)
         if m:
-            s, b = int(m.group(1)) - 1, int(m.group(2))
-            blocks[s] = max(blocks[s], b + 1)
-    if min(blocks) == 0:
-        raise CheckpointError(f"cannot infer blocks per stage: found {blocks} blocks in layer1-4")
+            found[int(m.group(1)) - 1].add(int(m.group(2)))
+    # Block indices must run 0..n-1: the count comes from the weights present,
+    # never from a number in a key name.
+    blocks = [len(f) for f in found]
+    if min(blocks) == 0 or any(f != set(range(len(f))) for f in found):
+        raise CheckpointError(
+            f"cannot infer blocks per stage: block indices {[sorted(f)[:8] for f in found]} in "
+            "layer1-4 are not 0, 1, 2, ..."
+        )
     return {
         "alpha": stem.shape[0] / 64,
         "blocks": tuple(blocks),
@@ -239,7 +275,9 @@ def _as_config(arch: str | ModelConfig | Mapping[str, Any], num_classes: int | N
     if isinstance(arch, str):
         return models.config(arch, num_classes)
     if isinstance(arch, Mapping):
-        return models.from_config(dict(arch)).config
+        cfg = _config(dict(arch))
+        _skeleton(cfg)  # validates the configuration the way building it would
+        return cfg
     if isinstance(arch, (models.ResNetConfig, models.MobileNetConfig)):
         return arch
     raise CheckpointError(f"arch must be a name, a configuration or None, got {arch!r}")
@@ -313,14 +351,16 @@ def _rename_for(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, t
     }
 
 
-def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+def _check_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs network {tuple(expected[k].shape)}"
+        f"{k}: checkpoint {tuple(state[k].shape)} {state[k].dtype} vs network "
+        f"{tuple(expected[k].shape)} {expected[k].dtype}"
         for k in expected
-        if k in state and state[k].shape != expected[k].shape
+        if k in state and (state[k].shape != expected[k].shape or state[k].is_complex()
+                           or state[k].is_floating_point() != expected[k].is_floating_point())
     ]
     if missing or unexpected or mismatched:
         parts = []
@@ -335,4 +375,3 @@ def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
         raise CheckpointError(
             f"checkpoint does not match the network {what}: " + "; ".join(parts)
         )
-    model.load_state_dict(dict(state), strict=True)

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from fuzzing import fuzz, mutation
+from fuzzing import edits, fuzz, mutate
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -70,7 +70,7 @@ def test_random_circuits(text: str) -> None:
 @given(st.data())
 def test_mutated_random_circuits(data: st.DataObject) -> None:
     text = data.draw(random_circuit())
-    check_load(data.draw(mutation(text.encode())).decode("latin-1"))
+    check_load(mutate(text.encode(), data.draw(edits())).decode("latin-1"))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def aes_text() -> bytes:
 @given(st.data())
 def test_mutated_aes_circuit(aes_text: bytes, data: st.DataObject) -> None:
     # Edits near the header (counts, widths) and anywhere in the gate list.
-    check_load(data.draw(mutation(aes_text, focus=64)).decode("latin-1"))
+    check_load(mutate(aes_text, data.draw(edits()), focus=64).decode("latin-1"))
 
 
 NUMBERS = st.sampled_from(["0", "1", "2", "4294967293", "4294967294", "4294967295",

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from fuzzing import fuzz, mutation
+from fuzzing import edits, fuzz, mutate
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -142,7 +142,7 @@ def mutated_arrays(draw: st.DrawFn, arrays: dict[str, np.ndarray]) -> dict[str, 
 @given(st.data())
 def test_mutated_plan_bytes(plan: Plan, data: st.DataObject) -> None:
     source = data.draw(st.sampled_from([plan.to_bytes(), plan.public().to_bytes()]))
-    check_parse(data.draw(mutation(source, focus=128)))
+    check_parse(mutate(source, data.draw(edits()), focus=128))
 
 
 @fuzz(2)
