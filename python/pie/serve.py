@@ -33,7 +33,9 @@ from .channel import (
     ChannelError,
     ChannelTimeoutError,
     TcpListener,
+    TlsListener,
     tcp_connect,
+    tls_connect,
 )
 from .plan import Plan
 from .protocol import Client, Server, infer, wire
@@ -314,7 +316,14 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def main(argv: list[str] | None = None) -> int:
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pie.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -329,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=7000, help="TCP port (default 7000; 0 picks one)")
     srv.add_argument("--threads", type=int, default=0, help="garbling threads per session (0: all cores)")
+    tls = srv.add_argument_group("TLS (plain TCP without --tls-cert)")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="the server's certificate chain")
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key (not encrypted)")
+    tls.add_argument("--tls-client-ca", type=Path, metavar="PEM",
+                     help="require client certificates issued by these CAs")
     lim = srv.add_argument_group("limits")
     lim.add_argument("--max-sessions", type=_positive(int), default=defaults.max_sessions,
                      help=f"sessions served at the same time; more are refused as busy "
@@ -349,13 +363,26 @@ def main(argv: list[str] | None = None) -> int:
                      help="offline material of all sessions together; more are refused as busy "
                      "(default half the physical memory)")
     cli = sub.add_parser("client", help="run one private inference against a server")
-    cli.add_argument("--connect", required=True, metavar="HOST:PORT", help="the server's address")
+    cli.add_argument("--connect", required=True, type=_address, metavar="HOST:PORT",
+                     help="the server's address")
     cli.add_argument("--input", required=True, type=Path, help="image: .npy (C,H,W in [0,1]) or .png/.jpg")
     cli.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     cli.add_argument("--timeout", type=_positive(float), default=10.0, help="connect timeout in seconds")
     cli.add_argument("--io-timeout", type=_positive(float), default=120.0, metavar="SECONDS",
                      help="give up when the server makes no progress for this long (default 120)")
     cli.add_argument("--threads", type=int, default=0, help="evaluation threads (0: all cores)")
+    ctls = cli.add_argument_group("TLS (plain TCP without --tls-ca)")
+    ctls.add_argument("--tls-ca", type=Path, metavar="PEM", help="CAs that may issue the server's certificate")
+    ctls.add_argument("--tls-server-name", metavar="NAME",
+                      help="the name the server's certificate must carry (default: the host)")
+    ctls.add_argument("--tls-cert", type=Path, metavar="PEM", help="a client certificate, for servers that ask")
+    ctls.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key (not encrypted)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (see the module's docstring); returns the exit status."""
+    parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -363,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args)
     if args.command == "server":
         return _server(parser, args)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_ca is None and (args.tls_cert or args.tls_server_name):
+        parser.error("--tls-cert and --tls-server-name need --tls-ca")
     return _client(args)
 
 
@@ -373,6 +404,10 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                         max_session_bytes=args.max_session_memory, max_total_bytes=args.max_total_memory)
     except ValueError as exc:
         parser.error(str(exc))
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     try:
         server = load_server(args.model, args.arch, args.threads)
     except (checkpoint.CheckpointError, compiler.CompileError, FileNotFoundError) as exc:
@@ -381,10 +416,14 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if need > limits.max_session_bytes:
         parser.error(f"a session of this model needs about {need >> 20} MiB of offline material, "
                      f"more than --max-session-memory ({limits.max_session_bytes >> 20} MiB)")
-    listener = TcpListener(args.host, args.port)
+    try:
+        listener = _listen(args)
+    except ChannelError as exc:  # TlsError included: unreadable certificate or key
+        parser.error(f"cannot listen on {args.host}:{args.port}: {exc}")
+    scheme = "TLS" if args.tls_cert else "TCP"
     print(f"serving {args.model} ({server.plan.relu_count():,} ReLUs, plan {server.digest[:16]}) "
-          f"on {args.host}:{listener.port}; {need / (1 << 20):.1f} MiB of offline material per session, "
-          f"at most {limits.max_sessions} sessions", flush=True)
+          f"on {args.host}:{listener.port} over {scheme}; {need / (1 << 20):.1f} MiB of offline "
+          f"material per session, at most {limits.max_sessions} sessions", flush=True)
     try:
         serve_forever(server, listener, limits)
     except KeyboardInterrupt:
@@ -392,10 +431,28 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def _listen(args: argparse.Namespace) -> TcpListener | TlsListener:
+    """The server's listener: TLS with ``--tls-cert``, else plain TCP."""
+    if args.tls_cert is None:
+        return TcpListener(args.host, args.port)
+    return TlsListener(args.host, args.port, cert=str(args.tls_cert), key=str(args.tls_key),
+                       client_ca=None if args.tls_client_ca is None else str(args.tls_client_ca))
+
+
+def _connect(args: argparse.Namespace) -> Channel:
+    """The client's channel: TLS with ``--tls-ca``, else plain TCP."""
+    host, port = args.connect
+    if args.tls_ca is None:
+        return tcp_connect(host, port, timeout=args.timeout)
+    return tls_connect(host, port, ca=str(args.tls_ca),
+                       cert=None if args.tls_cert is None else str(args.tls_cert),
+                       key=None if args.tls_key is None else str(args.tls_key),
+                       server_name=args.tls_server_name, timeout=args.timeout)
+
+
 def _client(args: argparse.Namespace) -> int:
-    host, _, port = args.connect.rpartition(":")
     try:
-        with tcp_connect(host, int(port), timeout=args.timeout) as channel:
+        with _connect(args) as channel:
             channel.timeout = args.io_timeout
             logits, report, plan = query(channel, args.input, threads=args.threads,
                                          progress=not args.json)

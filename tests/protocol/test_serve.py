@@ -470,3 +470,130 @@ def test_cli_sizes() -> None:
     for bad in ("lots", "-1G", "0"):
         with pytest.raises(Exception, match="size"):
             serve._size(bad)
+
+
+# -------------------------------------------------------------------- TLS
+
+
+def _pem_key(path: Path, key: object) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    d = tmp_path_factory.mktemp("pki")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pie test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    files = {"ca": str(d / "ca.pem")}
+    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for who, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, who)]))
+                   .issuer_name(ca_name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if who == "server":
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        (d / f"{who}.crt").write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(
+            serialization.Encoding.PEM))
+        files[f"{who}_cert"] = str(d / f"{who}.crt")
+        files[f"{who}_key"] = _pem_key(d / f"{who}.key", key)
+    return files
+
+
+@contextmanager
+def serving_cli_listener(server: pie.Server, argv: list[str]) -> Iterator[tuple[int, serve.SessionLog]]:
+    """``serve_forever`` on the listener the server command line builds from ``argv``."""
+    args = serve._parser().parse_args(["server", "--model", "unused.pt", "--port", "0", *argv])
+    listener = serve._listen(args)
+    stop = threading.Event()
+    log = serve.SessionLog()
+    worker = threading.Thread(target=serve.serve_forever, args=(server, listener, serve.Limits(), stop, log))
+    worker.start()
+    try:
+        yield listener.port, log
+    finally:
+        stop.set()
+        worker.join(60)
+        listener.close()
+
+
+def test_tls_inference_through_both_command_lines(server: pie.Server, pki: dict[str, str], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    x = np.random.default_rng(10).random(SHAPE)
+    np.save(tmp_path / "x.npy", x)
+    tls_server = ["--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"]]
+    with serving_cli_listener(server, tls_server) as (port, log):
+        client = ["client", "--connect", f"127.0.0.1:{port}", "--input", str(tmp_path / "x.npy"), "--json"]
+        assert serve.main([*client, "--tls-ca", pki["ca"]]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert np.array_equal(np.array(out["logits"]), server.plan.run_reference(x))
+        # A plain-TCP client is not understood by a TLS server: a typed error, nothing else.
+        assert serve.main([*client, "--io-timeout", "10"]) == 1
+        assert "error: " in capsys.readouterr().err
+        assert log.wait_for(2, 30)
+    outcomes = sorted((r.outcome, r.error) for r in log.records())
+    assert outcomes[1][0] == "ok" and outcomes[0][0] == "failed"
+    assert issubclass(outcomes[0][1], pie.ChannelError)  # type: ignore[arg-type]
+
+
+def test_mutual_tls_refuses_clients_without_a_certificate(server: pie.Server, pki: dict[str, str],
+                                                          tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    x = np.random.default_rng(11).random(SHAPE)
+    np.save(tmp_path / "x.npy", x)
+    mutual = ["--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"], "--tls-client-ca", pki["ca"]]
+    with serving_cli_listener(server, mutual) as (port, log):
+        client = ["client", "--connect", f"127.0.0.1:{port}", "--input", str(tmp_path / "x.npy"),
+                  "--json", "--tls-ca", pki["ca"]]
+        assert serve.main(client) == 1
+        assert "TlsError" in capsys.readouterr().err
+        assert serve.main([*client, "--tls-cert", pki["client_cert"], "--tls-key", pki["client_key"]]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert np.array_equal(np.array(out["logits"]), server.plan.run_reference(x))
+        assert log.wait_for(2, 30)
+    failed = [r for r in log.records() if r.outcome == "failed"]
+    assert len(failed) == 1 and issubclass(failed[0].error, pie.TlsError)  # type: ignore[arg-type]
+
+
+def test_cli_argument_checks(checkpoint: Path, pki: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in [
+        (["client", "--connect", "nowhere", "--input", "x.npy"], "HOST:PORT"),
+        (["client", "--connect", "h:1", "--input", "x.npy", "--tls-cert", "c.pem"], "go together"),
+        (["client", "--connect", "h:1", "--input", "x.npy", "--tls-server-name", "n"], "need --tls-ca"),
+        (["server", "--model", str(checkpoint), "--tls-cert", "c.pem"], "go together"),
+        (["server", "--model", str(checkpoint), "--tls-client-ca", "ca.pem"], "needs --tls-cert"),
+        (["server", "--model", str(checkpoint), "--max-sessions", "0"], "positive"),
+        (["server", "--model", str(checkpoint), "--max-session-memory", "1K"], "max-session-memory"),
+        (["server", "--model", str(checkpoint), "--port", "0", "--tls-cert", pki["server_cert"],
+          "--tls-key", pki["client_cert"]], "cannot listen"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            serve.main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err, argv
