@@ -11,7 +11,10 @@ larger count, which also switches to fresh random inputs on every run::
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, settings
@@ -94,3 +97,104 @@ def record_call(what: str) -> None:
     """What a hostile pickle in the tests invokes: a loader that refuses it
     never gets here."""
     CALLS.append(what)
+
+
+FINISH_WITHIN = 30.0  # a connection not ended by then counts as a hang
+
+
+@dataclass
+class Corruption:
+    """What the relay does to the client's stream at byte ``offset``."""
+
+    op: str
+    offset: int
+    arg: int = 0
+    blob: bytes = b""
+
+
+@dataclass
+class Relay:
+    """A man in the middle between one client and the server on
+    ``server_port``: it records both byte streams as they arrive
+    (``client_bytes``, ``server_bytes``) and the offsets at which its reads
+    of the client's stream began (``chunks``: message starts, as each flush
+    tends to arrive in one read), and applies ``corruption`` to what it
+    forwards to the server."""
+
+    server_port: int
+    corruption: Corruption | None = None
+    chunks: list[int] = field(default_factory=list)
+    client_bytes: bytearray = field(default_factory=bytearray)
+    server_bytes: bytearray = field(default_factory=bytearray)
+
+    def __post_init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(FINISH_WITHIN)
+        try:
+            client, _ = self.sock.accept()
+        except OSError:
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.server_port))
+        back = threading.Thread(target=self._pump, args=(upstream, client, None, self.server_bytes))
+        back.start()
+        self._pump(client, upstream, self.corruption, self.client_bytes)
+        back.join()
+        client.close()
+        upstream.close()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, corruption: Corruption | None,
+              record: bytearray) -> None:
+        src.settimeout(FINISH_WITHIN)
+        offset = 0
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                if record is self.client_bytes:
+                    self.chunks.append(offset)
+                record += data
+                start, offset = offset, offset + len(data)
+                if corruption is not None and start <= corruption.offset < offset:
+                    if not self._corrupt(dst, data, corruption.offset - start, corruption):
+                        break
+                    corruption = None
+                    continue
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:  # pass the hang-up on, both ways
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _corrupt(dst: socket.socket, data: bytes, at: int, c: Corruption) -> bool:
+        """Send ``data`` corrupted at ``at``; False ends this direction."""
+        head, tail = bytearray(data[:at]), bytearray(data[at:])
+        if c.op == "flip":
+            tail[0] ^= 1 << (c.arg % 8)
+        elif c.op == "u64":
+            tail[:8] = (c.arg).to_bytes(8, "little")
+        elif c.op == "insert":
+            tail[:0] = c.blob
+        elif c.op == "delete":
+            del tail[:1 + c.arg % 256]
+        elif c.op in ("close", "stall", "garbage"):
+            dst.sendall(bytes(head) + (c.blob if c.op == "garbage" else b""))
+            if c.op == "stall":  # say nothing more, longer than the server's deadline in the tests
+                threading.Event().wait(2.0)
+            return False
+        dst.sendall(bytes(head + tail))
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join()

@@ -14,12 +14,12 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
-from fuzzing import fuzz
+from fuzzing import FINISH_WITHIN, Corruption, Relay, fuzz
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -30,7 +30,6 @@ from pie.serve import SessionLog, query, serve_forever
 
 TYPED = (pie.ChannelError, ValueError)
 DEADLINE = 1.0  # the server's handshake and idle timeouts in these tests
-FINISH_WITHIN = 30.0  # a connection not recorded by then counts as a hang
 IMAGE = np.full((3, 4, 4), 0.5)
 
 
@@ -69,96 +68,6 @@ def finished(server: Server) -> pie.serve.SessionRecord:
         assert issubclass(record.error, TYPED), (
             f"untyped server error in phase {record.phase}: {record.error.__name__}: {record.message}")
     return record
-
-
-@dataclass
-class Corruption:
-    """What the relay does to the client's stream at byte ``offset``."""
-
-    op: str
-    offset: int
-    arg: int = 0
-    blob: bytes = b""
-
-
-@dataclass
-class Relay:
-    """A man in the middle between one client and the server."""
-
-    server_port: int
-    corruption: Corruption | None = None
-    chunks: list[int] = field(default_factory=list)  # offsets where client reads began
-
-    def __post_init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._run)
-        self.thread.start()
-
-    def _run(self) -> None:
-        self.sock.settimeout(FINISH_WITHIN)
-        try:
-            client, _ = self.sock.accept()
-        except OSError:
-            return
-        upstream = socket.create_connection(("127.0.0.1", self.server_port))
-        back = threading.Thread(target=self._pump, args=(upstream, client, None, False))
-        back.start()
-        self._pump(client, upstream, self.corruption, True)
-        back.join()
-        client.close()
-        upstream.close()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, corruption: Corruption | None,
-              record: bool) -> None:
-        src.settimeout(FINISH_WITHIN)
-        offset = 0
-        try:
-            while True:
-                data = src.recv(1 << 16)
-                if not data:
-                    break
-                if record:
-                    self.chunks.append(offset)
-                start, offset = offset, offset + len(data)
-                if corruption is not None and start <= corruption.offset < offset:
-                    if not self._corrupt(dst, data, corruption.offset - start, corruption):
-                        break
-                    corruption = None
-                    continue
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:  # pass the hang-up on, both ways
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    @staticmethod
-    def _corrupt(dst: socket.socket, data: bytes, at: int, c: Corruption) -> bool:
-        """Send ``data`` corrupted at ``at``; False ends this direction."""
-        head, tail = bytearray(data[:at]), bytearray(data[at:])
-        if c.op == "flip":
-            tail[0] ^= 1 << (c.arg % 8)
-        elif c.op == "u64":
-            tail[:8] = (c.arg).to_bytes(8, "little")
-        elif c.op == "insert":
-            tail[:0] = c.blob
-        elif c.op == "delete":
-            del tail[:1 + c.arg % 256]
-        elif c.op in ("close", "stall", "garbage"):
-            dst.sendall(bytes(head) + (c.blob if c.op == "garbage" else b""))
-            if c.op == "stall":  # say nothing more: the server's idle deadline must end it
-                threading.Event().wait(DEADLINE + 0.5)
-            return False
-        dst.sendall(bytes(head + tail))
-        return True
-
-    def close(self) -> None:
-        self.sock.close()
-        self.thread.join()
 
 
 def run_client(port: int) -> None:
