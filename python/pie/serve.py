@@ -142,8 +142,8 @@ def serve_forever(server: Server, listener: Listener, limits: Limits | None = No
                   stop: threading.Event | None = None, log: SessionLog | None = None) -> None:
     """Accept clients until ``stop`` is set, each connection in its own thread.
 
-    A connection gets ``limits.handshake_timeout`` seconds without progress to
-    ask for the public Plan and say HELLO; its session is then admitted if a
+    A connection gets ``limits.handshake_timeout`` seconds in all to ask for
+    the public Plan and say HELLO; its session is then admitted if a
     session slot and enough offline-material budget are free (else it is
     refused with a busy ``WELCOME``, :class:`ServerBusyError` on the client),
     and from then on it may go ``limits.idle_timeout`` seconds without
@@ -174,11 +174,13 @@ def serve_forever(server: Server, listener: Listener, limits: Limits | None = No
         def admit() -> None:
             nonlocal reservation
             reservation = admission.admit(material)
+            conv.deadline = None
             ch.timeout = limits.idle_timeout
 
         outcome, error, message = "ok", None, ""
         try:
             ch.timeout = limits.handshake_timeout
+            conv.deadline = started + limits.handshake_timeout
             session = ServerSession(server, ch, conversation=conv, admit=admit)
             session.offline()
             session.online()
@@ -351,8 +353,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="connections handled at the same time, handshakes included; more wait "
                      f"in the listen backlog (default {defaults.max_connections})")
     lim.add_argument("--handshake-timeout", type=_positive(float), default=defaults.handshake_timeout,
-                     metavar="SECONDS", help="a new connection's deadline without progress "
-                     f"(default {defaults.handshake_timeout:g})")
+                     metavar="SECONDS", help="time a new connection has, in all, to ask for the "
+                     f"plan and say HELLO (default {defaults.handshake_timeout:g})")
     lim.add_argument("--idle-timeout", type=_positive(float), default=defaults.idle_timeout,
                      metavar="SECONDS", help="a session without progress for this long is dropped "
                      f"and its material freed (default {defaults.idle_timeout:g})")

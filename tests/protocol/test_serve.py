@@ -326,6 +326,24 @@ def test_failing_connections_leak_no_threads_sockets_or_material(server: pie.Ser
             assert np.array_equal(serve.query(ch, x)[0], server.plan.run_reference(x))
 
 
+def test_trickling_client_cannot_stretch_the_handshake_deadline(server: pie.Server) -> None:
+    """One byte every 0.3 s never trips a per-read timeout of 1 s, but the
+    connection's whole handshake has 1 s."""
+    request = _frame(wire.GET_PLAN, b"{}")
+    with serving(server, serve.Limits(handshake_timeout=1.0)) as (port, log):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            for byte in request:
+                try:
+                    sock.sendall(bytes([byte]))
+                except ConnectionError:
+                    break
+                time.sleep(0.3)
+        assert log.wait_for(1, 30)
+    record = log.records()[0]
+    assert issubclass(record.error, pie.ChannelTimeoutError) and record.phase == "plan"  # type: ignore[arg-type]
+    assert record.ended - record.started < 0.3 * len(request)  # cut short, not stretched
+
+
 # --------------------------------------------------------- wire hardening
 
 

@@ -63,8 +63,8 @@ class Limits:
         max_connections: connections handled at the same time, sessions and
             handshakes together (``--max-connections``); further connections
             wait in the listen backlog.
-        handshake_timeout: seconds a connection may go without progress before
-            its session is admitted (``--handshake-timeout``).
+        handshake_timeout: seconds a connection has, in all, to ask for the
+            Plan and say HELLO (``--handshake-timeout``).
         idle_timeout: seconds an admitted session may go without progress
             (``--idle-timeout``): it is then dropped and its material freed.
         max_session_bytes: offline material one session may need

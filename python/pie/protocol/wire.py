@@ -40,10 +40,11 @@ import enum
 import hmac
 import json
 import struct
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..channel import Channel, OversizeMessageError, ProtocolError
+from ..channel import Channel, ChannelTimeoutError, OversizeMessageError, ProtocolError
 from ..plan import Plan, PlanFormatError
 
 __all__ = [
@@ -147,6 +148,10 @@ class Conversation:
     ``failed`` is set (``phase`` stays where it happened) and the
     conversation refuses further use.
 
+    ``deadline`` (a ``time.monotonic()`` value, default ``None``) bounds the
+    total time of every later read of the conversation, however slowly the
+    peer trickles its bytes; the server sets it until a session is admitted.
+
     Args:
         channel: the connection.
         role: ``"server"`` or ``"client"``.
@@ -164,6 +169,9 @@ class Conversation:
         self.role = role
         self.phase = Phase.PLAN
         self.failed = False
+        # time.monotonic() by which every read of this conversation must be
+        # done (None: only the channel's per-read timeout applies).
+        self.deadline: float | None = None
         self._public_plan = public_plan
 
     # ---------------------------------------------------------------- client
@@ -290,10 +298,10 @@ class Conversation:
     def _recv(self, allowed: Mapping[int, int]) -> tuple[int, bytes]:
         """One frame whose type is in ``allowed`` (type -> payload limit)."""
         kind, length = self._recv_header(allowed)
-        return kind, self.channel.recv(length) if length else b""
+        return kind, self._read(length)
 
     def _recv_header(self, allowed: Mapping[int, int]) -> tuple[int, int]:
-        kind, length = _HEADER.unpack(self.channel.recv(_HEADER.size))
+        kind, length = _HEADER.unpack(self._read(_HEADER.size))
         if kind not in allowed:
             expected = " or ".join(message_name(k) for k in allowed)
             raise ProtocolError(f"{self.role}, phase {self.phase.value}: expected {expected}, "
@@ -302,6 +310,27 @@ class Conversation:
             raise OversizeMessageError(f"{self.role}, phase {self.phase.value}: {message_name(kind)} "
                                        f"announces {length} bytes, limit is {allowed[kind]}")
         return kind, length
+
+    def _read(self, n: int) -> bytes:
+        """``n`` bytes; with a ``deadline``, one byte per read with the channel's
+        timeout cut to the time left, so a peer that trickles bytes cannot
+        stretch the wait past it (used for the small pre-admission messages)."""
+        if self.deadline is None or n == 0:
+            return self.channel.recv(n) if n else b""
+        ch = self.channel
+        saved = ch.timeout
+        out = bytearray()
+        try:
+            while len(out) < n:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise ChannelTimeoutError(f"{self.role}, phase {self.phase.value}: the "
+                                              f"connection's deadline passed")
+                ch.timeout = max(min(saved, left), 0.001)
+                out += ch.recv(1)
+        finally:
+            ch.timeout = saved
+        return bytes(out)
 
     def _send_sealed(self, kind: int, body: bytes) -> None:
         ch = self.channel
