@@ -222,7 +222,14 @@ def serve_forever(server: Server, listener: Listener, limits: Limits | None = No
                                   daemon=True)
         with workers_lock:
             workers.add(worker)
-        worker.start()
+        try:
+            worker.start()
+        except RuntimeError as exc:  # no thread to be had: drop this connection, keep serving
+            with workers_lock:
+                workers.discard(worker)
+            ch.close()
+            connections.release()
+            _log.warning("cannot serve a connection: %s", exc)
     with workers_lock:
         running = list(workers)
     for worker in running:
