@@ -1,11 +1,12 @@
-"""Shared pieces of the fuzzers: run length, byte mutations, outcome checks.
+"""Shared pieces of the fuzzers: run length, byte mutations, a corrupting relay.
 
 The default test run tries ``PIE_FUZZ_EXAMPLES`` inputs per fuzz target
-(default 20, derandomised so the run is reproducible). A long run sets a
-larger count, which also switches to fresh random inputs on every run::
+(default 20, derandomised so the run is reproducible; a target's ``scale``
+multiplies the count). A long run sets a larger count, which also switches to
+fresh random inputs on every run (README, "Fuzzing")::
 
-    PIE_FUZZ_EXAMPLES=5000 python -m pytest tests/security -k fuzz \
-        -p no:cacheprovider --hypothesis-show-statistics
+    PIE_FUZZ_EXAMPLES=1000 python -m pytest tests/security -k fuzz \
+        -o timeout=3600 -p no:cacheprovider --hypothesis-show-statistics
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def fuzz(scale: float = 1.0) -> Callable[[F], F]:
     """Hypothesis settings of a fuzz target: ``scale * PIE_FUZZ_EXAMPLES``
-    examples, no deadline, no example database (nothing written to disk)."""
+    examples, no deadline, no example database (nothing written to disk); a
+    failure prints the blob that replays it."""
     return settings(  # type: ignore[return-value]
         max_examples=max(1, int(EXAMPLES * scale)),
         deadline=None,
         database=None,
         derandomize=not LONG_RUN,
+        print_blob=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                HealthCheck.filter_too_much],
     )

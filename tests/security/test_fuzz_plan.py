@@ -186,3 +186,23 @@ def test_header_with_non_json_numbers_is_refused(plan: Plan, value: float) -> No
     header["public"]["policy"]["x"] = value
     with pytest.raises(PlanFormatError):
         Plan.from_bytes(join(header, arrays))
+
+
+@fuzz()
+@given(st.data())
+def test_client_fed_mutated_public_plans(plan: Plan, data: st.DataObject) -> None:
+    """The client side of the plan request: a server answering with a mutated
+    public Plan gets a typed error or a Plan that passes the parser's contract."""
+    from pie.protocol import wire
+    from pie.serve import fetch_public_plan
+
+    body = mutate(plan.public().to_bytes(), data.draw(edits()), focus=128)
+    client_end, server_end = pie.memory_pair()
+    with client_end, server_end:
+        server_end.send_frame(wire.PUBLIC_PLAN, body)
+        client_end.timeout = 0.5
+        try:
+            received = fetch_public_plan(client_end)
+        except (pie.ChannelError, PlanFormatError):
+            return
+        check_parse(received.to_bytes())
