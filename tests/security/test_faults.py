@@ -120,3 +120,8 @@ def test_fault_matrix(action: str, plan: pie.Plan, service, turns: list[str]) ->
         outcomes.append(_case(plan, port, log, Fault(k, action), victim))
     assert {o.victim for o in outcomes} == {"client", "server"}
     assert all(o.seconds < DEADLINE + SLACK for o in outcomes)
+    if action == "corrupt":
+        # Payload bytes that no parser can check are caught by the transcript
+        # digests, on both sides (at the end of offline, on the output share, on FINISH).
+        assert any(o.server_error == "TranscriptError" for o in outcomes)
+        assert any(o.client_error == "TranscriptError" for o in outcomes)
