@@ -24,12 +24,20 @@ Fixed-point policy (all of it public and recorded in ``plan.policy``):
   read by a scale term ``x * 2^d`` the output's ring minus ``d``.
 * If a garbled-circuit input would need more than ``max_ring_bits`` (at most
   59, the largest power-of-two plaintext modulus SEAL accepts), the compiler
-  walks back along the chain that sets its scale and inserts a truncation step
-  (a garbled circuit, ~``l_in + l_out`` AND gates per element) on the cheapest
-  tensor of that chain whose truncation to ``frac_bits`` brings it within the
-  limit. This happens in culled regions and on the residual stream of bottom-
-  thinned networks, which never passes a ReLU. Every truncation is reported
-  with its reason and cost (``plan.summary()``, ``plan.gc_cost()``).
+  walks back along the chain that sets its scale. An overflow of at most 6
+  bits is fitted by lowering ``frac_w`` of the chain's layers (one bit at a
+  time, spread, at most 3 bits per layer) when they can give that much: free. A larger one gets a
+  truncation step (a garbled circuit, ~``l_in + l_out`` AND gates per
+  element) on the tensor of that chain whose truncation to ``frac_bits``
+  brings it within the limit at the least cost: its AND gates plus
+  ``round_cost_and_gates`` for each online round it adds. A consumer of the
+  truncated tensor that feeds a ReLU and fits without the truncation keeps
+  reading the untruncated tensor, so the truncation shares that ReLU's round
+  (the typical case: the residual stream truncated at a block's input, in
+  parallel with the block's first ReLU). Truncations happen in culled
+  regions and on the residual stream of bottom-thinned networks, which never
+  passes a ReLU. Every truncation and lowering is reported with its reason
+  and cost (``plan.summary()``, ``plan.gc_cost()``).
 
 What the public plan reveals beyond the architecture: each layer's ``frac_w``
 gives ``floor(log2 max|w|)`` of that layer (after batch-norm folding), and each
@@ -84,7 +92,8 @@ _TRUNC_SUFFIX = ".trunc"
 
 REVEALS = (
     "architecture and shapes; per layer frac_w = weight_bits - 1 - ceil(log2 max|w|) "
-    "(the layer's largest folded weight, to a power of two); per garbled-circuit input "
+    "(the layer's largest folded weight, to a power of two), or up to 3 less where a ring "
+    "was fitted by lowering it; per garbled-circuit input "
     "the ring size, i.e. log2 of its calibrated maximum magnitude plus the margin "
     "(to one bit); the positions of truncations"
 )
@@ -96,6 +105,15 @@ class _Params:
     weight_bits: int
     margin: int
     max_ring: int
+    round_cost: int
+
+
+# A ring that overflows by at most _MAX_LOWERING_NEED bits is fitted by lowering
+# frac_w of the layers that set its scale (one bit at a time, spread over the
+# chain, at most _MAX_FW_LOWERING bits per layer) instead of a truncation: free,
+# and weights keep weight_bits - _MAX_FW_LOWERING significant bits at worst.
+_MAX_FW_LOWERING = 3
+_MAX_LOWERING_NEED = 6
 
 
 def compile(  # noqa: A001 - the public name the package exposes
@@ -105,10 +123,11 @@ def compile(  # noqa: A001 - the public name the package exposes
     *,
     input_norm: tuple[Sequence[float], Sequence[float]] | None = None,
     pixel_max: int = 255,
-    weight_bits: int = 12,
+    weight_bits: int = 13,
     ring_margin_bits: int = 2,
     max_ring_bits: int = MAX_HE_RING_BITS,
     calibration: np.ndarray | torch.Tensor | None = None,
+    round_cost_and_gates: int = 1 << 18,
 ) -> Plan:
     """Compile a float network into a fixed-point Plan.
 
@@ -131,6 +150,9 @@ def compile(  # noqa: A001 - the public name the package exposes
         calibration: images (N, C, H, W) in [0, 1] used to size the rings;
             default: 64 images of uniformly random pixels (seed 0). Pass real
             data for a trained network.
+        round_cost_and_gates: what one extra online round is worth in AND gates
+            when placing truncations (default 2^18, a few milliseconds of
+            garbled-circuit work: a LAN round trip plus the per-round overhead).
 
     Returns:
         The Plan (with weights). ``plan.run_reference(x)`` takes images in [0, 1].
@@ -151,6 +173,8 @@ def compile(  # noqa: A001 - the public name the package exposes
         raise ValueError(f"max_ring_bits must be in [8, {MAX_HE_RING_BITS}], got {max_ring_bits}")
     if pixel_max < 1:
         raise ValueError(f"pixel_max must be positive, got {pixel_max}")
+    if round_cost_and_gates < 0:
+        raise ValueError(f"round_cost_and_gates must be >= 0, got {round_cost_and_gates}")
     mean, std = input_norm if input_norm is not None else (None, None)
     traced = trace(model, input_shape)
     graph = lower(traced, pixel_max, mean, std)
@@ -169,13 +193,16 @@ def compile(  # noqa: A001 - the public name the package exposes
         calibration_desc = f"{arr.shape[0]} images supplied at compile time"
     maxabs = _calibrate(graph, pixels)
 
-    params = _Params(frac_bits, weight_bits, ring_margin_bits, max_ring_bits)
-    plan = _Assigner(graph, maxabs, params).build(pixel_max)
+    params = _Params(frac_bits, weight_bits, ring_margin_bits, max_ring_bits, round_cost_and_gates)
+    assigner = _Assigner(graph, maxabs, params)
+    plan = assigner.build(pixel_max)
     plan.policy.update({
         "frac_bits": frac_bits,
         "weight_bits": weight_bits,
         "ring_margin_bits": ring_margin_bits,
         "max_ring_bits": max_ring_bits,
+        "round_cost_and_gates": round_cost_and_gates,
+        "frac_w_lowered": dict(sorted(assigner.lowered.items())),
         "calibration": calibration_desc,
         "reveals": REVEALS,
     })
@@ -226,43 +253,55 @@ class _Assigner:
         self.p = params
         self.producers = graph.producers()
         self.consumers = graph.consumers()
+        self.terms: dict[int, FloatTerm] = {
+            id(t): t for op in graph.ops if isinstance(op, FloatLinear) for t in op.terms
+        }
         self.fw_pref: dict[int, int] = {
             id(t): _preferred_frac_w(t.weight, params.weight_bits)
-            for op in graph.ops if isinstance(op, FloatLinear)
-            for t in op.terms if t.op != "scale"
+            for t in self.terms.values() if t.op != "scale"
         }
+        self.fw_lowered: dict[int, int] = {}  # term id -> bits taken off its frac_w to fit a ring
         self.truncated: dict[str, tuple[int, str]] = {}  # tensor -> (frac after, reason)
+        # Consumers (linear step outputs) that keep reading a truncated tensor
+        # untruncated, so its truncation can share their ReLU's round.
+        self.bypass: dict[str, frozenset[str]] = {}
+        self.lowered: dict[str, int] = {}  # "<output> <- <input>" -> bits taken off frac_w
 
     # -------------------------------------------------------------- scales
-    def src(self, name: str) -> str:
-        return name + _TRUNC_SUFFIX if name in self.truncated else name
+    def src(self, name: str, consumer: str | None = None) -> str:
+        """The tensor ``consumer`` reads for ``name``: its truncation, unless bypassed."""
+        if name in self.truncated and consumer not in self.bypass.get(name, ()):
+            return name + _TRUNC_SUFFIX
+        return name
 
-    def _scales(self) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+    def _fw(self, t: FloatTerm) -> int:
+        return self.fw_pref[id(t)] - self.fw_lowered.get(id(t), 0) if t.op != "scale" else 0
+
+    def _scales(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
         """Forward pass: frac of every tensor, the term each linear step's scale comes
-        from (``dominant``), and frac_w / shift per term (keyed by term id)."""
+        from (``dominant``, a term id), and frac_w / shift per term (keyed by term id)."""
         frac: dict[str, int] = {INPUT: 0}
         free_in: dict[str, str] = {}  # GC output -> its input (scale still free)
         term_frac: dict[int, int] = {}
-        dominant: dict[str, str] = {}
+        dominant: dict[str, int] = {}
         for op in self.g.ops:
             if isinstance(op, FloatRelu):
-                free_in[op.output] = op.input
+                free_in[op.output] = self.src(op.input, op.output)
                 continue
             cands = []
             for t in op.terms:
-                x = self.src(t.input)
+                x = self.src(t.input, op.output)
                 base = frac[x] if x in frac else self.p.frac_bits
-                cands.append(base + (self.fw_pref[id(t)] if t.op != "scale" else 0))
+                cands.append(base + self._fw(t))
             f_y = max(cands)
             fixed = [i for i, t in enumerate(op.terms)
-                     if self.src(t.input) in frac and cands[i] == f_y]
+                     if self.src(t.input, op.output) in frac and cands[i] == f_y]
             dom = fixed[0] if fixed else cands.index(f_y)
-            dominant[op.output] = self.src(op.terms[dom].input)
+            dominant[op.output] = id(op.terms[dom])
             for t in op.terms:
-                x = self.src(t.input)
+                x = self.src(t.input, op.output)
                 if x not in frac:
-                    want = f_y - (self.fw_pref[id(t)] if t.op != "scale" else 0)
-                    frac[x] = min(want, frac[free_in[x]])
+                    frac[x] = min(f_y - self._fw(t), frac[free_in[x]])
                 term_frac[id(t)] = f_y - frac[x]
             frac[op.output] = f_y
             if op.output in self.truncated:
@@ -272,12 +311,27 @@ class _Assigner:
         self.free_in = free_in
         return frac, term_frac, dominant
 
+    def _rounds(self) -> int:
+        """Online garbled-circuit rounds of the graph as it stands (Plan.rounds)."""
+        depth: dict[str, int] = {INPUT: 0}
+        rounds = 0
+        for op in self.g.ops:
+            if isinstance(op, FloatRelu):
+                depth[op.output] = depth[self.src(op.input, op.output)] + 1
+                rounds = max(rounds, depth[op.output])
+                continue
+            depth[op.output] = max(depth[self.src(t.input, op.output)] for t in op.terms)
+            if op.output in self.truncated:
+                depth[op.output + _TRUNC_SUFFIX] = depth[op.output] + 1
+                rounds = max(rounds, depth[op.output] + 1)
+        return rounds
+
     def _gc_inputs(self) -> dict[str, int]:
         """Tensors read by a garbled circuit or decoded: name -> shift applied to it."""
         out: dict[str, int] = {}
         for op in self.g.ops:
             if isinstance(op, FloatRelu):
-                out[self.src(op.input)] = -1
+                out[self.src(op.input, op.output)] = -1
         for name in self.truncated:
             out[name] = -1
         out[self.src(self.g.output)] = 0
@@ -307,10 +361,11 @@ class _Assigner:
         offset = self._offset(name, self._shift_of(name, frac))
         return _bitlen(magnitude + offset) + 1 + self.p.margin
 
-    # -------------------------------------------------------------- truncation
+    # -------------------------------------------------------------- fitting rings
     def _fit(self) -> None:
-        """Insert truncations until every garbled-circuit input fits ``max_ring_bits``."""
-        for _ in range(len(self.g.ops) + 1):
+        """Lower frac_w or insert truncations until every garbled-circuit input fits."""
+        limit = (len(self.g.ops) + 1) * (_MAX_FW_LOWERING + 2)
+        for _ in range(limit):
             frac, _, dominant = self._scales()
             worst = None
             for name in self._gc_inputs():
@@ -320,19 +375,50 @@ class _Assigner:
                     break
             if worst is None:
                 return
-            self._truncate_for(worst[0], worst[1], frac, dominant)
+            path = self._chain(worst[0], dominant)
+            if not self._lower_fw(worst[0], worst[1], path, dominant):
+                self._truncate_for(worst[0], worst[1], frac, path)
         raise CompileError("could not fit the network's rings (truncation did not converge)")
 
-    def _truncate_for(self, g: str, bits: int, frac: dict[str, int],
-                      dominant: dict[str, str]) -> None:
+    def _chain(self, g: str, dominant: dict[str, int]) -> list[str]:
+        """The tensors whose scale sets ``g``'s, nearest first (``g`` excluded)."""
         path = []
         cur = g
         while cur in dominant:
-            cur = dominant[cur]
+            t = self.terms[dominant[cur]]
+            cur = self.src(t.input, cur)
             if cur == INPUT or cur in self.free_in or cur.endswith(_TRUNC_SUFFIX):
                 break
             path.append(cur)
+        return path
+
+    def _lower_fw(self, g: str, bits: int, path: list[str], dominant: dict[str, int]) -> bool:
+        """Take one bit off the frac_w of a weight term that sets ``g``'s scale, if
+        ``g`` overflows by at most _MAX_LOWERING_NEED bits and the chain's terms can
+        give that many: the term lowered least so far, nearest to ``g`` on ties."""
         need = bits - self.p.max_ring
+        if need > _MAX_LOWERING_NEED:
+            return False
+        terms = [self.terms[dominant[v]] for v in (g, *path) if v in dominant]
+        terms = [t for t in terms if t.op != "scale"
+                 and self.fw_lowered.get(id(t), 0) < _MAX_FW_LOWERING and self._fw(t) > 0]
+        if sum(min(_MAX_FW_LOWERING - self.fw_lowered.get(id(t), 0), self._fw(t)) for t in terms) < need:
+            return False
+        t = min(terms, key=lambda t: self.fw_lowered.get(id(t), 0))
+        self.fw_lowered[id(t)] = self.fw_lowered.get(id(t), 0) + 1
+        out = next(v for v in (g, *path) if v in dominant and dominant[v] == id(t))
+        key = f"{out} <- {t.input}"
+        self.lowered[key] = self.lowered.get(key, 0) + 1
+        _log.info("frac_w of %s lowered by one bit: '%s' would need %d bits", key, g, bits)
+        return True
+
+    def _truncate_for(self, g: str, bits: int, frac: dict[str, int], path: list[str]) -> None:
+        """Truncate the tensor on ``g``'s chain that relieves it at the least cost:
+        AND gates, plus ``round_cost`` per online round it adds. Consumers that
+        feed a ReLU and fit without it keep reading the untruncated tensor, so the
+        truncation shares that ReLU's round."""
+        need = bits - self.p.max_ring
+        rounds_before = self._rounds()
         options = []
         for u in path:
             if u in self.truncated:
@@ -347,12 +433,17 @@ class _Assigner:
             target = frac[u] - relief
             self.truncated[u] = (target, "")
             ubits = self._bits(u, {**frac, u + _TRUNC_SUFFIX: target})
+            self.bypass[u] = self._bypassing(u, g, frac)
+            extra_rounds = self._rounds() - rounds_before
+            bypass = self.bypass.pop(u)
             del self.truncated[u]
             if ubits > self.p.max_ring:
                 continue
             numel = math.prod(self.g.shapes[u])
-            cost = numel * truncate_and_gates(ubits, max(ubits - relief, 1))
-            options.append((relief >= need, cost if relief >= need else -relief, u, target, cost))
+            gates = numel * truncate_and_gates(ubits, max(ubits - relief, 1))
+            cost = gates + self.p.round_cost * extra_rounds
+            options.append((relief >= need, cost if relief >= need else -relief, u, target, gates,
+                            bypass, extra_rounds))
         if not options:
             raise CompileError(
                 f"tensor '{g}' needs {bits} bits (> max_ring_bits={self.p.max_ring}) and no "
@@ -360,13 +451,30 @@ class _Assigner:
                 "lower weight_bits or frac_bits"
             )
         options.sort(key=lambda o: (not o[0], o[1]))
-        _, _, u, target, cost = options[0]
+        _, _, u, target, gates, bypass, extra_rounds = options[0]
+        rides = f", sharing the round of the ReLU after {', '.join(sorted(bypass))}" if bypass else ""
         reason = (
             f"'{g}' would need {bits} bits > {self.p.max_ring}; truncating '{u}' by "
-            f"{frac[u] - target} bits (~{cost:,} AND gates)"
+            f"{frac[u] - target} bits (~{gates:,} AND gates, {extra_rounds} extra online "
+            f"round{'s' if extra_rounds != 1 else ''}{rides})"
         )
         self.truncated[u] = (target, reason)
+        if bypass:
+            self.bypass[u] = bypass
         _log.info("truncation inserted: %s", reason)
+
+    def _bypassing(self, u: str, g: str, frac: dict[str, int]) -> frozenset[str]:
+        """Consumers of ``u`` that may read it untruncated: linear steps feeding only a
+        ReLU whose input fits the ring as it is (``g`` excluded, it does not fit)."""
+        keep = set()
+        for op in self.consumers.get(u, []):
+            if not isinstance(op, FloatLinear) or op.output == g or op.output == self.g.output:
+                continue
+            users = self.consumers.get(op.output, [])
+            if (len(users) == 1 and isinstance(users[0], FloatRelu)
+                    and self._bits(op.output, frac) <= self.p.max_ring):
+                keep.add(op.output)
+        return frozenset(keep)
 
     # -------------------------------------------------------------- rings and plan
     def build(self, pixel_max: int) -> Plan:
@@ -380,7 +488,7 @@ class _Assigner:
                 continue
             out_ring = ring.setdefault(op.output, 1)
             for t in op.terms:
-                x = self.src(t.input)
+                x = self.src(t.input, op.output)
                 need = out_ring if t.op != "scale" else max(out_ring - term_frac[id(t)], 1)
                 ring[x] = max(ring.get(x, 1), need)
         for name in self.free_in:
@@ -404,14 +512,14 @@ class _Assigner:
         for op in g.ops:
             if isinstance(op, FloatRelu):
                 declare(op.output, g.shapes[op.output])
-                src = self.src(op.input)
+                src = self.src(op.input, op.output)
                 steps.append(ReluStep(src, op.output, frac[src] - frac[op.output],
                                       tuple(op.source)))
                 continue
             declare(op.output, g.shapes[op.output])
             terms: list[Term] = []
             for t in op.terms:
-                terms.append(self._quantise_term(t, term_frac[id(t)]))
+                terms.append(self._quantise_term(t, self.src(t.input, op.output), term_frac[id(t)]))
             shift = self._shift_of(op.output, frac)
             offset = self._offset(op.output, shift)
             bias = _to_ring(op.bias, frac[op.output], offset, ring[op.output])
@@ -425,8 +533,7 @@ class _Assigner:
         steps.append(OutputStep(out, frac[out], tuple(g.output_shape)))
         return Plan(INPUT, pixel_max, tensors, steps, {})
 
-    def _quantise_term(self, t: FloatTerm, fw: int) -> Term:
-        src = self.src(t.input)
+    def _quantise_term(self, t: FloatTerm, src: str, fw: int) -> Term:
         if t.op == "scale":
             return ScaleTerm(src, fw)
         assert t.weight is not None

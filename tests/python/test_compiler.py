@@ -150,3 +150,43 @@ def test_bad_arguments():
         compile(net, (3, 8, 8), calibration=np.zeros((2, 3, 4, 4)))
     with pytest.raises(CompileError):
         compile(net, (3, 8, 8), max_ring_bits=8)
+
+
+def test_truncations_share_rounds_with_relus_and_schedule_is_topological():
+    _, plan = compiled("DRD_C100_12K")
+    rounds = plan.rounds()
+    truncs = [s for s in plan.steps if isinstance(s, TruncateStep)]
+    relu_rounds = {rounds[s.output] for s in plan.steps if isinstance(s, ReluStep)}
+    riding = [s for s in truncs if rounds[s.output] in relu_rounds]
+    assert riding and all("sharing the round of the ReLU" in s.reason for s in riding)
+    # One round per distinct round number, fewer than one per garbled step.
+    assert max(rounds.values()) == len(set(rounds.values())) < len(rounds)
+    # The schedule runs every step once, inputs before uses, each wave's garbled
+    # steps all of one round.
+    done = {plan.input}
+    seen = []
+    for d, (local, garbled) in enumerate(plan.schedule()):
+        for i in (*local, *garbled):
+            assert all(name in done for name in plan.steps[i].inputs)
+            if i in garbled:
+                assert rounds[plan.steps[i].output] == d + 1
+            else:
+                assert isinstance(plan.steps[i], LinearStep)
+            seen.append(i)
+            if i in local:
+                done.add(plan.steps[i].output)
+        done.update(plan.steps[i].output for i in garbled)
+    assert sorted(seen) == [i for i, s in enumerate(plan.steps) if s.kind != "output"]
+
+
+def test_short_overflows_lower_frac_w_instead_of_truncating(monkeypatch):
+    net, plan = compiled("DRD_C100_12K")
+    lowered = plan.policy["frac_w_lowered"]
+    assert lowered and all(1 <= bits <= 3 for bits in lowered.values())
+    # Without lowering, the same network needs more truncation work.
+    import pie.compiler as compiler_module
+
+    monkeypatch.setattr(compiler_module, "_MAX_LOWERING_NEED", 0)
+    strict = compile(net, (3, 32, 32), input_norm=CIFAR_NORM)
+    assert strict.policy["frac_w_lowered"] == {}
+    assert strict.gc_cost()["truncate_and_gates"] > plan.gc_cost()["truncate_and_gates"]
