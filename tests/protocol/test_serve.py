@@ -180,22 +180,27 @@ def _hold_session(port: int, plan: pie.Plan) -> tuple[pie.Channel, object]:
     return ch, pie.Client(plan).session(ch)
 
 
-def test_busy_server_refuses_then_serves(server: pie.Server) -> None:
+def test_busy_server_refuses_then_serves(server: pie.Server, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     x = np.random.default_rng(4).random(SHAPE)
+    np.save(tmp_path / "x.npy", x)
     with serving(server, serve.Limits(max_sessions=1)) as (port, log):
         ch, held = _hold_session(port, server.public_plan())
         with pie.tcp_connect("127.0.0.1", port) as other, \
                 pytest.raises(wire.ServerBusyError, match="session slots"):
             serve.query(other, x)
+        # The command line says so and exits with EX_TEMPFAIL.
+        assert serve.main(["client", "--connect", f"127.0.0.1:{port}", "--input", str(tmp_path / "x.npy")]) == 75
+        assert "server busy" in capsys.readouterr().err
         held.offline()  # type: ignore[attr-defined]
         logits, _ = held.online(x)  # type: ignore[attr-defined]
         ch.close()
         assert np.array_equal(logits, server.plan.run_reference(x))
-        assert log.wait_for(2, 30)
+        assert log.wait_for(3, 30)
         with pie.tcp_connect("127.0.0.1", port) as again:
             assert np.array_equal(serve.query(again, x)[0], server.plan.run_reference(x))
-        assert log.wait_for(3, 30)
-    assert log.counts() == {"ok": 2, "refused": 1, "failed": 0}
+        assert log.wait_for(4, 30)
+    assert log.counts() == {"ok": 2, "refused": 2, "failed": 0}
     refused = [r for r in log.records() if r.outcome == "refused"]
     assert refused[0].error is wire.ServerBusyError and refused[0].phase == "handshake"
 
@@ -243,10 +248,10 @@ def test_limits_validation() -> None:
 
 def test_idle_session_is_dropped_and_its_slot_freed(server: pie.Server) -> None:
     x = np.random.default_rng(5).random(SHAPE)
-    limits = serve.Limits(max_sessions=1, idle_timeout=1.0)
+    limits = serve.Limits(max_sessions=1, idle_timeout=2.0)
     with serving(server, limits) as (port, log):
         ch, held = _hold_session(port, server.public_plan())
-        assert log.wait_for(1, 30)  # dropped after about a second without progress
+        assert log.wait_for(1, 30)  # dropped after two seconds without progress
         record = log.records()[0]
         assert record.outcome == "failed" and issubclass(record.error, pie.ChannelTimeoutError)  # type: ignore[arg-type]
         assert record.phase == "offline"
