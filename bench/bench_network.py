@@ -8,7 +8,7 @@ float32 torch forward pass of the same network measured in the same run, the
 server's online linear arithmetic (the Plan's exact reference execution,
 which computes the same ring convolutions), and, when ``PIE_BENCH_PROFILE``
 names a profile (``pie.estimate``), the cost model's prediction, raw and
-rescaled to the machine's speed measured just before the run
+rescaled to the machine's speed measured just before and after the run
 (``measure_speed_index``, for shared machines).
 
 Which networks (``PIE_BENCH_NET``):
@@ -144,9 +144,9 @@ def tcp_inference(plan: pie.Plan, x: np.ndarray) -> tuple[np.ndarray, pie.Report
 def test_network(benchmark, name: str, transport: str) -> None:  # type: ignore[no-untyped-def]
     net, plan = compiled(name)
     profile_path = os.environ.get("PIE_BENCH_PROFILE")
-    # The machine's speed right before the run, against the profile's: the
-    # load-adjusted prediction rescales the profile by it (a shared machine).
-    speed = measure_speed_index() if profile_path else 0.0
+    # The machine's speed around the run (before and after), against the
+    # profile's: the load-adjusted prediction rescales the profile by it.
+    speed = [measure_speed_index()] if profile_path else []
     rng = np.random.default_rng(0)
     runs: list[pie.Report] = []
 
@@ -157,6 +157,8 @@ def test_network(benchmark, name: str, transport: str) -> None:  # type: ignore[
         runs.append(report)
 
     benchmark.pedantic(once, rounds=INPUTS, iterations=1)
+    if profile_path:
+        speed.append(measure_speed_index())
     torch_s = torch_forward_seconds(net)
     linear_s = server_linear_seconds(plan)
     online = float(np.median([r.online_seconds for r in runs]))
@@ -187,7 +189,7 @@ def test_network(benchmark, name: str, transport: str) -> None:  # type: ignore[
         info["estimate"] = predicted.totals()
         info["estimate_steps"] = [s.to_dict() for s in predicted.steps]
         if profile.speed_index_s > 0:
-            factor = speed / profile.speed_index_s
+            factor = float(np.mean(speed)) / profile.speed_index_s
             info["speed_factor"] = factor
             info["estimate_load_adjusted"] = estimate(plan, profile.scaled(factor), transport).totals()
     benchmark.extra_info.update(info)

@@ -362,19 +362,22 @@ def _plots(out: Path, nets: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
                 sum(s["offline_bytes"] for s in steps if s["kind"] == kind))
                for kind, label in (("linear", "HE linear"), ("relu", "GC ReLU (garble+OT)"),
                                    ("truncate", "GC truncation (garble+OT)"))],
-            "online": [(label, sum(s["online_seconds"] for s in steps if s["kind"] == kind),
-                        sum(s["online_bytes"] for s in steps if s["kind"] == kind))
-                       for kind, label in (("relu", "GC ReLU rounds"), ("truncate", "GC truncation rounds"),
-                                           ("linear", "server linear (not on the client's clock)"),
-                                           ("output", "output share"))],
+            "online": [("masked input", 0.0, 0)]
+            + [(label, sum(s["online_seconds"] for s in steps if s["kind"] == kind),
+                sum(s["online_bytes"] for s in steps if s["kind"] == kind))
+               for kind, label in (("relu", "GC ReLU rounds"), ("truncate", "GC truncation rounds"),
+                                   ("output", "output share"))]
+            + [("server linear (inside the rounds)", e["server_linear_seconds"], 0)],
         }
+        input_bytes = e["online_bytes"] - sum(s["online_bytes"] for s in steps)
+        parts["online"][0] = ("masked input", 0.0, input_bytes)
         fig, axes = plt.subplots(2, 2, figsize=(10, 5.5))
         for col, phase in enumerate(("offline", "online")):
             labels = [p[0] for p in parts[phase]]
             for row, (idx, unit, scale) in enumerate(((1, "seconds", 1.0), (2, "MB", 1e-6))):
                 ax = axes[row][col]
                 vals = [p[idx] * scale for p in parts[phase]]
-                ax.barh(labels, vals, color=["#4477aa", "#66ccee", "#228833", "#ccbb44"][: len(vals)])
+                ax.barh(labels, vals, color=["#4477aa", "#66ccee", "#228833", "#ccbb44", "#aa3377"][: len(vals)])
                 ax.set_xlabel(unit)
                 ax.set_title(f"{phase}: {unit}", fontsize=9)
                 ax.tick_params(axis="y", labelsize=8)
@@ -383,7 +386,42 @@ def _plots(out: Path, nets: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         fig.savefig(out / "breakdown.png", dpi=120)
         plt.close(fig)
         made.append("breakdown.png")
+        stages = _network_stages(steps)
+        names = list(dict.fromkeys(stages))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for ax, phase in zip(axes, ("offline", "online")):
+            bottom = [0.0] * len(names)
+            for kind, color in (("linear", "#4477aa"), ("relu", "#228833"), ("truncate", "#ccbb44"),
+                                ("output", "#aa3377")):
+                vals = [sum(s[f"{phase}_seconds"] for s, st in zip(steps, stages) if st == n and s["kind"] == kind)
+                        for n in names]
+                if any(vals):
+                    ax.bar(names, vals, bottom=bottom, color=color, label=kind)
+                    bottom = [b + v for b, v in zip(bottom, vals)]
+            ax.set_ylabel("seconds")
+            ax.set_title(f"{phase} time by network stage", fontsize=9)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{pick[0]} ({pick[1]}): online GC steps include the server's linear work before them",
+                     fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out / "stages.png", dpi=120)
+        plt.close(fig)
+        made.append("stages.png")
     return made
+
+
+def _network_stages(steps: list[dict[str, Any]]) -> list[str]:
+    """The ResNet stage of every step from its output tensor's name: ``layerN``
+    names open stage N, the adds and truncations after them stay in it."""
+    stages, current = [], "stem"
+    for s in steps:
+        name = s["output"]
+        if name.startswith("layer"):
+            current = f"stage {name[5]}"
+        elif name.startswith("fc") or s["kind"] == "output":
+            current = "fc"
+        stages.append(current)
+    return stages
 
 
 def render(out: Path) -> None:
@@ -433,7 +471,7 @@ def render(out: Path) -> None:
     lines += ["## Cost model: predicted vs measured", "",
               "`pie.estimate(plan, Profile.load('profile.json'), transport)` with the profile measured at the "
               "start of this run (*raw*), and with that profile rescaled to the machine's speed measured just "
-              "before each network run (*load-adj.*: `profile.scaled(measure_speed_index() / "
+              "before and after each network run (*load-adj.*: `profile.scaled(measure_speed_index() / "
               "profile.speed_index_s)`; the *speed factor* is that ratio, 1 on an unchanged machine). Bytes are "
               "predicted exactly; times are the model (see `pie/estimate.py`). Target: within 25% of measured "
               "offline and online time for every DRD_C100 configuration.", ""]

@@ -47,7 +47,8 @@ Time (a model, not a measurement): each phase is a sum of its steps.
   share a round of :meth:`Plan.rounds` share one), and the input and output
   messages. The linear steps and the garbled rounds are on one critical path
   (the client waits for the server's labels), so they add up.
-* The coefficients are fitted (non-negative least squares) to timings of the
+* The coefficients are fitted (non-negative least squares on the median of
+  repeated runs) to timings of the
   engine's own protocol classes over an in-memory channel with the profile's
   thread count. Over TCP the model adds each message's bytes at the measured
   loopback bandwidth minus the in-memory one, and the measured round-trip time.
@@ -139,7 +140,8 @@ class Profile:
             load), per ciphertext-plaintext product (weight encoding, product),
             per reply (re-randomise, flood, switch), per reply and final RNS
             limb (send, decrypt), fixed cost per term.
-        he_session_s: one HE key set-up (key generation, public key transfer).
+        he_session_s: one HE key set-up on the client (key generation, sending
+            the public key; the server loads it in parallel).
         linear_per_limb_mac_s, linear_per_limb_element_s, linear_per_term_s:
             server online ring arithmetic of one conv/fc term.
         bandwidth: bytes per second of each transport (``"memory"``, ``"tcp"``).
@@ -678,6 +680,17 @@ _CONV_SAMPLES = [
     (64, 8, 128, 3, 2, 1),
     (128, 4, 128, 3, 1, 1),
     (256, 2, 256, 3, 1, 1),
+    (32, 32, 32, 3, 1, 1),
+    (64, 16, 64, 3, 1, 1),
+]
+# The server's online arithmetic also samples full-width ResNet-18 layers: its
+# per-MAC cost only shows on layers of millions of MACs.
+_LINEAR_ONLY_SAMPLES = [
+    ("conv", 64, 32, 64, 3, 1, 1),
+    ("conv", 128, 8, 128, 3, 1, 1),
+    ("conv", 128, 16, 128, 3, 1, 1),
+    ("conv", 256, 4, 256, 3, 1, 1),
+    ("conv", 512, 4, 512, 3, 1, 1),
 ]
 _FC_SAMPLES = [(256, 100), (512, 100)]
 # Garbled-step samples: (l_in, l_out, shift, truncate) -- ReLUs and truncations
@@ -717,12 +730,12 @@ def measure_profile(seconds: float = 60.0, threads: int = 0,
     say("channels")
     bandwidth, rtt = _measure_transports(int(16 * scale) << 20)
     say("garbled circuits")
-    gc_fit = _measure_gc(threads, [int(2048 * scale), int(16384 * scale)], reps)
+    gc_fit = _measure_gc(threads, [int(4096 * scale), int(32768 * scale)], reps)
     layers = _SAMPLE_LAYERS if scale >= 0.5 else _SAMPLE_LAYERS[::2]
     say("HE linear layers")
     he_fit = _measure_he(layers, reps)
     say("online linear arithmetic")
-    lin_fit = _measure_linear(layers, reps + 1)
+    lin_fit = _measure_linear(layers + _LINEAR_ONLY_SAMPLES, max(3, reps + 1))
     say("speed index")
     speed.append(measure_speed_index(threads, repeat=2))
     import torch
@@ -770,8 +783,8 @@ def measure_speed_index(threads: int = 0, repeat: int = 3) -> float:
 
 def _nnls(rows: Sequence[Sequence[float]], times: Sequence[float]) -> list[float]:
     """Non-negative least squares over the median time of each distinct
-    feature row (repetitions damp the noise of a busy machine), each weighted
-    by 1/time so that small and large samples count alike (relative error)."""
+    feature row (repetitions damp the noise of a busy machine), unweighted:
+    the large samples, which dominate a network's totals, count most."""
     from scipy.optimize import nnls
 
     groups: dict[tuple[float, ...], list[float]] = {}
@@ -779,9 +792,8 @@ def _nnls(rows: Sequence[Sequence[float]], times: Sequence[float]) -> list[float
         groups.setdefault(tuple(float(v) for v in row), []).append(float(y_))
     a = np.asarray(list(groups), dtype=np.float64)
     y = np.asarray([np.median(v) for v in groups.values()], dtype=np.float64)
-    w = 1.0 / np.maximum(y, 1e-6)
     col = np.maximum(np.abs(a).max(axis=0), 1e-30)  # column scaling for conditioning
-    coef, _ = nnls(a * w[:, None] / col, y * w)
+    coef, _ = nnls(a / col, y)
     return [float(c) for c in coef / col]
 
 
@@ -902,19 +914,19 @@ def _measure_he(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float]:
 
 def _he_timings(bits: int, jobs: list[tuple[Any, ...]],
                 rng: np.random.Generator) -> tuple[float, list[tuple[float, float, float, float]]]:
-    """Key set-up seconds, and per HE layer of ``jobs`` (one session at ring
+    """The client's key set-up seconds (key generation, sending the public
+    key: the server's side of it overlaps), and per HE layer of ``jobs`` (one session at ring
     ``bits``): the client's wall time, its encryption, the server's compute
     and the client's decryption."""
     a, b = memory_pair(256 << 20)
     weights = {layer: _random_weight(layer, rng) for layer in set(jobs)}
     shares = {layer: rng.integers(0, 1 << bits, _in_shape(layer), dtype=np.uint64) for layer in set(jobs)}
-    ready: list[float] = []
+    keygen: list[float] = []
     compute: list[float] = []
     client_side: list[tuple[float, float, float]] = []
 
     def serve() -> None:
         srv = he.LinearServer(a, bits)
-        ready.append(time.perf_counter())
         for layer in jobs:
             if layer[0] == "conv":
                 _, c, h, _, _, s, p = layer
@@ -923,10 +935,10 @@ def _he_timings(bits: int, jobs: list[tuple[Any, ...]],
                 srv.matmul(weights[layer])
             compute.append(srv.timings["compute_s"])
 
-    start = time.perf_counter()
-
     def run_client() -> None:
+        start = time.perf_counter()
         cli = he.LinearClient(b, bits)
+        keygen.append(time.perf_counter() - start)
         for layer in jobs:
             t0 = time.perf_counter()
             if layer[0] == "conv":
@@ -937,7 +949,7 @@ def _he_timings(bits: int, jobs: list[tuple[Any, ...]],
             client_side.append((time.perf_counter() - t0, cli.timings["encrypt_s"], cli.timings["decrypt_s"]))
 
     _run_pair(serve, run_client)
-    return ready[0] - start, [(w, e, c, d) for (w, e, d), c in zip(client_side, compute)]
+    return keygen[0], [(w, e, c, d) for (w, e, d), c in zip(client_side, compute)]
 
 
 def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float]:
@@ -949,7 +961,7 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float
         for layer in layers:
             w = _random_weight(layer, rng)
             x = rng.integers(0, 1 << bits, _in_shape(layer), dtype=np.uint64)[None]
-            best = math.inf
+            runs = []
             for _ in range(reps):
                 t0 = time.perf_counter()
                 if layer[0] == "conv":
@@ -957,13 +969,14 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float
                     y = conv2d_ring(x, w, (s, s), (p, p), 1, bits)
                 else:
                     y = fc_ring(x, w, bits)
-                best = min(best, time.perf_counter() - t0)
+                runs.append(time.perf_counter() - t0)
             l1 = int(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1).max())
             b = _FLOAT_EXACT_BITS - math.ceil(math.log2(l1))
             limbs = max(1, -(-(bits - 1) // b))
             k = int(np.prod(w.shape[1:]))
-            rows.append([limbs * y.size * k, limbs * (x.size + y.size), 1.0])
-            times.append(best)
+            for seconds in runs:  # _nnls takes the median of each layer's runs
+                rows.append([limbs * y.size * k, limbs * (x.size + y.size), 1.0])
+                times.append(seconds)
     per_mac, per_element, per_term = _nnls(rows, times)
     return {"linear_per_limb_mac_s": per_mac, "linear_per_limb_element_s": per_element,
             "linear_per_term_s": per_term}
