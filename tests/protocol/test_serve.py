@@ -471,6 +471,17 @@ def test_sealed_output_share_detects_either_direction(fault: str) -> None:
         conv.client_output(len(share))
 
 
+def test_verified_output_survives_a_server_gone_before_finish() -> None:
+    share = bytes(range(16))
+    server_end, client_end = pie.memory_pair()
+    conv = wire.Conversation(client_end, "client")
+    conv.phase = wire.Phase.ONLINE
+    _sealed(server_end, wire.OUTPUT_SHARE, share)
+    server_end.close()  # sending FINISH fails: the checked share still counts
+    assert conv.client_output(len(share)) == share
+    assert conv.phase is wire.Phase.DONE
+
+
 def test_whole_session_over_tcp_checks_both_transcripts(server: pie.Server) -> None:
     """A normal session ends with both ends in phase done (OFFLINE_DONE,
     OFFLINE_VERDICT, OUTPUT_SHARE and FINISH all checked)."""
