@@ -1,12 +1,16 @@
 """``python -m pie.serve``: serve a network, query it, or run the embedded demo.
 
   python -m pie.serve demo
-  python -m pie.serve server --model model.pt --port 7000
-  python -m pie.serve client --connect 127.0.0.1:7000 --input image.png [--json]
+  python -m pie.serve server --model model.pt --port 7000 [--tls-cert C --tls-key K] [limits]
+  python -m pie.serve client --connect 127.0.0.1:7000 --input image.png [--json] [--tls-ca CA]
 
 The server sends its public Plan (architecture, shapes, scales, rings; no
 weights) to each client, then both run the protocol; the client prints the
-prediction and the latency/traffic of the offline and online phases.
+prediction and the latency/traffic of the offline and online phases. The
+server admits at most --max-sessions sessions and --max-total-memory of
+offline material at a time (more clients are refused as busy), gives a new
+connection --handshake-timeout seconds to say HELLO and drops a session idle
+for --idle-timeout seconds.
 """
 
 from __future__ import annotations
