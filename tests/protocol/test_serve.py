@@ -615,6 +615,38 @@ def test_mutual_tls_refuses_clients_without_a_certificate(server: pie.Server, pk
     assert len(failed) == 1 and issubclass(failed[0].error, pie.TlsError)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
+def test_server_command_line_over_tls(checkpoint: Path, server: pie.Server, pki: dict[str, str],
+                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m pie.serve server`` as a process: banner, TLS, limits, Ctrl-C."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    x = np.random.default_rng(12).random(SHAPE)
+    np.save(tmp_path / "x.npy", x)
+    argv = [sys.executable, "-m", "pie.serve", "server", "--model", str(checkpoint), "--port", "0",
+            "--tls-cert", pki["server_cert"], "--tls-key", pki["server_key"], "--max-sessions", "2",
+            "--idle-timeout", "30", "--max-total-memory", "2G", "--threads", "1"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            banner = proc.stdout.readline()
+            found = re.search(r"on 127\.0\.0\.1:(\d+) over TLS; [\d.]+ MiB of offline material per "
+                              r"session, at most 2 sessions", banner)
+            assert found, banner
+            assert serve.main(["client", "--connect", f"127.0.0.1:{found.group(1)}", "--input",
+                               str(tmp_path / "x.npy"), "--json", "--tls-ca", pki["ca"]]) == 0
+            out = json.loads(capsys.readouterr().out)
+            assert np.array_equal(np.array(out["logits"]), server.plan.run_reference(x))
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def test_cli_argument_checks(checkpoint: Path, pki: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     for argv, message in [
         (["client", "--connect", "nowhere", "--input", "x.npy"], "HOST:PORT"),
