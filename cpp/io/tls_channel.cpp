@@ -221,6 +221,9 @@ void TlsChannel::close() {
   tcp_->close();
 }
 
+// OpenSSL writes to the socket with write(2), not send(MSG_NOSIGNAL): a peer
+// that vanished raises SIGPIPE, which the Python interpreter ignores, so it
+// surfaces here as EPIPE (PeerClosedError).
 void TlsChannel::write_all(const std::uint8_t* data, std::size_t n) {
   if (tcp_->fd() < 0) throw ChannelError("send on a closed channel");
   handshake(timeout());

@@ -399,6 +399,17 @@ def test_handshake_deadline_against_silent_server(pki: Pki) -> None:
         assert time.monotonic() - start < 5.0
 
 
+def test_server_handshake_deadline_against_silent_client(pki: Pki) -> None:
+    with pie.TlsListener("127.0.0.1", 0, cert=pki.server.cert, key=pki.server.key) as listener:
+        silent = pie.tcp_connect("127.0.0.1", listener.port, timeout=5.0)
+        ch = listener.accept(timeout=5.0)  # returns at once: the handshake is lazy
+        ch.timeout = 0.3
+        with pytest.raises(pie.ChannelTimeoutError, match="handshake"):
+            ch.recv(1)
+        ch.close()
+        silent.close()
+
+
 class CorruptingProxy:
     """Forwards TCP both ways; once `armed`, flips one bit in the next chunk
     travelling client -> server."""
