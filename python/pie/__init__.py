@@ -28,7 +28,16 @@ from .checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, save_
 from .compiler import CompileError, UnsupportedOpError, compile
 from .estimate import Estimate, Profile, estimate
 from .plan import Plan, PlanFormatError
-from .protocol import Client, HandshakeError, Report, Server, infer
+from .protocol import (
+    Client,
+    HandshakeError,
+    MalformedMessageError,
+    Report,
+    Server,
+    ServerBusyError,
+    TranscriptError,
+    infer,
+)
 from .relu_count import relu_count, relu_report
 from .selftest import run_selftest
 
@@ -43,6 +52,7 @@ __all__ = [
     "CompileError",
     "Estimate",
     "HandshakeError",
+    "MalformedMessageError",
     "Plan",
     "PlanFormatError",
     "Profile",
@@ -52,9 +62,11 @@ __all__ = [
     "ProtocolError",
     "Report",
     "Server",
+    "ServerBusyError",
     "TcpListener",
     "TlsError",
     "TlsListener",
+    "TranscriptError",
     "__version__",
     "channel",
     "checkpoint_meta",

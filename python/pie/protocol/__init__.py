@@ -5,16 +5,27 @@ from __future__ import annotations
 
 from .engine import Client, ClientSession, Server, ServerSession, infer
 from .report import Report, StepCost
-from .wire import PROTOCOL_VERSION, HandshakeError
+from .wire import (
+    PROTOCOL_VERSION,
+    HandshakeError,
+    MalformedMessageError,
+    MalformedPlanError,
+    ServerBusyError,
+    TranscriptError,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
     "Client",
     "ClientSession",
     "HandshakeError",
+    "MalformedMessageError",
+    "MalformedPlanError",
     "Report",
     "Server",
+    "ServerBusyError",
     "ServerSession",
     "StepCost",
+    "TranscriptError",
     "infer",
 ]
