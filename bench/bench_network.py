@@ -163,7 +163,7 @@ def test_network(benchmark, name: str, transport: str) -> None:  # type: ignore[
     linear_s = server_linear_seconds(plan)
     online = float(np.median([r.online_seconds for r in runs]))
     last = runs[-1]
-    info = dict(
+    info = dict(  # noqa: C408 - keyword form reads as a record
         network=name,
         transport=transport,
         inputs_bit_exact=len(runs),

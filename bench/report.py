@@ -52,7 +52,8 @@ def _load_snapshot() -> dict[str, Any]:
     if hasattr(os, "getloadavg"):
         snap["load_average"] = [round(v, 2) for v in os.getloadavg()]
     try:
-        out = subprocess.run(["top", "-bn1", "-w", "200"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(["top", "-bn1", "-w", "200"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
         lines = out.splitlines()
         start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("PID"))
         busy = []
@@ -77,7 +78,9 @@ def _machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "pie": pie.__version__,
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip(),
+                                 text=True, check=False).stdout.strip(),
+        "uncommitted": subprocess.run(["git", "status", "--short", "--untracked-files=no"], cwd=ROOT,
+                                      capture_output=True, text=True, check=False).stdout.split("\n")[:-1],
     }
 
 
@@ -101,7 +104,7 @@ def run_all(out: Path, networks: str, profile_seconds: float) -> None:
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", f"bench/bench_{suite}.py", "--benchmark-enable",
              f"--benchmark-json={out / f'{suite}.json'}", "-q", "-p", "no:cacheprovider"],
-            cwd=ROOT, env=env, capture_output=True, text=True,
+            cwd=ROOT, env=env, capture_output=True, text=True, check=False,
         )
         run["suites"][suite] = {"seconds": round(time.perf_counter() - start, 1), "returncode": proc.returncode}
         if proc.returncode != 0:
@@ -434,6 +437,9 @@ def render(out: Path) -> None:
         f"Produced by `python bench/report.py` at commit `{machine.get('commit', '?')}`, "
         f"{before.get('time', '?')} to {after.get('time', '?')} "
         f"({run.get('total_seconds', 0) / 60:.1f} minutes).",
+        "",
+        f"Uncommitted changes in the working tree at the time: {', '.join(machine['uncommitted'])}."
+        if machine.get("uncommitted") else "The working tree was clean.",
         "",
         f"Machine: {machine.get('processor', '?')}, {machine.get('cpus', '?')} CPUs, {machine.get('platform', '?')}, "
         f"Python {machine.get('python', '?')}.",

@@ -485,7 +485,7 @@ def _he_sessions(plan: Plan) -> dict[int, int]:
     return engine_sessions(plan)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _and_gates(l_in: int, l_out: int, shift: int, truncate: bool) -> int:
     """AND gates of the circuit the engine garbles for one element (the
     builder drops gates whose outputs the shift discards, so this can be below
@@ -570,7 +570,7 @@ def _term_output(plan: Plan, term: ConvTerm | FCTerm) -> str:
 # ------------------------------------------------ sizes measured from the code
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _he_hello_bytes(bits: int) -> int:
     """The HE session set-up frame (parameters id and seeded public key)."""
     a, _b = memory_pair()
@@ -578,7 +578,7 @@ def _he_hello_bytes(bits: int) -> int:
     return int(a.bytes_sent)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _he_input_ciphertext_bytes(bits: int) -> int:
     """Serialised size of one seeded input ciphertext (a one-ciphertext layer)."""
     x = np.zeros((1, 1, 1), dtype=np.uint64)
@@ -783,8 +783,9 @@ def measure_speed_index(threads: int = 0, repeat: int = 3) -> float:
 
 def _nnls(rows: Sequence[Sequence[float]], times: Sequence[float]) -> list[float]:
     """Non-negative least squares over the median time of each distinct
-    feature row (repetitions damp the noise of a busy machine), unweighted:
-    the large samples, which dominate a network's totals, count most."""
+    feature row (repetitions damp the noise of a busy machine), each weighted
+    by 1/time: the noise of a shared machine is multiplicative, so every
+    sample's relative error counts alike."""
     from scipy.optimize import nnls
 
     groups: dict[tuple[float, ...], list[float]] = {}
@@ -792,8 +793,9 @@ def _nnls(rows: Sequence[Sequence[float]], times: Sequence[float]) -> list[float
         groups.setdefault(tuple(float(v) for v in row), []).append(float(y_))
     a = np.asarray(list(groups), dtype=np.float64)
     y = np.asarray([np.median(v) for v in groups.values()], dtype=np.float64)
+    w = 1.0 / np.maximum(y, 1e-6)
     col = np.maximum(np.abs(a).max(axis=0), 1e-30)  # column scaling for conditioning
-    coef, _ = nnls(a / col, y)
+    coef, _ = nnls(a * w[:, None] / col, y * w)
     return [float(c) for c in coef / col]
 
 
