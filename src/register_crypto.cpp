@@ -69,7 +69,7 @@ void register_crypto(py::module_& m) {
             const std::size_t n = block_count(in, "data");
             std::uint8_t* dst = nullptr;
             py::bytes out = new_bytes(in.size(), &dst);
-            {
+            if (n != 0) {  // an empty vector's data() may be null: no memcpy from it
               py::gil_scoped_release release;
               // Block is 16-byte aligned; Python buffers need not be.
               std::vector<Block> tmp(n);
@@ -132,7 +132,7 @@ pi = fixed-key AES-128 (Guo-Katz-Wang-Yu, IEEE S&P 2020, section 7.4).)doc")
             if (tv.size() != xv.size()) throw std::invalid_argument("tweaks: must be as long as x");
             std::uint8_t* dst = nullptr;
             py::bytes out = new_bytes(xv.size(), &dst);
-            {
+            if (n != 0) {  // an empty vector's data() may be null: no memcpy from it
               py::gil_scoped_release release;
               std::vector<Block> xs(n);
               std::vector<Block> ts(n);
