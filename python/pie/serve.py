@@ -154,7 +154,8 @@ def serve_forever(server: Server, listener: Listener, limits: Limits | None = No
     progress before it is dropped. A failing connection (closed, stalled,
     malformed, corrupted) ends its own session only: it is logged and
     recorded in ``log``, its material and socket are released, and the other
-    sessions go on. Returns after ``stop`` once every connection has ended.
+    sessions go on. Returns after ``stop`` (or raises KeyboardInterrupt) once
+    every connection has ended.
     """
     limits = limits or Limits()
     stop = stop or threading.Event()
@@ -209,35 +210,39 @@ def serve_forever(server: Server, listener: Listener, limits: Limits | None = No
             with workers_lock:
                 workers.discard(threading.current_thread())
 
-    while not stop.is_set():
-        if not connections.acquire(timeout=0.2):
-            continue
-        try:
-            ch = listener.accept(timeout=0.2)
-        except ChannelTimeoutError:
-            connections.release()
-            continue
-        except ChannelError as exc:  # e.g. out of file descriptors: back off, keep serving
-            connections.release()
-            _log.warning("accept failed: %s", exc)
-            stop.wait(0.1)
-            continue
-        worker = threading.Thread(target=run, args=(ch, next(numbers)), name="pie-connection",
-                                  daemon=True)
-        with workers_lock:
-            workers.add(worker)
-        try:
-            worker.start()
-        except RuntimeError as exc:  # no thread to be had: drop this connection, keep serving
+    try:
+        while not stop.is_set():
+            if not connections.acquire(timeout=0.2):
+                continue
+            try:
+                ch = listener.accept(timeout=0.2)
+            except ChannelTimeoutError:
+                connections.release()
+                continue
+            except ChannelError as exc:  # e.g. out of file descriptors: back off, keep serving
+                connections.release()
+                _log.warning("accept failed: %s", exc)
+                stop.wait(0.1)
+                continue
+            worker = threading.Thread(target=run, args=(ch, next(numbers)), name="pie-connection",
+                                      daemon=True)
             with workers_lock:
-                workers.discard(worker)
-            ch.close()
-            connections.release()
-            _log.warning("cannot serve a connection: %s", exc)
-    with workers_lock:
-        running = list(workers)
-    for worker in running:
-        worker.join()
+                workers.add(worker)
+            try:
+                worker.start()
+            except RuntimeError as exc:  # no thread to be had: drop this connection, keep serving
+                with workers_lock:
+                    workers.discard(worker)
+                ch.close()
+                connections.release()
+                _log.warning("cannot serve a connection: %s", exc)
+    finally:
+        # Also on Ctrl-C: sessions under way end on their own (each read is
+        # bounded by the idle deadline) before the process goes on to exit.
+        with workers_lock:
+            running = list(workers)
+        for worker in running:
+            worker.join()
 
 
 def fetch_public_plan(channel: Channel) -> Plan:
