@@ -482,6 +482,10 @@ def render(out: Path) -> None:
               "predicted exactly; times are the model (see `pie/estimate.py`). Target: within 25% of measured "
               "offline and online time for every DRD_C100 configuration.", ""]
     lines += model_rows + [""]
+    lines += ["The raw prediction is the cost model's answer. The load-adjusted one is a diagnostic for shared "
+              "machines: a one-second gauge of the machine's speed is itself a noisy measure of the load, so "
+              "compare the two columns with the load averages above before trusting either on a busy machine.",
+              ""]
     drd_rows = [k for k, e in nets.items() if k[0].startswith("DRD_C100") and "estimate" in e]
     if drd_rows:
         for variant in ("raw", "adjusted"):
