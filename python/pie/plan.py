@@ -215,9 +215,10 @@ class CalibrationReport:
         }
 
 
-def relu_and_gates(bits_in: int, bits_out: int) -> int:
-    """AND gates of the ReLU circuit: add shares, mux, subtract the mask (~l_in + 2 l_out)."""
-    return (bits_in - 1) + bits_out + (bits_out - 1)
+def relu_and_gates(bits_in: int, bits_out: int, shift: int = 0) -> int:
+    """AND gates of the ReLU circuit (gc.relu_circuit): add the shares, zero the
+    negative values (one AND per value bit that survives the shift), subtract the mask."""
+    return (bits_in - 1) + min(bits_out, bits_in - 1 - shift) + (bits_out - 1)
 
 
 def truncate_and_gates(bits_in: int, bits_out: int) -> int:
@@ -288,7 +289,8 @@ class Plan:
                 i, o = self.tensors[s.input], self.tensors[s.output]
                 if isinstance(s, ReluStep):
                     cost["relus"] += o.numel
-                    cost["relu_and_gates"] += o.numel * relu_and_gates(i.ring_bits, o.ring_bits)
+                    cost["relu_and_gates"] += o.numel * relu_and_gates(i.ring_bits, o.ring_bits,
+                                                                       s.shift)
                 else:
                     cost["truncations"] += o.numel
                     cost["truncate_and_gates"] += o.numel * truncate_and_gates(

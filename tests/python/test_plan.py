@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import pie.plan as planmod
+from pie import gc
 from pie.compiler import compile
 from pie.plan import LinearStep, Plan, PlanFormatError, ReluStep, TensorSpec
 
@@ -162,9 +163,18 @@ def test_summary_and_costs(plan):
     cost = plan.gc_cost()
     assert cost["relus"] == plan.relu_count()
     assert cost["relu_and_gates"] == sum(
-        plan.tensors[s.output].numel * planmod.relu_and_gates(
-            plan.tensors[s.input].ring_bits, plan.tensors[s.output].ring_bits)
+        plan.tensors[s.output].numel * gc.relu_circuit(
+            plan.tensors[s.input].ring_bits, plan.tensors[s.output].ring_bits, s.shift).num_and
         for s in plan.steps if isinstance(s, ReluStep))
+
+
+@pytest.mark.parametrize("l_in, l_out, shift", [
+    (37, 37, 12), (37, 37, 0), (59, 58, 44), (45, 58, 30), (20, 20, 0), (59, 37, 30), (30, 59, 15),
+    (59, 20, 0), (20, 59, 3), (8, 8, 6), (40, 10, 35), (2, 2, 0),
+])
+def test_and_gate_formulas_match_the_circuits(l_in, l_out, shift):
+    assert planmod.relu_and_gates(l_in, l_out, shift) == gc.relu_circuit(l_in, l_out, shift).num_and
+    assert planmod.truncate_and_gates(l_in, l_out) == gc.truncate_circuit(l_in, l_out, shift).num_and
 
 
 def test_input_validation(plan):
