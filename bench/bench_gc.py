@@ -4,7 +4,7 @@ run; and the ratio of evaluation time per AND gate to its two hash calls.
 
 Run: ``pytest bench/bench_gc.py --benchmark-enable``; figures are in
 ``benchmark.extra_info`` (``--benchmark-json`` keeps them). Targets
-(../shared/REFERENCE.md): <= 111 AND gates, <= 3.6 KB garbled and
+(the performance targets): <= 111 AND gates, <= 3.6 KB garbled and
 <= 600 + 5 B online per ReLU, <= 1.5 us evaluation and <= 3 us garbling per
 ReLU per core, evaluation per AND <= 2x its two hash calls.
 """

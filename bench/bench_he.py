@@ -1,6 +1,6 @@
 """HE offline linear layers: client encrypt, server compute, client decrypt
 and bytes each way per layer, and totals for every linear layer of CIFAR
-ResNet-18 and DRD_C100_12K (targets in ../shared/REFERENCE.md: all ResNet-18
+ResNet-18 and DRD_C100_12K (targets: all ResNet-18
 linear layers <= 10 s on 2 cores, <= 300 MB at rings <= 40 bits).
 
 By default one layer runs (also the smoke run with benchmarks disabled).

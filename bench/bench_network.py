@@ -20,7 +20,7 @@ Which networks (``PIE_BENCH_NET``):
 
 ``PIE_BENCH_TRANSPORT`` (``memory``, ``tcp`` or ``both``, the default) picks
 the transports; ``PIE_BENCH_INPUTS=N`` runs N random inputs per network
-(default 1), figures are medians over them. Targets (../shared/REFERENCE.md):
+(default 1), figures are medians over them. Targets:
 DRD_C100_12K online <= 45 ms, DRD_C100_230K online <= 1 s and offline traffic
 <= 1.3 GB, server online linear compute <= 8x the torch forward pass.
 """

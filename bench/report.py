@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SUITES = ["crypto", "channel", "ot", "gc", "he", "network"]
 TOLERANCE = 0.25  # the cost model's target: within 25% of measured time
 
-# Published anchors (../shared/REFERENCE.md): Delphi on CIFAR ResNet-18,
+# Published anchors: Delphi on CIFAR ResNet-18,
 # measured by a third party.
 DELPHI = {
     "garbled_bytes_per_relu": 17072.0,
@@ -457,11 +457,11 @@ def render(out: Path) -> None:
     lines += ["", "Suite wall times: " + ", ".join(f"bench_{k} {v['seconds']:.0f} s"
                                                    for k, v in run.get("suites", {}).items())
               + f"; profile {run.get('profile_seconds', 0):.0f} s.", ""]
-    lines += ["## Targets (../shared/REFERENCE.md)", ""] + _targets(out, nets) + [""]
+    lines += ["## Targets", ""] + _targets(out, nets) + [""]
     lines += ["## Networks", "",
               "One input per network and transport, bit-exact against the Plan's reference. Untrained networks "
-              "with random batch-norm statistics, compiled with the default policy (12 fractional bits, "
-              "12-bit weights). *offline* includes the session set-up; *online* is the client's wall time from "
+              "with random batch-norm statistics, compiled with the default policy of "
+              "`pie.compile`. *offline* includes the session set-up; *online* is the client's wall time from "
               "the masked input to the decoded output; *torch fp32* is a float32 forward pass of the same "
               "network in the same run; *server linear* is the server's online ring arithmetic (the Plan's exact "
               "reference execution on one input).", ""]
