@@ -19,11 +19,13 @@ import argparse
 import itertools
 import json
 import logging
+import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -442,11 +444,35 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     print(f"serving {args.model} ({server.plan.relu_count():,} ReLUs, plan {server.digest[:16]}) "
           f"on {args.host}:{listener.port} over {scheme}; {need / (1 << 20):.1f} MiB of offline "
           f"material per session, at most {limits.max_sessions} sessions", flush=True)
-    try:
-        serve_forever(server, listener, limits)
-    except KeyboardInterrupt:
-        pass
+    with _stop_signals():
+        try:
+            serve_forever(server, listener, limits)
+        except KeyboardInterrupt:
+            pass
     return 0
+
+
+@contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM stop the server (KeyboardInterrupt in the main thread),
+    even when the parent process left them ignored or blocked; restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    wanted = {signal.SIGINT, signal.SIGTERM}
+    previous = {sig: signal.signal(sig, interrupt) for sig in wanted}
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted) & wanted
+    try:
+        yield
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _listen(args: argparse.Namespace) -> TcpListener | TlsListener:

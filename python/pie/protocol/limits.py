@@ -127,7 +127,8 @@ class MaterialEstimate:
         for s in plan.steps:
             if isinstance(s, (ReluStep, TruncateStep)):
                 n, l_in, l_out = t[s.output].numel, t[s.input].ring_bits, t[s.output].ring_bits
-                ands = (relu_and_gates if isinstance(s, ReluStep) else truncate_and_gates)(l_in, l_out)
+                ands = (relu_and_gates(l_in, l_out, s.shift) if isinstance(s, ReluStep)
+                        else truncate_and_gates(l_in, l_out))
                 held = n * (_LABEL * l_in + l_out)
                 work = n * _LABEL * ((l_in + l_out) + (2 * l_in + l_out) + l_out) + 2 * _LABEL * ands * n
                 gc_held += held
