@@ -13,17 +13,17 @@ import ipaddress
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pie
 import pytest
+from chanutil import Runner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-import pie
 from pie import crypto
 
 Pair = tuple[pie.Channel, pie.Channel]
@@ -146,30 +146,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         expired_server=ca.issue("expired", dns=("localhost",), ips=("127.0.0.1",), expired=True),
         other_host_server=ca.issue("elsewhere", dns=("elsewhere.example",)),
     )
-
-
-class Runner:
-    """Runs a function in a thread and re-raises its exception on join."""
-
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self.result: object = None
-        self.error: BaseException | None = None
-
-        def body() -> None:
-            try:
-                self.result = fn()
-            except BaseException as exc:  # handed back to the test thread
-                self.error = exc
-
-        self.thread = threading.Thread(target=body, daemon=True)
-        self.thread.start()
-
-    def join(self, timeout: float = 60.0) -> object:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "peer thread hung"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 def accept_and_handshake(listener: pie.TlsListener) -> pie.Channel:

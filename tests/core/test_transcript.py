@@ -7,34 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterator
-
-import pytest
 
 import pie
+from chanutil import Pair
 from pie import crypto
 
-Pair = tuple[pie.Channel, pie.Channel]
-
 EMPTY = hashlib.sha256(b"").digest()
-
-
-def tcp_pair() -> Pair:
-    with pie.TcpListener("127.0.0.1", 0) as listener:
-        client = pie.tcp_connect("127.0.0.1", listener.port, timeout=5.0)
-        server = listener.accept(timeout=5.0)
-    return client, server
-
-
-MAKERS: dict[str, Callable[[], Pair]] = {"memory": pie.memory_pair, "tcp": tcp_pair}
-
-
-@pytest.fixture(params=sorted(MAKERS))
-def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
-    a, b = MAKERS[request.param]()
-    yield a, b
-    a.close()
-    b.close()
 
 
 def test_fresh_channel_digests_are_empty_hash(pair: Pair) -> None:
