@@ -5,8 +5,8 @@ Every run checks the secure output bit for bit against the Plan's reference
 and records in ``extra_info`` the engine's report (totals and every step's
 time, bytes each way and rounds), the network's ReLUs and garbled work, a
 float32 torch forward pass of the same network measured in the same run, the
-server's online linear arithmetic (the Plan's exact reference execution,
-which computes the same ring convolutions), and, when ``PIE_BENCH_PROFILE``
+server's online linear arithmetic (``pie.Server.linear`` over every linear
+step, on the Plan's reference tensors), and, when ``PIE_BENCH_PROFILE``
 names a profile (``pie.estimate``), the cost model's prediction, raw and
 rescaled to the machine's speed measured just before and after the run
 (``measure_speed_index``, for shared machines).
@@ -102,17 +102,20 @@ def torch_forward_seconds(net: torch.nn.Module, repeat: int = 20) -> float:
 
 
 def server_linear_seconds(plan: pie.Plan, repeat: int = 5) -> float:
-    """Median time of the Plan's exact reference on one input: the server's
-    online work (every linear step's ring convolutions, as the server computes
-    them on its shares) plus the cleartext ReLUs, which cost little next to it."""
+    """Median time of the server's online arithmetic on one input: every linear
+    step's ring products (``pie.Server.linear``, weights prepared once as a
+    server does), fed the Plan's exact reference tensors."""
+    server = pie.Server(plan)
     x = np.random.default_rng(1).integers(0, plan.pixel_max + 1, plan.input_shape)
-    plan.run_reference_int(x)
+    values = plan.run_reference_int(x, return_all=True)
+    linear = [i for i, s in enumerate(plan.steps) if s.kind == "linear"]
     times = []
-    for _ in range(repeat):
+    for _ in range(repeat + 1):
         start = time.perf_counter()
-        plan.run_reference_int(x)
+        for i in linear:
+            server.linear(i, values)
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(np.median(times[1:]))
 
 
 def tcp_inference(plan: pie.Plan, x: np.ndarray) -> tuple[np.ndarray, pie.Report]:

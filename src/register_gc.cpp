@@ -196,7 +196,8 @@ the constants ZERO and ONE; vectors are little-endian lists of bits.)doc")
           py::gil_scoped_release release;
           Prg prg = seed_block ? Prg(*seed_block) : Prg();
           prg.random_blocks(inputs.data(), inputs.size());
-          garble_instances(c, hash, delta, tweak_base, n, inputs.data(), tables.data(), outputs.data(), ws);
+          garble_instances(c, hash, delta, tweak_base, n, InputView::contiguous(inputs.data(), c.num_input_bits()),
+                           tables.data(), OutputSink{outputs.data(), nullptr}, ws);
         }
         py::dict d;
         d["delta"] = blocks_to_bytes(&delta, 1);
@@ -223,7 +224,8 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
         GcWorkspace ws;
         {
           py::gil_scoped_release release;
-          evaluate_instances(c, hash, tweak_base, n, in.data(), tab.data(), outputs.data(), ws);
+          evaluate_instances(c, hash, tweak_base, n, InputView::contiguous(in.data(), c.num_input_bits()), tab.data(),
+                             OutputSink{outputs.data(), nullptr}, ws);
         }
         py::dict d;
         d["outputs"] = blocks_to_bytes(outputs.data(), outputs.size());
@@ -282,7 +284,9 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
           Prg prg;
           prg.random_blocks(inputs.data(), inputs.size());
           auto ws = make_workspaces(c, block, t);
-          garble_blocks(c, hash, delta, r, inputs.data(), tables.data(), outputs.data(), ws, nullptr);
+          const auto in = InputView::contiguous(inputs.data(), c.num_input_bits());
+          const OutputSink out{outputs.data(), nullptr};
+          garble_blocks(c, hash, delta, r, in, tables.data(), out, ws, nullptr);
           std::vector<Block> x(2 * block);
           std::vector<Block> tw(2 * block);
           prg.random_blocks(x.data(), x.size());
@@ -291,9 +295,9 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
           const auto start = std::chrono::steady_clock::now();
           for (std::size_t i = 0; i < repeat; ++i) {
             if (mode == "evaluate") {
-              evaluate_blocks(c, hash, r, inputs.data(), tables.data(), outputs.data(), ws);
+              evaluate_blocks(c, hash, r, in, tables.data(), out, ws);
             } else if (mode == "garble") {
-              garble_blocks(c, hash, delta, r, inputs.data(), tables.data(), outputs.data(), ws, nullptr);
+              garble_blocks(c, hash, delta, r, in, tables.data(), out, ws, nullptr);
             } else {
               for (std::size_t k = 0; k < calls; ++k) hash.hash(x.data(), tw.data(), x.data(), x.size());
             }
@@ -384,7 +388,7 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
       .def("evaluate", &ReluClient::evaluate, py::arg("material"), py::call_guard<py::gil_scoped_release>(),
            "First half of online(): consume the material, receive the server's labels and evaluate.")
       .def("reply", &ReluClient::reply, py::arg("material"), py::call_guard<py::gil_scoped_release>(),
-           "Second half of online(): queue the evaluated batch's reply (sent on the next flush or recv).");
+           "Second half of online(): send and flush the evaluated batch's reply, then release its tables.");
 
   // ------------------------------------------------------------------ OT
   m.def(

@@ -83,29 +83,27 @@ void for_each_block(const BlockRange& r, std::vector<GcWorkspace>& ws, const Bod
 }  // namespace
 
 void garble_blocks(const Circuit& c, const TccrHash& hash, const Block& delta, const BlockRange& r,
-                   const Block* inputs, Block* tables, Block* outputs, std::vector<GcWorkspace>& ws,
-                   TweakRange* ranges) {
+                   const InputView& inputs, Block* tables, const OutputSink& outputs,
+                   std::vector<GcWorkspace>& ws, TweakRange* ranges) {
   const std::size_t A = c.num_and();
-  const std::size_t ins = c.num_input_bits();
   const std::size_t outs = c.num_output_bits();
   const std::size_t table_origin = 2 * A * r.first_block * r.block;
   for_each_block(r, ws, [&](std::size_t b, std::size_t first, std::size_t cnt, GcWorkspace& w) {
     const std::uint64_t t = r.tweak_base + 2 * A * first;
-    garble_instances(c, hash, delta, t, cnt, inputs + first * ins, tables + (2 * A * first - table_origin),
-                     outputs + first * outs, w);
+    garble_instances(c, hash, delta, t, cnt, inputs.from(first), tables + (2 * A * first - table_origin),
+                     outputs.from(first, outs), w);
     if (ranges != nullptr) ranges[b] = TweakRange{t, t + 2 * A * cnt, thread_id()};
   });
 }
 
-void evaluate_blocks(const Circuit& c, const TccrHash& hash, const BlockRange& r, const Block* inputs,
-                     const Block* tables, Block* outputs, std::vector<GcWorkspace>& ws) {
+void evaluate_blocks(const Circuit& c, const TccrHash& hash, const BlockRange& r, const InputView& inputs,
+                     const Block* tables, const OutputSink& outputs, std::vector<GcWorkspace>& ws) {
   const std::size_t A = c.num_and();
-  const std::size_t ins = c.num_input_bits();
   const std::size_t outs = c.num_output_bits();
   const std::size_t table_origin = 2 * A * r.first_block * r.block;
   for_each_block(r, ws, [&](std::size_t, std::size_t first, std::size_t cnt, GcWorkspace& w) {
-    evaluate_instances(c, hash, r.tweak_base + 2 * A * first, cnt, inputs + first * ins,
-                       tables + (2 * A * first - table_origin), outputs + first * outs, w);
+    evaluate_instances(c, hash, r.tweak_base + 2 * A * first, cnt, inputs.from(first),
+                       tables + (2 * A * first - table_origin), outputs.from(first, outs), w);
   });
 }
 
@@ -137,9 +135,10 @@ GarblerSession::GarblerSession(Channel& ch, GcOptions opt)
   opt_.threads = resolve_threads(opt.threads);
 }
 
-std::vector<Block> GarblerSession::garble(const Circuit& c, std::size_t n, const Block* input_zero) {
+void GarblerSession::garble(const Circuit& c, std::size_t n, const InputView& input_zero,
+                            const OutputSink& output_zero) {
+  if (input_zero.width() != c.num_input_bits()) throw std::invalid_argument("garble: input labels do not match the circuit");
   const std::size_t A = c.num_and();
-  const std::size_t outs = c.num_output_bits();
   const std::size_t B = block_size(c, opt_);
   const std::size_t nblocks = (n + B - 1) / B;
   const std::uint64_t base = tweaks_.reserve(2 * static_cast<std::uint64_t>(A) * n);
@@ -151,20 +150,18 @@ std::vector<Block> GarblerSession::garble(const Circuit& c, std::size_t n, const
   put_u64(hdr + 24, B);
   ch_.send_frame(kFrameBatchHeader, hdr, sizeof hdr);
 
-  std::vector<Block> outputs(n * outs);
   const std::size_t wave = 2 * static_cast<std::size_t>(opt_.threads);
   auto ws = make_workspaces(c, std::min(B, std::max<std::size_t>(n, 1)), opt_.threads);
   std::vector<Block> buf(2 * A * std::min(n, wave * B));
   std::vector<TweakRange> ranges(nblocks);
   for (std::size_t w0 = 0; w0 < nblocks; w0 += wave) {
     const BlockRange r{base, n, B, w0, std::min(wave, nblocks - w0)};
-    garble_blocks(c, hash_, delta_, r, input_zero, buf.data(), outputs.data(), ws, ranges.data());
+    garble_blocks(c, hash_, delta_, r, input_zero, buf.data(), output_zero, ws, ranges.data());
     const std::size_t wave_instances = std::min(n, (w0 + r.count) * B) - w0 * B;
     ch_.send(buf.data(), 2 * A * wave_instances * sizeof(Block));
   }
   ch_.flush();
   log_.insert(log_.end(), ranges.begin(), ranges.end());
-  return outputs;
 }
 
 // ---------------------------------------------------------------- evaluator
@@ -201,20 +198,21 @@ GarbledBatch EvaluatorSession::receive(const Circuit& c, std::size_t n) {
   return b;
 }
 
-std::vector<Block> EvaluatorSession::evaluate(const Circuit& c, const GarbledBatch& batch, const Block* inputs) {
+void EvaluatorSession::evaluate(const Circuit& c, const GarbledBatch& batch, const InputView& inputs,
+                                const OutputSink& outputs) {
   if (batch.tables.size() != table_blocks(c, batch.n)) throw std::invalid_argument("batch: tables do not match the circuit");
-  std::vector<Block> outputs(batch.n * c.num_output_bits());
-  if (batch.n == 0) return outputs;
+  if (inputs.width() != c.num_input_bits()) throw std::invalid_argument("evaluate: input labels do not match the circuit");
+  if (batch.n == 0) return;
   auto ws = make_workspaces(c, std::min(batch.block, batch.n), opt_.threads);
   const BlockRange r{batch.tweak_base, batch.n, batch.block, 0, (batch.n + batch.block - 1) / batch.block};
-  evaluate_blocks(c, hash_, r, inputs, batch.tables.data(), outputs.data(), ws);
-  return outputs;
+  evaluate_blocks(c, hash_, r, inputs, batch.tables.data(), outputs, ws);
 }
 
-std::vector<Block> EvaluatorSession::receive_and_evaluate(const Circuit& c, std::size_t n, const Block* inputs) {
+void EvaluatorSession::receive_and_evaluate(const Circuit& c, std::size_t n, const InputView& inputs,
+                                            const OutputSink& outputs) {
+  if (inputs.width() != c.num_input_bits()) throw std::invalid_argument("evaluate: input labels do not match the circuit");
   const GarbledBatch hdr = receive_header(c, n);
-  std::vector<Block> outputs(n * c.num_output_bits());
-  if (n == 0) return outputs;
+  if (n == 0) return;
   const std::size_t A = c.num_and();
   const std::size_t B = hdr.block;
   const std::size_t nblocks = (n + B - 1) / B;
@@ -226,9 +224,8 @@ std::vector<Block> EvaluatorSession::receive_and_evaluate(const Circuit& c, std:
     const std::size_t wave_instances = std::min(n, (w0 + wcount) * B) - w0 * B;
     ch_.recv(buf.data(), 2 * A * wave_instances * sizeof(Block));
     const BlockRange r{hdr.tweak_base, n, B, w0, wcount};
-    evaluate_blocks(c, hash_, r, inputs, buf.data(), outputs.data(), ws);
+    evaluate_blocks(c, hash_, r, inputs, buf.data(), outputs, ws);
   }
-  return outputs;
 }
 
 // ------------------------------------------------------------ two parties
@@ -268,9 +265,8 @@ std::vector<std::uint8_t> run_two_party(const Circuit& c, const std::vector<std:
       ech.recv(garbler_labels.data(), garbler_labels.size() * sizeof(Block));
       std::vector<Block> labels(ins);
       for (std::size_t w = 0, e = 0, g = 0; w < ins; ++w) labels[w] = owner[w] ? mine[e++] : garbler_labels[g++];
-      const auto out = ev.receive_and_evaluate(c, 1, labels.data());
       std::vector<std::uint8_t> colours(outs);
-      for (std::size_t k = 0; k < outs; ++k) colours[k] = out[k].lsb() ? 1 : 0;
+      ev.receive_and_evaluate(c, 1, InputView::contiguous(labels.data(), ins), OutputSink{nullptr, colours.data()});
       const auto packed = pack_bits(colours.data(), outs);
       ech.send(packed.data(), packed.size());
       ech.flush();
@@ -295,11 +291,12 @@ std::vector<std::uint8_t> run_two_party(const Circuit& c, const std::vector<std:
       }
     }
     gch.send(active.data(), active.size() * sizeof(Block));
-    const auto out_zero = gb.garble(c, 1, zero.data());
+    std::vector<std::uint8_t> zero_colours(outs);
+    gb.garble(c, 1, InputView::contiguous(zero.data(), ins), OutputSink{nullptr, zero_colours.data()});
     std::vector<std::uint8_t> packed((outs + 7) / 8);
     gch.recv(packed.data(), packed.size());
     const auto colours = unpack_bits(packed.data(), outs);
-    for (std::size_t k = 0; k < outs; ++k) result[k] = colours[k] ^ (out_zero[k].lsb() ? 1 : 0);
+    for (std::size_t k = 0; k < outs; ++k) result[k] = colours[k] ^ zero_colours[k];
   } catch (...) {
     garbler_error = std::current_exception();
     gch.close();

@@ -70,12 +70,12 @@ std::vector<GcWorkspace> make_workspaces(const Circuit& c, std::size_t block, in
 /// outputs cover the whole batch; tables receive the range's tables only.
 /// ranges, if not null, receives the tweak range of each block (indexed by block).
 void garble_blocks(const Circuit& c, const TccrHash& hash, const Block& delta, const BlockRange& r,
-                   const Block* inputs, Block* tables, Block* outputs, std::vector<GcWorkspace>& ws,
-                   TweakRange* ranges);
+                   const InputView& inputs, Block* tables, const OutputSink& outputs,
+                   std::vector<GcWorkspace>& ws, TweakRange* ranges);
 
 /// Evaluates the blocks of r in parallel; tables hold the range's tables only.
-void evaluate_blocks(const Circuit& c, const TccrHash& hash, const BlockRange& r, const Block* inputs,
-                     const Block* tables, Block* outputs, std::vector<GcWorkspace>& ws);
+void evaluate_blocks(const Circuit& c, const TccrHash& hash, const BlockRange& r, const InputView& inputs,
+                     const Block* tables, const OutputSink& outputs, std::vector<GcWorkspace>& ws);
 
 class GarblerSession {
  public:
@@ -89,10 +89,10 @@ class GarblerSession {
   Prg& prg() { return prg_; }
   Channel& channel() { return ch_; }
 
-  /// Garbles n instances of c from the 0-labels of their inputs
-  /// ([n][num_input_bits]), streaming the tables to the evaluator; returns the
-  /// output 0-labels ([n][num_output_bits]).
-  std::vector<Block> garble(const Circuit& c, std::size_t n, const Block* input_zero);
+  /// Garbles n instances of c from the 0-labels of their inputs, streaming
+  /// the tables to the evaluator; writes the output 0-labels (or their colour
+  /// bits) to output_zero.
+  void garble(const Circuit& c, std::size_t n, const InputView& input_zero, const OutputSink& output_zero);
 
   /// Every block garbled in this session, in order.
   const std::vector<TweakRange>& tweak_log() const { return log_; }
@@ -121,10 +121,11 @@ class EvaluatorSession {
   /// @throws ProtocolError if the garbler's batch does not match c and n, or
   ///         reuses tweaks of an earlier batch.
   GarbledBatch receive(const Circuit& c, std::size_t n);
-  /// Evaluates a received batch from the active input labels ([n][num_input_bits]).
-  std::vector<Block> evaluate(const Circuit& c, const GarbledBatch& batch, const Block* inputs);
+  /// Evaluates a received batch from the active input labels; writes the
+  /// active output labels (or their colour bits).
+  void evaluate(const Circuit& c, const GarbledBatch& batch, const InputView& inputs, const OutputSink& outputs);
   /// Receives and evaluates n instances wave by wave (tables are not kept).
-  std::vector<Block> receive_and_evaluate(const Circuit& c, std::size_t n, const Block* inputs);
+  void receive_and_evaluate(const Circuit& c, std::size_t n, const InputView& inputs, const OutputSink& outputs);
 
  private:
   GarbledBatch receive_header(const Circuit& c, std::size_t n);

@@ -1,6 +1,7 @@
 #include "gc/halfgates.h"
 
 #include <stdexcept>
+#include <string>
 
 #include "crypto/aesni.h"
 
@@ -28,28 +29,43 @@ void prepare(const Circuit& c, std::size_t n, GcWorkspace& ws, std::size_t hashe
   ws.h.resize(hashes_per_gate * n);
 }
 
-void load_inputs(const Circuit& c, std::size_t n, const Block* inputs, GcWorkspace& ws) {
+void load_part(std::size_t n, const InputPart& part, std::size_t wire0, GcWorkspace& ws) {
   // A tiled transpose: four instances' labels are read as sequential streams
   // and each wire's four labels fill one cache line of the workspace.
-  const std::size_t m = c.num_input_bits();
+  const std::size_t m = part.width;
+  const std::size_t s = part.stride;
   constexpr std::size_t kTile = 4;
   std::size_t i0 = 0;
   for (; i0 + kTile <= n; i0 += kTile) {
-    const Block* src = inputs + i0 * m;
+    const Block* src = part.base + i0 * s;
     for (std::size_t w = 0; w < m; ++w) {
-      Block* dst = &ws.labels[w * n + i0];
-      for (std::size_t k = 0; k < kTile; ++k) dst[k] = src[k * m + w];
+      Block* dst = &ws.labels[(wire0 + w) * n + i0];
+      for (std::size_t k = 0; k < kTile; ++k) dst[k] = src[k * s + w];
     }
   }
   for (; i0 < n; ++i0) {
-    for (std::size_t w = 0; w < m; ++w) ws.labels[w * n + i0] = inputs[i0 * m + w];
+    for (std::size_t w = 0; w < m; ++w) ws.labels[(wire0 + w) * n + i0] = part.base[i0 * s + w];
   }
 }
 
-void store_outputs(const Circuit& c, std::size_t n, const GcWorkspace& ws, Block* outputs) {
+void load_inputs(const Circuit& c, std::size_t n, const InputView& in, GcWorkspace& ws) {
+  if (in.width() != c.num_input_bits()) {
+    throw std::invalid_argument("input labels: " + std::to_string(in.width()) + " wires per instance, the circuit has " +
+                                std::to_string(c.num_input_bits()));
+  }
+  load_part(n, in.first, 0, ws);
+  if (in.second.width != 0) load_part(n, in.second, in.first.width, ws);
+}
+
+void store_outputs(const Circuit& c, std::size_t n, const GcWorkspace& ws, const OutputSink& out) {
   const auto& ow = c.output_wires();
+  const std::size_t outs = ow.size();
   for (std::size_t i = 0; i < n; ++i) {
-    for (std::size_t k = 0; k < ow.size(); ++k) outputs[i * ow.size() + k] = ws.labels[ow[k] * n + i];
+    for (std::size_t k = 0; k < outs; ++k) {
+      const Block& label = ws.labels[ow[k] * n + i];
+      if (out.labels != nullptr) out.labels[i * outs + k] = label;
+      if (out.colours != nullptr) out.colours[i * outs + k] = label.lsb() ? 1 : 0;
+    }
   }
 }
 
@@ -208,8 +224,8 @@ bool use_fused(const TccrHash& hash) {
 }  // namespace
 
 void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta,
-                      std::uint64_t tweak_base, std::size_t n, const Block* input_zero,
-                      Block* tables, Block* output_zero, GcWorkspace& ws) {
+                      std::uint64_t tweak_base, std::size_t n, const InputView& input_zero,
+                      Block* tables, const OutputSink& output_zero, GcWorkspace& ws) {
   if (!delta.lsb()) throw std::invalid_argument("delta: lowest bit must be 1 (point-and-permute)");
   const bool fused = use_fused(hash);
   prepare(c, n, ws, fused ? 0 : 4);
@@ -242,8 +258,8 @@ void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta
 }
 
 void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tweak_base,
-                        std::size_t n, const Block* input_labels, const Block* tables,
-                        Block* output_labels, GcWorkspace& ws) {
+                        std::size_t n, const InputView& input_labels, const Block* tables,
+                        const OutputSink& output_labels, GcWorkspace& ws) {
   const bool fused = use_fused(hash);
   prepare(c, n, ws, fused ? 0 : 2);
   load_inputs(c, n, input_labels, ws);

@@ -14,7 +14,10 @@
 // from one per-session TweakCounter, so no tweak repeats under one Delta.
 //
 // Layouts: input/output labels are instance-major ([n][num_inputs] and
-// [n][num_outputs]); tables are [AND gate][instance][2] (TG, TE).
+// [n][num_outputs]); tables are [AND gate][instance][2] (TG, TE). Inputs may
+// come from two arrays (InputView) and outputs may be kept as colour bits
+// only (OutputSink), so protocols gather and reduce per block, in cache,
+// instead of copying whole batches.
 //
 // Interleaving: each AND gate is processed for all n instances at once. With
 // the AES-NI backend the hash is fused into the gate (eight hashes in flight
@@ -57,23 +60,64 @@ struct GcWorkspace {
   std::vector<Block> h;       // hash outputs (portable path only)
 };
 
+/// One array of input labels: instance i's wires are base[i*stride .. i*stride + width).
+struct InputPart {
+  const Block* base = nullptr;
+  std::size_t stride = 0;
+  std::size_t width = 0;
+};
+
+/// The input labels of a batch: the circuit's input wires are the `width`
+/// wires of `first` followed by those of `second` (width 0 when unused).
+struct InputView {
+  InputPart first;
+  InputPart second;
+
+  /// Labels stored contiguously, [n][width].
+  static InputView contiguous(const Block* labels, std::size_t width) {
+    return InputView{InputPart{labels, width, width}, InputPart{}};
+  }
+  std::size_t width() const { return first.width + second.width; }
+  /// The same view starting at instance i.
+  InputView from(std::size_t i) const {
+    return InputView{InputPart{first.base + i * first.stride, first.stride, first.width},
+                     InputPart{second.base + i * second.stride, second.stride, second.width}};
+  }
+};
+
+/// Where the output labels of a batch go ([n][num_outputs] each): the labels
+/// themselves, their colour bits (lsb, one byte per output wire), or both;
+/// a null pointer skips that form.
+struct OutputSink {
+  Block* labels = nullptr;
+  std::uint8_t* colours = nullptr;
+
+  /// The same sink starting at instance i of a circuit with `outs` outputs.
+  OutputSink from(std::size_t i, std::size_t outs) const {
+    return OutputSink{labels != nullptr ? labels + i * outs : nullptr,
+                      colours != nullptr ? colours + i * outs : nullptr};
+  }
+};
+
 /// Tables (in Blocks) that n instances of c need.
 inline std::size_t table_blocks(const Circuit& c, std::size_t n) { return 2 * c.num_and() * n; }
 
-/// Garbles n instances. input_zero: the 0-labels of the input wires,
-/// [n][num_input_bits]; writes tables ([num_and][n][2]) and the 0-labels of
-/// the outputs ([n][num_output_bits]). ws.labels holds every wire's 0-label
-/// afterwards ([wire][n]).
-/// @throws std::invalid_argument if lsb(delta) != 1.
+/// Garbles n instances. input_zero: the 0-labels of the input wires; writes
+/// tables ([num_and][n][2]) and the 0-labels of the outputs (or their colour
+/// bits) to output_zero. ws.labels holds every wire's 0-label afterwards
+/// ([wire][n]).
+/// @throws std::invalid_argument if lsb(delta) != 1 or the view's width is
+///         not the circuit's input width.
 void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta,
-                      std::uint64_t tweak_base, std::size_t n, const Block* input_zero,
-                      Block* tables, Block* output_zero, GcWorkspace& ws);
+                      std::uint64_t tweak_base, std::size_t n, const InputView& input_zero,
+                      Block* tables, const OutputSink& output_zero, GcWorkspace& ws);
 
-/// Evaluates n instances from one active label per input wire
-/// ([n][num_input_bits]) and the tables of garble_instances under the same
-/// tweak_base; writes the active output labels ([n][num_output_bits]).
+/// Evaluates n instances from one active label per input wire and the tables
+/// of garble_instances under the same tweak_base; writes the active output
+/// labels (or their colour bits).
+/// @throws std::invalid_argument if the view's width is not the circuit's input width.
 void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tweak_base,
-                        std::size_t n, const Block* input_labels, const Block* tables,
-                        Block* output_labels, GcWorkspace& ws);
+                        std::size_t n, const InputView& input_labels, const Block* tables,
+                        const OutputSink& output_labels, GcWorkspace& ws);
 
 }  // namespace pie

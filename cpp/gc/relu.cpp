@@ -1,5 +1,6 @@
 #include "gc/relu.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -9,6 +10,8 @@ namespace {
 
 constexpr std::uint32_t kFrameReluOffline = 0x47430002;  // 'GC' 2: batch id, n
 constexpr std::uint32_t kFrameReluOnline = 0x47430003;   // 'GC' 3: batch id
+// Server labels per send: 1 MiB, which bypasses the channel's buffer.
+constexpr std::size_t kLabelPiece = std::size_t{1} << 16;
 
 std::uint64_t ring_mask(std::uint32_t bits) { return bits >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << bits) - 1; }
 
@@ -56,7 +59,6 @@ ReluServer::ReluServer(Channel& ch, ReluShape shape, GcOptions opt)
 ReluServerMaterial ReluServer::offline(std::size_t n) {
   const std::size_t l_in = shape_.l_in;
   const std::size_t l_out = shape_.l_out;
-  const std::size_t ins = circuit_.num_input_bits();  // 2 l_in + l_out
   ReluServerMaterial m;
   m.owner_ = this;
   m.batch_ = batches_++;
@@ -67,16 +69,12 @@ ReluServerMaterial ReluServer::offline(std::size_t n) {
   const std::size_t client_bits = l_in + l_out;
   std::vector<Block> q(n * client_bits);
   session_.ot().send_cot(q.data(), q.size());
-  std::vector<Block> zero(n * ins);
   m.xs_zero_.resize(n * l_in);
   session_.prg().random_blocks(m.xs_zero_.data(), m.xs_zero_.size());
-  for (std::size_t i = 0; i < n; ++i) {
-    for (std::size_t w = 0; w < l_in; ++w) zero[i * ins + w] = m.xs_zero_[i * l_in + w];
-    for (std::size_t w = 0; w < client_bits; ++w) zero[i * ins + l_in + w] = q[i * client_bits + w];
-  }
-  const auto out_zero = session_.garble(circuit_, n, zero.data());
+  // Circuit inputs: x_s (fresh labels), then x_c and r (the OT's 0-labels).
+  const InputView zero{InputPart{m.xs_zero_.data(), l_in, l_in}, InputPart{q.data(), client_bits, client_bits}};
   m.out_colour_.resize(n * l_out);
-  for (std::size_t k = 0; k < out_zero.size(); ++k) m.out_colour_[k] = out_zero[k].lsb() ? 1 : 0;
+  session_.garble(circuit_, n, zero, OutputSink{nullptr, m.out_colour_.data()});
   return m;
 }
 
@@ -94,15 +92,22 @@ void ReluServer::send_labels(ReluServerMaterial& m, const std::uint64_t* xs, std
   consumed_[m.batch_] = true;
   const std::size_t l_in = shape_.l_in;
   send_ids(ch_, kFrameReluOnline, m.batch_, n);
-  std::vector<Block> labels(n * l_in);
-  const Block& delta = session_.delta();
+  // Labels go out in pieces of one reused buffer: the peer receives (and
+  // hashes) one piece while the next is selected, and no batch-sized buffer
+  // is allocated on the online critical path.
+  label_buf_.resize(std::min(n * l_in, kLabelPiece));
+  const Block offset[2] = {Block{}, session_.delta()};
+  std::size_t fill = 0;
   for (std::size_t i = 0; i < n; ++i) {
     for (std::size_t w = 0; w < l_in; ++w) {
-      const Block& z = m.xs_zero_[i * l_in + w];
-      labels[i * l_in + w] = ((xs[i] >> w) & 1U) ? z ^ delta : z;
+      label_buf_[fill++] = m.xs_zero_[i * l_in + w] ^ offset[(xs[i] >> w) & 1U];
+      if (fill == label_buf_.size()) {
+        ch_.send(label_buf_.data(), fill * sizeof(Block));
+        fill = 0;
+      }
     }
   }
-  ch_.send(labels.data(), labels.size() * sizeof(Block));
+  ch_.send(label_buf_.data(), fill * sizeof(Block));
   m.labels_sent_ = true;
   m.xs_zero_.clear();
   m.xs_zero_.shrink_to_fit();
@@ -164,7 +169,6 @@ ReluClientMaterial ReluClient::offline(const std::uint64_t* xc, const std::uint6
 void ReluClient::online(ReluClientMaterial& m) {
   evaluate(m);
   reply(m);
-  ch_.flush();
 }
 
 void ReluClient::evaluate(ReluClientMaterial& m) {
@@ -180,23 +184,17 @@ void ReluClient::evaluate(ReluClientMaterial& m) {
   }
   const std::size_t l_in = shape_.l_in;
   const std::size_t client_bits = l_in + shape_.l_out;
-  const std::size_t ins = circuit_.num_input_bits();
-  std::vector<Block> xs_labels(n * l_in);
-  ch_.recv(xs_labels.data(), xs_labels.size() * sizeof(Block));
-  std::vector<Block> inputs(n * ins);
-  for (std::size_t i = 0; i < n; ++i) {
-    for (std::size_t w = 0; w < l_in; ++w) inputs[i * ins + w] = xs_labels[i * l_in + w];
-    for (std::size_t w = 0; w < client_bits; ++w) inputs[i * ins + l_in + w] = m.own_labels_[i * client_bits + w];
-  }
-  const auto out = session_.evaluate(circuit_, m.tables_, inputs.data());
-  std::vector<std::uint8_t> colours(out.size());
-  for (std::size_t k = 0; k < out.size(); ++k) colours[k] = out[k].lsb() ? 1 : 0;
-  m.reply_ = pack_bits(colours.data(), colours.size());
+  // Scratch reused across batches: fresh batch-sized buffers would cost page
+  // faults on the online critical path.
+  labels_scratch_.resize(n * l_in);
+  colours_scratch_.resize(n * shape_.l_out);
+  ch_.recv(labels_scratch_.data(), n * l_in * sizeof(Block));
+  // Circuit inputs: x_s (the server's labels), then x_c and r (from OT), gathered per block.
+  const InputView in{InputPart{labels_scratch_.data(), l_in, l_in},
+                     InputPart{m.own_labels_.data(), client_bits, client_bits}};
+  session_.evaluate(circuit_, m.tables_, in, OutputSink{nullptr, colours_scratch_.data()});
+  m.reply_ = pack_bits(colours_scratch_.data(), n * shape_.l_out);
   m.evaluated_ = true;
-  m.tables_.tables.clear();
-  m.tables_.tables.shrink_to_fit();
-  m.own_labels_.clear();
-  m.own_labels_.shrink_to_fit();
 }
 
 void ReluClient::reply(ReluClientMaterial& m) {
@@ -204,8 +202,14 @@ void ReluClient::reply(ReluClientMaterial& m) {
   if (!m.evaluated_) throw std::invalid_argument("material: not evaluated, or reply already sent");
   m.evaluated_ = false;
   ch_.send(m.reply_.data(), m.reply_.size());
+  ch_.flush();
+  // Released after the reply is out, while the server decodes it.
   m.reply_.clear();
   m.reply_.shrink_to_fit();
+  m.tables_.tables.clear();
+  m.tables_.tables.shrink_to_fit();
+  m.own_labels_.clear();
+  m.own_labels_.shrink_to_fit();
 }
 
 }  // namespace pie

@@ -108,6 +108,7 @@ class ReluServer {
   GarblerSession session_;
   std::uint64_t batches_ = 0;
   std::vector<bool> consumed_;  // per batch id: the session's record, whatever copies of material exist
+  std::vector<Block> label_buf_;  // one piece of online labels, reused
 };
 
 class ReluClient {
@@ -125,8 +126,8 @@ class ReluClient {
   /// First half of online(): consumes the material, receives the server's labels and evaluates.
   /// @throws as online().
   void evaluate(ReluClientMaterial& material);
-  /// Second half of online(): queues the reply of an evaluated batch (flushed by the next
-  /// recv or flush of the channel).
+  /// Second half of online(): sends the reply of an evaluated batch and flushes it, then
+  /// releases the batch's tables.
   /// @throws std::invalid_argument unless evaluate() ran on this material and reply() did not.
   void reply(ReluClientMaterial& material);
 
@@ -137,6 +138,8 @@ class ReluClient {
   EvaluatorSession session_;
   std::uint64_t batches_ = 0;
   std::vector<bool> consumed_;  // per batch id
+  std::vector<Block> labels_scratch_;         // the server's labels of the batch being evaluated
+  std::vector<std::uint8_t> colours_scratch_;  // its output colour bits, before packing
 };
 
 }  // namespace pie

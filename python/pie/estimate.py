@@ -42,15 +42,19 @@ Time (a model, not a measurement): each phase is a sum of its steps.
 * online: the server's ring arithmetic of every linear step
   (``h*limb MACs + i*limb elements + j`` per conv/fc term, float64 limbs as
   :func:`pie.reference.conv2d_ring` computes them), per garbled step
-  ``k*AND + m*labels + n`` (label selection, transfer, evaluation, colour
-  bits, decoding), one round-trip time per online round (garbled steps that
+  ``k*AND + k'*other gates + m*labels + n`` (label selection, transfer,
+  evaluation -- XOR gates are free of hashing but not of memory traffic, and
+  truncation circuits have more of them per AND gate -- colour bits,
+  decoding), one round-trip time per online round (garbled steps that
   share a round of :meth:`Plan.rounds` share one), and the input and output
   messages. The linear steps and the garbled rounds are on one critical path
   (the client waits for the server's labels), so they add up.
 * The coefficients are fitted (non-negative least squares on the median of
   repeated runs) to timings of the
   engine's own protocol classes over an in-memory channel with the profile's
-  thread count. Over TCP the model adds each message's bytes at the measured
+  thread count; garbled batches run all their offline phases before the
+  online ones, as a session does, so online evaluation reads tables that
+  have left the caches. Over TCP the model adds each message's bytes at the measured
   loopback bandwidth minus the in-memory one, and the measured round-trip time.
 
 What it ignores: the Python interpreter's per-step overhead (tens of
@@ -97,7 +101,7 @@ __all__ = ["Estimate", "Profile", "ProfileError", "StepEstimate", "estimate", "m
 PathLike = Union[str, "os.PathLike[str]"]
 
 PROFILE_FORMAT = "pie-profile"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 
 # Wire constants of the native engine (cpp/io/channel.h, cpp/gc, cpp/ot).
 FRAME_HEADER_BYTES = 12  # Channel::kFrameHeaderBytes: type (4) + length (8)
@@ -131,9 +135,10 @@ class Profile:
         gc_offline_per_and_s, gc_offline_per_ot_s, gc_offline_per_step_s:
             offline garbled step: garbling plus table transfer per AND gate,
             IKNP correlated OT per client input bit, fixed cost per step.
-        gc_online_per_and_s, gc_online_per_label_s, gc_online_per_step_s:
-            online garbled step: evaluation per AND gate, selection + transfer
-            + assembly per server input label, fixed cost per step.
+        gc_online_per_and_s, gc_online_per_gate_s, gc_online_per_label_s, gc_online_per_step_s:
+            online garbled step: evaluation per AND gate and per other
+            (XOR, INV) gate, selection + transfer per server input label,
+            fixed cost per step.
         base_ot_s: base-OT set-up of one circuit shape (first use of its IKNP).
         he_per_input_s, he_per_product_s, he_per_reply_s, he_per_reply_limb_s,
         he_per_term_s: offline HE term: per input ciphertext (encrypt, send,
@@ -156,6 +161,7 @@ class Profile:
     gc_offline_per_ot_s: float
     gc_offline_per_step_s: float
     gc_online_per_and_s: float
+    gc_online_per_gate_s: float
     gc_online_per_label_s: float
     gc_online_per_step_s: float
     base_ot_s: float
@@ -447,7 +453,8 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
                 + extra_per_byte * (off_c2s + off_s2c) + extra_rtt
             )
             est.online_seconds = (
-                p.gc_online_per_and_s * n * gates + p.gc_online_per_label_s * n * l_in
+                p.gc_online_per_and_s * n * gates + p.gc_online_per_gate_s * n * _other_gates(*shape)
+                + p.gc_online_per_label_s * n * l_in
                 + p.gc_online_per_step_s + extra_per_byte * (on_c2s + on_s2c)
             )
         elif isinstance(s, OutputStep):
@@ -486,12 +493,21 @@ def _he_sessions(plan: Plan) -> dict[int, int]:
 
 
 @functools.cache
+def _circuit(l_in: int, l_out: int, shift: int, truncate: bool) -> gc.Circuit:
+    """The circuit the engine garbles for one element."""
+    return (gc.truncate_circuit if truncate else gc.relu_circuit)(l_in, l_out, shift)
+
+
 def _and_gates(l_in: int, l_out: int, shift: int, truncate: bool) -> int:
-    """AND gates of the circuit the engine garbles for one element (the
-    builder drops gates whose outputs the shift discards, so this can be below
-    :func:`pie.plan.relu_and_gates`)."""
-    circuit = gc.truncate_circuit if truncate else gc.relu_circuit
-    return circuit(l_in, l_out, shift).num_and
+    """AND gates per element (the builder drops gates whose outputs the
+    shift discards, so this can be below :func:`pie.plan.relu_and_gates`)."""
+    return _circuit(l_in, l_out, shift, truncate).num_and
+
+
+def _other_gates(l_in: int, l_out: int, shift: int, truncate: bool) -> int:
+    """XOR and INV gates per element: free of hashing, not of time."""
+    c = _circuit(l_in, l_out, shift, truncate)
+    return c.num_gates - c.num_and
 
 
 def _term_layout(plan: Plan, term: ConvTerm | FCTerm) -> dict[str, int]:
@@ -659,7 +675,7 @@ def _tiny_plan() -> Plan:
 
 _ZERO_PROFILE = Profile(
     threads=1, gc_offline_per_and_s=0, gc_offline_per_ot_s=0, gc_offline_per_step_s=0,
-    gc_online_per_and_s=0, gc_online_per_label_s=0, gc_online_per_step_s=0, base_ot_s=0,
+    gc_online_per_and_s=0, gc_online_per_gate_s=0, gc_online_per_label_s=0, gc_online_per_step_s=0, base_ot_s=0,
     he_per_input_s=0, he_per_product_s=0, he_per_reply_s=0, he_per_reply_limb_s=0, he_per_term_s=0, he_session_s=0,
     linear_per_limb_mac_s=0, linear_per_limb_element_s=0, linear_per_term_s=0,
     bandwidth={"memory": 1.0, "tcp": 1.0}, rtt_s={"memory": 0.0, "tcp": 0.0},
@@ -695,7 +711,8 @@ _LINEAR_ONLY_SAMPLES = [
 _FC_SAMPLES = [(256, 100), (512, 100)]
 # Garbled-step samples: (l_in, l_out, shift, truncate) -- ReLUs and truncations
 # at the rings compiled DeepReDuce plans use.
-_GC_SAMPLES = [(37, 37, 12, False), (58, 57, 16, False), (30, 58, 15, False), (57, 43, 41, True), (46, 20, 30, True)]
+_GC_SAMPLES = [(37, 37, 12, False), (58, 57, 16, False), (30, 58, 15, False), (24, 24, 8, False),
+               (59, 31, 43, False), (57, 43, 41, True), (46, 20, 30, True), (40, 58, 20, True)]
 
 
 def measure_profile(seconds: float = 60.0, threads: int = 0,
@@ -824,21 +841,23 @@ def _measure_gc(threads: int, sizes: list[int], reps: int) -> dict[str, float]:
     off_rows, off_t, on_rows, on_t, base = [], [], [], [], []
     for l_in, l_out, shift, trunc in _GC_SAMPLES:
         gates = _and_gates(l_in, l_out, shift, trunc)
+        other = _other_gates(l_in, l_out, shift, trunc)
         timings = _gc_timings((l_in, l_out, shift, trunc), [16] + [n for n in sizes for _ in range(reps)],
                               threads, rng)
         base.append(timings[0][1])  # the first batch runs the base OTs
         for n, off, on in timings[1:]:
             off_rows.append([n * gates, n * (l_in + l_out), 1.0])
             off_t.append(off)
-            on_rows.append([n * gates, n * l_in, 1.0])
+            on_rows.append([n * gates, n * other, n * l_in, 1.0])
             on_t.append(on)
     per_and, per_ot, per_step = _nnls(off_rows, off_t)
-    on_and, on_label, on_step = _nnls(on_rows, on_t)
+    on_and, on_gate, on_label, on_step = _nnls(on_rows, on_t)
     return {
         "gc_offline_per_and_s": per_and,
         "gc_offline_per_ot_s": per_ot,
         "gc_offline_per_step_s": per_step,
         "gc_online_per_and_s": on_and,
+        "gc_online_per_gate_s": on_gate,
         "gc_online_per_label_s": on_label,
         "gc_online_per_step_s": on_step,
         "base_ot_s": float(np.median(base)),
@@ -848,7 +867,12 @@ def _measure_gc(threads: int, sizes: list[int], reps: int) -> dict[str, float]:
 def _gc_timings(shape: tuple[int, int, int, bool], runs: list[int], threads: int,
                 rng: np.random.Generator) -> list[tuple[int, float, float]]:
     """(n, offline seconds, online seconds) on the client for batches of ``runs``
-    elements, one session (its first batch pays the base OTs)."""
+    elements, one session (its first batch pays the base OTs).
+
+    As in the engine, every batch's offline phase runs before any online one,
+    so the online phase reads material that has left the caches (timing each
+    batch's online right after its offline would find its tables in cache and
+    under-predict large steps)."""
     l_in, l_out, shift, trunc = shape
     a, b = memory_pair(256 << 20)
     server = gc.ReluServer(a, l_in, l_out, shift, threads, truncate=trunc)
@@ -856,22 +880,27 @@ def _gc_timings(shape: tuple[int, int, int, bool], runs: list[int], threads: int
     xs = [rng.integers(0, 1 << l_in, n, dtype=np.uint64) for n in runs]
     xc = [rng.integers(0, 1 << l_in, n, dtype=np.uint64) for n in runs]
     r = [rng.integers(0, 1 << l_out, n, dtype=np.uint64) for n in runs]
-    timings: list[tuple[int, float, float]] = []
+    offline: list[float] = []
+    online: list[float] = []
 
     def serve() -> None:
-        for n, x in zip(runs, xs):
-            server.online(server.offline(n), x)
+        material = [server.offline(n) for n in runs]
+        for m, x in zip(material, xs):
+            server.online(m, x)
 
     def evaluate() -> None:
-        for n, x, m in zip(runs, xc, r):
+        material = []
+        for x, m in zip(xc, r):
             t0 = time.perf_counter()
-            material = client.offline(x, m)
-            t1 = time.perf_counter()
-            client.online(material)
-            timings.append((n, t1 - t0, time.perf_counter() - t1))
+            material.append(client.offline(x, m))
+            offline.append(time.perf_counter() - t0)
+        for m in material:
+            t0 = time.perf_counter()
+            client.online(m)
+            online.append(time.perf_counter() - t0)
 
     _run_pair(serve, evaluate)
-    return timings
+    return list(zip(runs, offline, online))
 
 
 _SAMPLE_LAYERS: list[tuple[Any, ...]] = [("conv", *c) for c in _CONV_SAMPLES] + [("fc", *f) for f in _FC_SAMPLES]
@@ -955,26 +984,25 @@ def _he_timings(bits: int, jobs: list[tuple[Any, ...]],
 
 
 def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float]:
-    from .reference import conv2d_ring, fc_ring
+    from .reference import conv2d_ring, fc_ring, prepare_weight
 
     rng = np.random.default_rng(2)
     rows, times = [], []
     for bits in (37, 58):
         for layer in layers:
             w = _random_weight(layer, rng)
+            pw = prepare_weight(w)  # as the server does, once per weight
             x = rng.integers(0, 1 << bits, _in_shape(layer), dtype=np.uint64)[None]
             runs = []
             for _ in range(reps):
                 t0 = time.perf_counter()
                 if layer[0] == "conv":
                     _, _, _, _, _, s, p = layer
-                    y = conv2d_ring(x, w, (s, s), (p, p), 1, bits)
+                    y = conv2d_ring(x, pw, (s, s), (p, p), 1, bits)
                 else:
-                    y = fc_ring(x, w, bits)
+                    y = fc_ring(x, pw, bits)
                 runs.append(time.perf_counter() - t0)
-            l1 = int(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1).max())
-            b = _FLOAT_EXACT_BITS - math.ceil(math.log2(l1))
-            limbs = max(1, -(-(bits - 1) // b))
+            limbs = max(1, -(-(bits - 1) // pw.limb_bits))
             k = int(np.prod(w.shape[1:]))
             for seconds in runs:  # _nnls takes the median of each layer's runs
                 rows.append([limbs * y.size * k, limbs * (x.size + y.size), 1.0])

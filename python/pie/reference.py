@@ -31,6 +31,7 @@ converted to int64 exactly and recombined as ``sum_j r_j * 2^(b*j)`` in
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,8 +47,10 @@ __all__ = [
     "to_signed",
     "relu_shift",
     "truncate_shift",
+    "RingWeight",
     "conv2d_ring",
     "fc_ring",
+    "prepare_weight",
     "execute",
 ]
 
@@ -125,9 +128,28 @@ def _recombine(results: list[torch.Tensor], b: int, bits: int) -> np.ndarray:
     return mask(acc, bits)
 
 
+@dataclass(frozen=True)
+class RingWeight:
+    """An integer weight prepared for :func:`conv2d_ring` / :func:`fc_ring`:
+    its float64 tensor and limb width. Preparing a wide layer's weight costs
+    about as much as its product, so a server prepares each weight once."""
+
+    tensor: torch.Tensor
+    limb_bits: int
+
+
+def prepare_weight(weight: np.ndarray) -> RingWeight:
+    """Prepare an int64 weight for repeated exact ring products."""
+    return RingWeight(torch.from_numpy(np.asarray(weight).astype(np.float64)), _limb_bits(weight))
+
+
+def _prepared(weight: np.ndarray | RingWeight) -> RingWeight:
+    return weight if isinstance(weight, RingWeight) else prepare_weight(weight)
+
+
 def conv2d_ring(
     x: np.ndarray,
-    weight: np.ndarray,
+    weight: np.ndarray | RingWeight,
     stride: tuple[int, int],
     padding: tuple[int, int],
     groups: int,
@@ -137,24 +159,23 @@ def conv2d_ring(
 
     Args:
         x: uint64 residues (only ``x mod 2^bits`` matters), shape (N, C, H, W).
-        weight: int64, shape (O, C // groups, kh, kw).
+        weight: int64, shape (O, C // groups, kh, kw), or its :func:`prepare_weight`.
     Returns:
         uint64 residues mod ``2^bits``, shape (N, O, Ho, Wo).
     """
-    b = _limb_bits(weight)
-    wt = torch.from_numpy(weight.astype(np.float64))
-    limbs = torch.from_numpy(np.concatenate(_limbs(x, bits, b)))
-    out = F.conv2d(limbs, wt, None, stride, padding, 1, groups)
-    return _recombine(list(out.split(x.shape[0])), b, bits)
+    w = _prepared(weight)
+    limbs = torch.from_numpy(np.concatenate(_limbs(x, bits, w.limb_bits)))
+    out = F.conv2d(limbs, w.tensor, None, stride, padding, 1, groups)
+    return _recombine(list(out.split(x.shape[0])), w.limb_bits, bits)
 
 
-def fc_ring(x: np.ndarray, weight: np.ndarray, bits: int) -> np.ndarray:
-    """Exact ``x.flatten(1) @ weight.T mod 2^bits`` (x: uint64 (N, ...), weight: int64 (O, K))."""
-    b = _limb_bits(weight)
-    wt = torch.from_numpy(weight.astype(np.float64)).T
+def fc_ring(x: np.ndarray, weight: np.ndarray | RingWeight, bits: int) -> np.ndarray:
+    """Exact ``x.flatten(1) @ weight.T mod 2^bits`` (x: uint64 (N, ...), weight:
+    int64 (O, K) or its :func:`prepare_weight`)."""
+    w = _prepared(weight)
     flat = x.reshape(x.shape[0], -1)
-    results = [torch.from_numpy(limb) @ wt for limb in _limbs(flat, bits, b)]
-    return _recombine(results, b, bits)
+    results = [torch.from_numpy(limb) @ w.tensor.T for limb in _limbs(flat, bits, w.limb_bits)]
+    return _recombine(results, w.limb_bits, bits)
 
 
 def execute(

@@ -139,6 +139,22 @@ def test_server_needs_weights_and_client_input_shape(plan: pie.Plan) -> None:
         pie.Server("model.pt")  # type: ignore[arg-type]
 
 
+def test_server_linear_equals_the_reference_steps(plan: pie.Plan) -> None:
+    """The server's online arithmetic (weights prepared once) on the reference
+    tensors gives each linear step's reference output; repeated calls agree."""
+    server = pie.Server(plan)
+    x = np.random.default_rng(5).integers(0, plan.pixel_max + 1, plan.input_shape)
+    values = plan.run_reference_int(x, return_all=True)
+    linear = [i for i, s in enumerate(plan.steps) if s.kind == "linear"]
+    assert len(linear) > 3
+    for _ in range(2):
+        for i in linear:
+            assert np.array_equal(server.linear(i, values), values[plan.steps[i].output])
+    relu = next(i for i, s in enumerate(plan.steps) if s.kind == "relu")
+    with pytest.raises(ValueError, match="not a linear"):
+        server.linear(relu, values)
+
+
 def test_over_loopback_tcp(plan: pie.Plan) -> None:
     server = pie.Server(plan)
     listener = pie.TcpListener("127.0.0.1", 0)

@@ -25,7 +25,7 @@ second use.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +39,7 @@ from ..channel import Channel, memory_pair
 from ..compiler import compile as compile_plan
 from ..crypto import secure_random
 from ..plan import ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep
-from ..reference import conv2d_ring, fc_ring, mask, reduce
+from ..reference import conv2d_ring, fc_ring, mask, prepare_weight, reduce
 from . import wire
 from .report import Report, StepCost
 
@@ -143,6 +143,32 @@ class Server:
         self.plan = plan
         self.digest = plan.digest()
         self.threads = threads
+        # Every conv/fc weight prepared once for the online ring products.
+        self._weights = {(i, k): prepare_weight(term.weight)
+                         for i, step in enumerate(plan.steps) if isinstance(step, LinearStep)
+                         for k, term in enumerate(step.terms)
+                         if isinstance(term, (ConvTerm, FCTerm)) and term.weight is not None}
+
+    def linear(self, index: int, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The server's online arithmetic of linear step ``index`` on its shares
+        ``values`` (tensor name -> residues): bias plus every term, mod the output
+        ring. The session adds the step's offline HE mask."""
+        step = self.plan.steps[index]
+        if not isinstance(step, LinearStep):
+            raise ValueError(f"step {index} is a {step.kind} step, not a linear one")
+        bits = self.plan.tensors[step.output].ring_bits
+        assert step.bias is not None  # checked in __init__
+        acc = reduce(step.bias, bits).astype(np.uint64)
+        for k, term in enumerate(step.terms):
+            x = values[term.input]
+            if isinstance(term, ConvTerm):
+                acc = acc + conv2d_ring(x[None], self._weights[index, k], term.stride, term.padding,
+                                        term.groups, bits)[0]
+            elif isinstance(term, FCTerm):
+                acc = acc + fc_ring(x[None], self._weights[index, k], bits)[0]
+            else:
+                acc = acc + (x << np.uint64(term.shift))
+        return mask(acc, bits)
 
     def public_plan(self) -> Plan:
         """What a client needs (no weights); its digest equals the server's."""
@@ -166,6 +192,7 @@ class ServerSession:
                  admit: Callable[[], None] | None = None) -> None:
         """Handshake on ``channel`` (or continue ``conversation`` on it);
         ``admit`` may refuse the session by raising :class:`wire.ServerBusyError`."""
+        self.server = server
         self.plan = server.plan
         self.channel = channel
         self.wire = conversation or wire.Conversation(channel, "server")
@@ -226,7 +253,7 @@ class ServerSession:
 
         for local, garbled in waves:
             for i in local:
-                values[plan.steps[i].output] = self._linear(i, plan.steps[i], values)
+                values[plan.steps[i].output] = self._linear(i, values)
                 release(i)
             # One round trip for the whole round: every batch's labels go out
             # before any reply is read (see gc.ReluServer.send_labels).
@@ -244,22 +271,11 @@ class ServerSession:
         self.wire.server_output(out.tobytes())
         self._masks.clear()
 
-    def _linear(self, index: int, step: LinearStep, values: dict[str, np.ndarray]) -> np.ndarray:
-        t = self.plan.tensors
-        bits = t[step.output].ring_bits
-        assert step.bias is not None  # checked in Server()
-        acc = reduce(step.bias, bits).astype(np.uint64)
-        if index in self._masks:
-            acc = acc + self._masks.pop(index)
-        for term in step.terms:
-            x = values[term.input]
-            if isinstance(term, ConvTerm):
-                acc = acc + conv2d_ring(x[None], term.weight, term.stride, term.padding, term.groups, bits)[0]
-            elif isinstance(term, FCTerm):
-                acc = acc + fc_ring(x[None], term.weight, bits)[0]
-            else:
-                acc = acc + (x << np.uint64(term.shift))
-        return mask(acc, bits)
+    def _linear(self, index: int, values: dict[str, np.ndarray]) -> np.ndarray:
+        acc = self.server.linear(index, values)
+        if index not in self._masks:
+            return acc
+        return mask(acc + self._masks.pop(index), self.plan.tensors[self.plan.steps[index].output].ring_bits)
 
 
 # ------------------------------------------------------------------- client
