@@ -388,7 +388,9 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
       .def("evaluate", &ReluClient::evaluate, py::arg("material"), py::call_guard<py::gil_scoped_release>(),
            "First half of online(): consume the material, receive the server's labels and evaluate.")
       .def("reply", &ReluClient::reply, py::arg("material"), py::call_guard<py::gil_scoped_release>(),
-           "Second half of online(): send and flush the evaluated batch's reply, then release its tables.");
+           "Second half of online(): send and flush the evaluated batch's reply.")
+      .def("release", &ReluClient::release, py::arg("material"), py::call_guard<py::gil_scoped_release>(),
+           "Free the batch's tables and labels (consuming the material): after a round's last reply.");
 
   // ------------------------------------------------------------------ OT
   m.def(

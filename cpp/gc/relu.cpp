@@ -169,6 +169,7 @@ ReluClientMaterial ReluClient::offline(const std::uint64_t* xc, const std::uint6
 void ReluClient::online(ReluClientMaterial& m) {
   evaluate(m);
   reply(m);
+  release(m);
 }
 
 void ReluClient::evaluate(ReluClientMaterial& m) {
@@ -203,13 +204,18 @@ void ReluClient::reply(ReluClientMaterial& m) {
   m.evaluated_ = false;
   ch_.send(m.reply_.data(), m.reply_.size());
   ch_.flush();
-  // Released after the reply is out, while the server decodes it.
   m.reply_.clear();
   m.reply_.shrink_to_fit();
-  m.tables_.tables.clear();
-  m.tables_.tables.shrink_to_fit();
-  m.own_labels_.clear();
-  m.own_labels_.shrink_to_fit();
+}
+
+void ReluClient::release(ReluClientMaterial& m) {
+  if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
+  m.consumed_ = true;
+  consumed_[m.batch_] = true;
+  m.evaluated_ = false;
+  m.reply_ = {};
+  m.tables_.tables = {};
+  m.own_labels_ = {};
 }
 
 }  // namespace pie

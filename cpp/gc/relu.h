@@ -126,10 +126,14 @@ class ReluClient {
   /// First half of online(): consumes the material, receives the server's labels and evaluates.
   /// @throws as online().
   void evaluate(ReluClientMaterial& material);
-  /// Second half of online(): sends the reply of an evaluated batch and flushes it, then
-  /// releases the batch's tables.
+  /// Second half of online(): sends the reply of an evaluated batch and flushes it.
   /// @throws std::invalid_argument unless evaluate() ran on this material and reply() did not.
   void reply(ReluClientMaterial& material);
+  /// Frees the batch's tables and labels and consumes the material if it was not yet. A
+  /// round of several batches releases them after its last reply, so freeing never
+  /// delays a reply.
+  /// @throws std::invalid_argument if the material is foreign.
+  void release(ReluClientMaterial& material);
 
  private:
   Channel& ch_;

@@ -202,7 +202,8 @@ def test_relu_protocol_classes_over_tcp() -> None:
 def test_batches_of_one_round_share_a_round_trip_without_deadlock() -> None:
     """send_labels for every batch before any finish, evaluate every batch before
     any reply: exact, and no deadlock although each batch's labels (and the
-    truncation's reply) exceed the channel's capacity."""
+    truncation's reply) exceed the channel's capacity. Released material stays
+    consumed."""
     rng = np.random.default_rng(12)
     relu_in = rng.integers(0, 2**37, size=(3, 3000), dtype=np.uint64)
     trunc_in = rng.integers(0, 2**59, size=(2, 2500), dtype=np.uint64)
@@ -224,6 +225,13 @@ def test_batches_of_one_round_share_a_round_trip_without_deadlock() -> None:
                 c.reply(m)
             with pytest.raises(ValueError, match="reply already sent"):
                 clients[1].reply(materials[1])
+            for c, m in zip(clients, materials):
+                c.release(m)
+                assert m.consumed
+            with pytest.raises(ValueError, match="already consumed"):
+                clients[0].evaluate(materials[0])
+            with pytest.raises(ValueError, match="another session"):
+                clients[1].release(materials[0])
             client_end.flush()
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             errors.append(exc)

@@ -410,7 +410,10 @@ class ClientSession:
                     self._gc[_gc_shape(plan, plan.steps[i])].evaluate(self._material[i])
             for k, i in enumerate(garbled):
                 with self._meter.measure(i, "online", count_rounds=k == len(garbled) - 1):
-                    self._gc[_gc_shape(plan, plan.steps[i])].reply(self._material.pop(i))
+                    self._gc[_gc_shape(plan, plan.steps[i])].reply(self._material[i])
+            # Freeing the round's tables waits until every reply is out.
+            for i in garbled:
+                self._gc[_gc_shape(plan, plan.steps[i])].release(self._material.pop(i))
         step = plan.output
         with self._meter.measure(plan.steps.index(step), "online"):
             raw = self.wire.client_output(8 * out_spec.numel)  # transcript checked
