@@ -94,6 +94,7 @@ from .plan import (
     ReluStep,
     TruncateStep,
 )
+from .protocol.report import StepFigures
 
 __all__ = ["Estimate", "Profile", "ProfileError", "StepEstimate", "estimate", "measure_profile",
            "measure_speed_index"]
@@ -262,35 +263,11 @@ def _nonneg(value: Any, name: str) -> float:
 
 
 @dataclass
-class StepEstimate:
-    """Predicted cost of one Plan step (same meaning as :class:`pie.protocol.StepCost`)."""
+class StepEstimate(StepFigures):
+    """Predicted cost of one Plan step (same meaning as :class:`pie.protocol.StepCost`);
+    ``round`` is the step's online round (0: not a garbled step)."""
 
-    index: int
-    kind: str
-    output: str
-    relus: int = 0
-    and_gates: int = 0
     round: int = 0
-    offline_bytes_c2s: int = 0
-    offline_bytes_s2c: int = 0
-    online_bytes_c2s: int = 0
-    online_bytes_s2c: int = 0
-    offline_seconds: float = 0.0
-    online_seconds: float = 0.0
-
-    @property
-    def offline_bytes(self) -> int:
-        return self.offline_bytes_c2s + self.offline_bytes_s2c
-
-    @property
-    def online_bytes(self) -> int:
-        return self.online_bytes_c2s + self.online_bytes_s2c
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["offline_bytes"] = self.offline_bytes
-        d["online_bytes"] = self.online_bytes
-        return d
 
 
 @dataclass

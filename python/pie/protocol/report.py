@@ -6,16 +6,16 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Report", "StepCost"]
+__all__ = ["Report", "StepCost", "StepFigures"]
 
 
 @dataclass
-class StepCost:
-    """Costs of one Plan step, measured on the client's channel.
+class StepFigures:
+    """Time and traffic of one Plan step, measured (:class:`StepCost`) or
+    predicted (:class:`pie.StepEstimate`).
 
     Bytes are split by direction (``c2s``: client to server, ``s2c``: server
-    to client); rounds count the flushes of each side, i.e. one-way messages.
-    Seconds are the client's wall time for the phase of this step.
+    to client). Seconds are the client's wall time for the phase of this step.
     """
 
     index: int
@@ -27,8 +27,6 @@ class StepCost:
     offline_bytes_s2c: int = 0
     online_bytes_c2s: int = 0
     online_bytes_s2c: int = 0
-    offline_rounds: int = 0
-    online_rounds: int = 0
     offline_seconds: float = 0.0
     online_seconds: float = 0.0
 
@@ -45,6 +43,16 @@ class StepCost:
         d["offline_bytes"] = self.offline_bytes
         d["online_bytes"] = self.online_bytes
         return d
+
+
+@dataclass
+class StepCost(StepFigures):
+    """Costs of one Plan step, measured on the client's channel (see
+    :class:`StepFigures`); rounds count the flushes of each side, i.e. one-way
+    messages."""
+
+    offline_rounds: int = 0
+    online_rounds: int = 0
 
 
 @dataclass
