@@ -6,7 +6,7 @@ and records in ``extra_info`` the engine's report (totals and every step's
 time, bytes each way and rounds), the network's ReLUs and garbled work, a
 float32 torch forward pass of the same network measured in the same run, the
 server's online linear arithmetic (``pie.Server.linear`` over every linear
-step, on the Plan's reference tensors), and, when ``PIE_BENCH_PROFILE``
+step, on random shares), and, when ``PIE_BENCH_PROFILE``
 names a profile (``pie.estimate``), the cost model's prediction, raw and
 rescaled to the machine's speed measured just before and after the run
 (``measure_speed_index``, for shared machines).
@@ -104,10 +104,13 @@ def torch_forward_seconds(net: torch.nn.Module, repeat: int = 20) -> float:
 def server_linear_seconds(plan: pie.Plan, repeat: int = 5) -> float:
     """Median time of the server's online arithmetic on one input: every linear
     step's ring products (``pie.Server.linear``, weights prepared once as a
-    server does), fed the Plan's exact reference tensors."""
+    server does) on uniformly random residues of every tensor's ring -- the
+    server's shares are masked, so they span the ring (true values are small
+    and would need fewer float64 limbs)."""
     server = pie.Server(plan)
-    x = np.random.default_rng(1).integers(0, plan.pixel_max + 1, plan.input_shape)
-    values = plan.run_reference_int(x, return_all=True)
+    rng = np.random.default_rng(1)
+    values = {name: rng.integers(0, 1 << spec.ring_bits, spec.shape, dtype=np.uint64)
+              for name, spec in plan.tensors.items()}
     linear = [i for i, s in enumerate(plan.steps) if s.kind == "linear"]
     times = []
     for _ in range(repeat + 1):

@@ -464,7 +464,7 @@ def render(out: Path) -> None:
               "`pie.compile`. *offline* includes the session set-up; *online* is the client's wall time from "
               "the masked input to the decoded output; *torch fp32* is a float32 forward pass of the same "
               "network in the same run; *server linear* is the server's online ring arithmetic "
-              "(`pie.Server.linear` over every linear step of one input).", ""]
+              "(`pie.Server.linear` over every linear step, on uniformly random shares as the server holds them).", ""]
     lines += _network_table(nets) + [""]
     plots = _plots(out, nets)
     for p in plots:

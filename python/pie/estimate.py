@@ -40,7 +40,7 @@ Time (a model, not a measurement): each phase is a sum of its steps.
   table transfer, OT extension), one HE key set-up per ring and one base-OT
   set-up per circuit shape;
 * online: the server's ring arithmetic of every linear step
-  (``h*limb MACs + i*limb elements + j`` per conv/fc term, float64 limbs as
+  (``h*limb MACs + i*limb elements + h'*limb weights + j`` per conv/fc term, float64 limbs as
   :func:`pie.reference.conv2d_ring` computes them), per garbled step
   ``k*AND + k'*other gates + m*labels + n`` (label selection, transfer,
   evaluation -- XOR gates are free of hashing but not of memory traffic, and
@@ -148,8 +148,11 @@ class Profile:
             limb (send, decrypt), fixed cost per term.
         he_session_s: one HE key set-up on the client (key generation, sending
             the public key; the server loads it in parallel).
-        linear_per_limb_mac_s, linear_per_limb_element_s, linear_per_term_s:
-            server online ring arithmetic of one conv/fc term.
+        linear_per_limb_mac_s, linear_per_limb_element_s, linear_per_limb_weight_s, linear_per_term_s:
+            server online ring arithmetic of one conv/fc term: per limb
+            multiply-accumulate, per limb element in and out, per limb weight
+            (wide layers on small images stream their weights once per limb
+            and run below the large layers' MAC rate), fixed cost.
         bandwidth: bytes per second of each transport (``"memory"``, ``"tcp"``).
         rtt_s: round-trip time of a small message on each transport.
         speed_index_s: seconds of :func:`measure_speed_index`'s reference
@@ -174,6 +177,7 @@ class Profile:
     he_session_s: float
     linear_per_limb_mac_s: float
     linear_per_limb_element_s: float
+    linear_per_limb_weight_s: float
     linear_per_term_s: float
     bandwidth: dict[str, float]
     rtt_s: dict[str, float]
@@ -408,9 +412,9 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
                     + (p.he_per_reply_s + p.he_per_reply_limb_s * limbs) * lay["num_outputs"] + p.he_per_term_s
                     + extra_per_byte * (c2s + s2c) + extra_rtt
                 )
-                macs, elements = _limb_work(plan, term, bits, weight_bits)
-                est.online_seconds += (p.linear_per_limb_mac_s * macs
-                                       + p.linear_per_limb_element_s * elements + p.linear_per_term_s)
+                macs, elements, weights = _limb_work(plan, term, bits, weight_bits)
+                est.online_seconds += (p.linear_per_limb_mac_s * macs + p.linear_per_limb_element_s * elements
+                                       + p.linear_per_limb_weight_s * weights + p.linear_per_term_s)
         elif isinstance(s, (ReluStep, TruncateStep)):
             l_in, l_out = t[s.input].ring_bits, t[s.output].ring_bits
             n = t[s.output].numel
@@ -529,9 +533,9 @@ def _gc_step_bytes(n: int, l_in: int, l_out: int, gates: int, first: bool,
     return off_c2s, off_s2c, on_c2s, on_s2c
 
 
-def _limb_work(plan: Plan, term: ConvTerm | FCTerm, bits: int, weight_bits: int) -> tuple[int, int]:
-    """(limb MACs, limb elements in + out) of the server's exact float64
-    arithmetic for one term (pie.reference: limbs of b bits with
+def _limb_work(plan: Plan, term: ConvTerm | FCTerm, bits: int, weight_bits: int) -> tuple[int, int, int]:
+    """(limb MACs, limb elements in + out, limb weights) of the server's exact
+    float64 arithmetic for one term (pie.reference: limbs of b bits with
     ``max_row_L1 * 2^b <= 2^53``; the server's share is uniform, so its
     magnitude needs ``bits - 1`` bits)."""
     src = plan.tensors[term.input]
@@ -550,7 +554,7 @@ def _limb_work(plan: Plan, term: ConvTerm | FCTerm, bits: int, weight_bits: int)
         l1 = k << max(weight_bits - 3, 0)
     b = _FLOAT_EXACT_BITS - math.ceil(math.log2(max(l1, 1))) if l1 > 1 else _FLOAT_EXACT_BITS
     limbs = max(1, -(-(bits - 1) // max(b, 1)))
-    return limbs * macs_per_limb, limbs * (src.numel + out)
+    return limbs * macs_per_limb, limbs * (src.numel + out), limbs * o * k
 
 
 def _term_output(plan: Plan, term: ConvTerm | FCTerm) -> str:
@@ -654,7 +658,7 @@ _ZERO_PROFILE = Profile(
     threads=1, gc_offline_per_and_s=0, gc_offline_per_ot_s=0, gc_offline_per_step_s=0,
     gc_online_per_and_s=0, gc_online_per_gate_s=0, gc_online_per_label_s=0, gc_online_per_step_s=0, base_ot_s=0,
     he_per_input_s=0, he_per_product_s=0, he_per_reply_s=0, he_per_reply_limb_s=0, he_per_term_s=0, he_session_s=0,
-    linear_per_limb_mac_s=0, linear_per_limb_element_s=0, linear_per_term_s=0,
+    linear_per_limb_mac_s=0, linear_per_limb_element_s=0, linear_per_limb_weight_s=0, linear_per_term_s=0,
     bandwidth={"memory": 1.0, "tcp": 1.0}, rtt_s={"memory": 0.0, "tcp": 0.0},
 )
 
@@ -982,11 +986,11 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float
             limbs = max(1, -(-(bits - 1) // pw.limb_bits))
             k = int(np.prod(w.shape[1:]))
             for seconds in runs:  # _nnls takes the median of each layer's runs
-                rows.append([limbs * y.size * k, limbs * (x.size + y.size), 1.0])
+                rows.append([limbs * y.size * k, limbs * (x.size + y.size), limbs * w.size, 1.0])
                 times.append(seconds)
-    per_mac, per_element, per_term = _nnls(rows, times)
+    per_mac, per_element, per_weight, per_term = _nnls(rows, times)
     return {"linear_per_limb_mac_s": per_mac, "linear_per_limb_element_s": per_element,
-            "linear_per_term_s": per_term}
+            "linear_per_limb_weight_s": per_weight, "linear_per_term_s": per_term}
 
 
 def _random_weight(layer: tuple[Any, ...], rng: np.random.Generator) -> np.ndarray:
