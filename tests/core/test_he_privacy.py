@@ -14,21 +14,9 @@ import numpy as np
 import pytest
 
 from pie import he
+from statutil import ks_critical, ks_statistic
 
 N = 8192
-
-
-def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic."""
-    a, b = np.sort(a), np.sort(b)
-    grid = np.concatenate([a, b])
-    fa = np.searchsorted(a, grid, side="right") / a.size
-    fb = np.searchsorted(b, grid, side="right") / b.size
-    return float(np.abs(fa - fb).max())
-
-
-def ks_critical(n: int, m: int, alpha: float = 1e-6) -> float:
-    return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((n + m) / (n * m))
 
 
 def small_conv(seed: int, weight_bits: int, ring_bits: int = 37) -> tuple[np.ndarray, np.ndarray]:

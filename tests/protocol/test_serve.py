@@ -9,7 +9,6 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from pie import serve
 from pie.models import ResNetConfig, from_config
 from pie.protocol import wire
 from pie.protocol.limits import MaterialEstimate
+from serverutil import serving, serving_on
 from PIL import Image
 
 SHAPE = (3, 16, 16)
@@ -40,23 +40,6 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(checkpoint: Path) -> pie.Server:
     return serve.load_server(checkpoint)
-
-
-@contextmanager
-def serving(server: pie.Server, limits: serve.Limits) -> Iterator[tuple[int, serve.SessionLog]]:
-    """``serve_forever`` in a thread on a fresh port; yields (port, log)."""
-    listener = pie.TcpListener("127.0.0.1", 0)
-    stop = threading.Event()
-    log = serve.SessionLog()
-    worker = threading.Thread(target=serve.serve_forever, args=(server, listener, limits, stop, log))
-    worker.start()
-    try:
-        yield listener.port, log
-    finally:
-        stop.set()
-        worker.join(60)
-        listener.close()
-    assert not worker.is_alive()
 
 
 @pytest.fixture()
@@ -565,21 +548,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return files
 
 
-@contextmanager
 def serving_cli_listener(server: pie.Server, argv: list[str]) -> Iterator[tuple[int, serve.SessionLog]]:
     """``serve_forever`` on the listener the server command line builds from ``argv``."""
     args = serve._parser().parse_args(["server", "--model", "unused.pt", "--port", "0", *argv])
-    listener = serve._listen(args)
-    stop = threading.Event()
-    log = serve.SessionLog()
-    worker = threading.Thread(target=serve.serve_forever, args=(server, listener, serve.Limits(), stop, log))
-    worker.start()
-    try:
-        yield listener.port, log
-    finally:
-        stop.set()
-        worker.join(60)
-        listener.close()
+    return serving_on(server, serve._listen(args), serve.Limits())
 
 
 def test_tls_inference_through_both_command_lines(server: pie.Server, pki: dict[str, str], tmp_path: Path,

@@ -8,8 +8,6 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,24 +38,6 @@ class _Tiny(nn.Module):
 def tiny_plan() -> pie.Plan:
     torch.manual_seed(0)
     return pie.compile(_Tiny().eval(), SHAPE)
-
-
-@contextmanager
-def serving(server: pie.Server, limits: serve.Limits) -> Iterator[tuple[int, serve.SessionLog]]:
-    """``serve_forever`` in a thread on a fresh loopback port; yields (port, log)."""
-    listener = pie.TcpListener("127.0.0.1", 0)
-    stop = threading.Event()
-    log = serve.SessionLog()
-    worker = threading.Thread(target=serve.serve_forever, args=(server, listener, limits, stop, log),
-                              name="test-server")
-    worker.start()
-    try:
-        yield listener.port, log
-    finally:
-        stop.set()
-        worker.join(120)
-        listener.close()
-    assert not worker.is_alive()
 
 
 def exact_inference(port: int, plan: pie.Plan, seed: int, timeout: float = 60.0) -> None:

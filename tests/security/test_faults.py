@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import pie
 import pytest
-from netfaults import ACTIONS, Fault, FaultProxy, exact_inference, serving, tiny_plan
+from netfaults import ACTIONS, Fault, FaultProxy, exact_inference, tiny_plan
 from pie import serve
+from serverutil import serving
 
 DEADLINE = 2.0  # seconds without progress: client channel timeout, server handshake and idle timeouts
 SLACK = 20.0  # generous: the test machines are small and shared

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 from fuzzing import Relay
+from statutil import same_distribution
 from torch import nn
 
 import pie
@@ -62,20 +63,6 @@ def uniform_top_bits(values: np.ndarray, bits: int, k: int = 4) -> float:
 
 def looks_uniform(values: np.ndarray, bits: int, k: int = 4) -> bool:
     return uniform_top_bits(values, bits, k) < chi2_critical((1 << k) - 1)
-
-
-def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.sort(a), np.sort(b)
-    grid = np.concatenate([a, b])
-    fa = np.searchsorted(a, grid, side="right") / a.size
-    fb = np.searchsorted(b, grid, side="right") / b.size
-    return float(np.abs(fa - fb).max())
-
-
-def same_distribution(a: np.ndarray, b: np.ndarray, alpha: float = 1e-6) -> bool:
-    """Two-sample Kolmogorov-Smirnov test at level alpha."""
-    crit = math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((a.size + b.size) / (a.size * b.size))
-    return ks_statistic(a, b) < crit
 
 
 def bit_counts(data: bytes, width: int = 16) -> tuple[np.ndarray, int]:

@@ -11,9 +11,10 @@ import threading
 from collections.abc import Callable
 
 import pie
-from netfaults import exact_inference, serving, tiny_plan
+from netfaults import exact_inference, tiny_plan
 from pie import serve
 from pie.protocol import wire
+from serverutil import serving
 
 CLIENTS = 8
 INFERENCES = 2  # per client, one after the other
