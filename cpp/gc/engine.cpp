@@ -88,6 +88,7 @@ void garble_blocks(const Circuit& c, const TccrHash& hash, const Block& delta, c
   const std::size_t A = c.num_and();
   const std::size_t outs = c.num_output_bits();
   const std::size_t table_origin = 2 * A * r.first_block * r.block;
+  check_input_width(c, inputs);  // before the parallel loop: a throw inside it would terminate
   for_each_block(r, ws, [&](std::size_t b, std::size_t first, std::size_t cnt, GcWorkspace& w) {
     const std::uint64_t t = r.tweak_base + 2 * A * first;
     garble_instances(c, hash, delta, t, cnt, inputs.from(first), tables + (2 * A * first - table_origin),
@@ -101,6 +102,7 @@ void evaluate_blocks(const Circuit& c, const TccrHash& hash, const BlockRange& r
   const std::size_t A = c.num_and();
   const std::size_t outs = c.num_output_bits();
   const std::size_t table_origin = 2 * A * r.first_block * r.block;
+  check_input_width(c, inputs);  // before the parallel loop: a throw inside it would terminate
   for_each_block(r, ws, [&](std::size_t, std::size_t first, std::size_t cnt, GcWorkspace& w) {
     evaluate_instances(c, hash, r.tweak_base + 2 * A * first, cnt, inputs.from(first),
                        tables + (2 * A * first - table_origin), outputs.from(first, outs), w);
@@ -137,7 +139,7 @@ GarblerSession::GarblerSession(Channel& ch, GcOptions opt)
 
 void GarblerSession::garble(const Circuit& c, std::size_t n, const InputView& input_zero,
                             const OutputSink& output_zero) {
-  if (input_zero.width() != c.num_input_bits()) throw std::invalid_argument("garble: input labels do not match the circuit");
+  check_input_width(c, input_zero);  // before anything is sent
   const std::size_t A = c.num_and();
   const std::size_t B = block_size(c, opt_);
   const std::size_t nblocks = (n + B - 1) / B;
@@ -201,7 +203,6 @@ GarbledBatch EvaluatorSession::receive(const Circuit& c, std::size_t n) {
 void EvaluatorSession::evaluate(const Circuit& c, const GarbledBatch& batch, const InputView& inputs,
                                 const OutputSink& outputs) {
   if (batch.tables.size() != table_blocks(c, batch.n)) throw std::invalid_argument("batch: tables do not match the circuit");
-  if (inputs.width() != c.num_input_bits()) throw std::invalid_argument("evaluate: input labels do not match the circuit");
   if (batch.n == 0) return;
   auto ws = make_workspaces(c, std::min(batch.block, batch.n), opt_.threads);
   const BlockRange r{batch.tweak_base, batch.n, batch.block, 0, (batch.n + batch.block - 1) / batch.block};
@@ -210,7 +211,7 @@ void EvaluatorSession::evaluate(const Circuit& c, const GarbledBatch& batch, con
 
 void EvaluatorSession::receive_and_evaluate(const Circuit& c, std::size_t n, const InputView& inputs,
                                             const OutputSink& outputs) {
-  if (inputs.width() != c.num_input_bits()) throw std::invalid_argument("evaluate: input labels do not match the circuit");
+  check_input_width(c, inputs);  // before anything is read
   const GarbledBatch hdr = receive_header(c, n);
   if (n == 0) return;
   const std::size_t A = c.num_and();

@@ -48,11 +48,7 @@ void load_part(std::size_t n, const InputPart& part, std::size_t wire0, GcWorksp
   }
 }
 
-void load_inputs(const Circuit& c, std::size_t n, const InputView& in, GcWorkspace& ws) {
-  if (in.width() != c.num_input_bits()) {
-    throw std::invalid_argument("input labels: " + std::to_string(in.width()) + " wires per instance, the circuit has " +
-                                std::to_string(c.num_input_bits()));
-  }
+void load_inputs(std::size_t n, const InputView& in, GcWorkspace& ws) {
   load_part(n, in.first, 0, ws);
   if (in.second.width != 0) load_part(n, in.second, in.first.width, ws);
 }
@@ -223,13 +219,21 @@ bool use_fused(const TccrHash& hash) {
 
 }  // namespace
 
+void check_input_width(const Circuit& c, const InputView& in) {
+  if (in.width() != c.num_input_bits()) {
+    throw std::invalid_argument("input labels: " + std::to_string(in.width()) + " wires per instance, the circuit has " +
+                                std::to_string(c.num_input_bits()));
+  }
+}
+
 void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta,
                       std::uint64_t tweak_base, std::size_t n, const InputView& input_zero,
                       Block* tables, const OutputSink& output_zero, GcWorkspace& ws) {
   if (!delta.lsb()) throw std::invalid_argument("delta: lowest bit must be 1 (point-and-permute)");
+  check_input_width(c, input_zero);
   const bool fused = use_fused(hash);
   prepare(c, n, ws, fused ? 0 : 4);
-  load_inputs(c, n, input_zero, ws);
+  load_inputs(n, input_zero, ws);
   Block* L = ws.labels.data();
   std::uint64_t and_index = 0;
   for (const Gate& g : c.gates()) {
@@ -260,9 +264,10 @@ void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta
 void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tweak_base,
                         std::size_t n, const InputView& input_labels, const Block* tables,
                         const OutputSink& output_labels, GcWorkspace& ws) {
+  check_input_width(c, input_labels);
   const bool fused = use_fused(hash);
   prepare(c, n, ws, fused ? 0 : 2);
-  load_inputs(c, n, input_labels, ws);
+  load_inputs(n, input_labels, ws);
   Block* L = ws.labels.data();
   std::uint64_t and_index = 0;
   for (const Gate& g : c.gates()) {

@@ -99,6 +99,9 @@ struct OutputSink {
   }
 };
 
+/// @throws std::invalid_argument unless the view has the circuit's input width.
+void check_input_width(const Circuit& c, const InputView& in);
+
 /// Tables (in Blocks) that n instances of c need.
 inline std::size_t table_blocks(const Circuit& c, std::size_t n) { return 2 * c.num_and() * n; }
 
