@@ -24,7 +24,14 @@ from .channel import (
     tcp_connect,
     tls_connect,
 )
-from .checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, save_checkpoint
+from .calibration import CalibrationError, load_calibration
+from .checkpoint import (
+    CheckpointError,
+    calibration_sample,
+    checkpoint_meta,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .compiler import CompileError, UnsupportedOpError, compile
 from .estimate import Estimate, Profile, estimate
 from .plan import Plan, PlanFormatError
@@ -47,6 +54,7 @@ __all__ = [
     "Channel",
     "ChannelError",
     "ChannelTimeoutError",
+    "CalibrationError",
     "CheckpointError",
     "Client",
     "CompileError",
@@ -68,6 +76,7 @@ __all__ = [
     "TlsListener",
     "TranscriptError",
     "__version__",
+    "calibration_sample",
     "channel",
     "checkpoint_meta",
     "compile",
@@ -76,6 +85,7 @@ __all__ = [
     "gc",
     "he",
     "infer",
+    "load_calibration",
     "load_checkpoint",
     "memory_pair",
     "models",

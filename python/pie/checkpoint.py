@@ -7,7 +7,9 @@ Three formats are read:
 * plain state_dicts (optionally ``module.``-prefixed, or nested under
   ``state_dict`` / ``model``);
 * pie's own format, written by :func:`save_checkpoint`: the state_dict plus the
-  network configuration, so nothing has to be guessed.
+  network configuration, so nothing has to be guessed, and optionally a small
+  calibration sample (a tensor entry ``calibration``, read back with
+  :func:`calibration_sample`).
 
 Files are read with ``torch.load(..., weights_only=True)`` unless the caller
 explicitly trusts them.
@@ -22,13 +24,21 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import models
+from .calibration import CalibrationError, check_images
 from .models import ModelConfig, ResNetConfig
 
-__all__ = ["CheckpointError", "checkpoint_meta", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "calibration_sample",
+    "checkpoint_meta",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -43,7 +53,11 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(
-    model: nn.Module, path: PathLike, *, meta: Mapping[str, Any] | None = None
+    model: nn.Module,
+    path: PathLike,
+    *,
+    meta: Mapping[str, Any] | None = None,
+    calibration: np.ndarray | torch.Tensor | None = None,
 ) -> None:
     """Save ``model`` in pie's format (state_dict plus its configuration).
 
@@ -53,10 +67,14 @@ def save_checkpoint(
         meta: optional JSON-compatible facts about the model that are not
             weights, e.g. ``{"input_norm": {"mean": [...], "std": [...]},
             "classes": [...]}``; read back with :func:`checkpoint_meta`.
+        calibration: optional calibration images ``(N, C, H, W)``: ``uint8``,
+            or floats in [0, 1]. Stored as a ``uint8`` tensor (exact for
+            ``uint8`` input and for floats on the 8-bit grid ``k / 255``),
+            otherwise as ``float16``; read back with :func:`calibration_sample`.
 
     Raises:
-        CheckpointError: the model has no pie configuration, or ``meta`` is not
-            JSON-compatible.
+        CheckpointError: the model has no pie configuration, ``meta`` is not
+            JSON-compatible, or ``calibration`` is not a batch of images in [0, 1].
     """
     cfg = getattr(model, "config", None)
     if not isinstance(cfg, (models.ResNetConfig, models.MobileNetConfig)):
@@ -69,17 +87,61 @@ def save_checkpoint(
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"meta must be JSON-compatible: {exc}") from exc
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(
-        {
-            "format": PIE_FORMAT,
-            "version": PIE_FORMAT_VERSION,
-            "config": cfg.to_dict(),
-            "state_dict": state,
-            # A JSON string keeps the file loadable with weights_only=True.
-            "meta": meta_json,
-        },
-        os.fspath(path),
-    )
+    obj: dict[str, Any] = {
+        "format": PIE_FORMAT,
+        "version": PIE_FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "state_dict": state,
+        # A JSON string keeps the file loadable with weights_only=True.
+        "meta": meta_json,
+    }
+    if calibration is not None:
+        obj["calibration"] = _calibration_tensor(calibration)
+    torch.save(obj, os.fspath(path))
+
+
+def _calibration_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``images`` as the compact tensor a checkpoint stores (uint8, else float16)."""
+    arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if arr.ndim != 4:
+        raise CheckpointError(f"calibration must be images (N, C, H, W), got shape {arr.shape}")
+    try:
+        values = check_images(arr, arr.shape[1:])
+    except CalibrationError as exc:
+        raise CheckpointError(str(exc)) from exc
+    if arr.dtype == np.uint8:
+        return torch.from_numpy(arr.copy())
+    levels = values * 255.0
+    if np.allclose(levels, np.rint(levels), rtol=0.0, atol=1e-4):
+        return torch.from_numpy(np.rint(levels).astype(np.uint8))
+    return torch.from_numpy(values.astype(np.float16))
+
+
+def calibration_sample(path: PathLike) -> np.ndarray | None:
+    """The calibration images stored in a pie checkpoint, as float64 ``(N, C, H, W)``
+    in [0, 1]; ``None`` when the file holds none (other formats never do).
+
+    Raises:
+        CheckpointError: unreadable file, or a stored sample that is not a
+            ``uint8`` / ``float16`` batch of images in [0, 1].
+    """
+    try:
+        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {os.fspath(path)!r}: {exc}") from exc
+    if not _is_pie(obj) or obj.get("calibration") is None:
+        return None
+    sample = obj["calibration"]
+    if not isinstance(sample, torch.Tensor) or sample.dtype not in (torch.uint8, torch.float16) or sample.dim() != 4:
+        raise CheckpointError("pie checkpoint's 'calibration' entry must be a uint8 or float16 "
+                              "tensor (N, C, H, W)")
+    arr = sample.numpy()
+    try:
+        return check_images(arr, arr.shape[1:], "checkpoint calibration sample")
+    except CalibrationError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def checkpoint_meta(path: PathLike) -> dict[str, Any]:
@@ -147,7 +209,11 @@ def load_checkpoint(
 
     if _is_pie(obj):
         cfg, state = _read_pie(obj)
-        if arch is not None and _as_config(arch, cfg.num_classes).to_dict() != cfg.to_dict():
+        try:
+            requested = None if arch is None else _as_config(arch, cfg.num_classes)
+        except ValueError as exc:  # unknown name, invalid configuration
+            raise CheckpointError(str(exc)) from exc
+        if requested is not None and requested.to_dict() != cfg.to_dict():
             raise CheckpointError(
                 f"checkpoint records configuration {cfg.to_dict()}, which differs from the "
                 f"requested arch {arch!r}"

@@ -2,58 +2,68 @@
 
 Pipeline: trace with ``torch.fx`` -> lower to linear steps and ReLUs (batch norm,
 residual adds, pooling and input normalisation folded; see :mod:`pie.lowering`)
--> calibrate magnitudes on a batch -> assign scales, shifts and rings -> quantise.
+-> fold the ReLU-free chain that ends at the output into one layer -> calibrate
+magnitudes on a batch -> search the precision -> assign scales, shifts and
+rings -> quantise.
 
 Fixed-point policy (all of it public and recorded in ``plan.policy``):
 
 * The input is integer pixels (``frac_bits = 0``); the normalisation is in the
   first layer's weights and bias map.
-* Every conv / fc term has ``frac_w`` fractional weight bits, chosen from the
-  layer's largest weight so that ``|w_int| < 2^(weight_bits - 1)``; fewer when
-  the weights are exact with fewer (an average pool's ``1/4``). Linear steps
-  never truncate: a term's output scale is ``frac(x) + frac_w``.
-* Terms meet at one scale per linear step, the largest any term asks for: ReLU
-  outputs (whose scale is free: the shift is chosen) ask for ``frac_bits``; an
-  identity shortcut is lifted by ``x * 2^d``. Each ReLU shift is then chosen so
-  its output arrives at the scale its first consumer needs, and ``2^(shift-1)``
-  is added to the preceding bias so the shift rounds to nearest.
+* **Precision from accuracy.** Each conv / fc term gets ``b_w`` significant
+  weight bits (``frac_w`` chosen from the layer's largest weight so that
+  ``|w_int| < 2^(b_w - 1)``; fewer when the weights are exact with fewer, as an
+  average pool's ``1/4``), each ReLU output ``b_a`` significant bits of its
+  calibrated maximum. The search (:class:`_Search`) picks them: the fewest
+  bits, measured as the garbled-circuit work the rings imply, whose Plan stays
+  within a :class:`Tolerance` of the float model on the calibration images.
+* Linear steps never truncate: a term's output scale is ``frac(x) + frac_w``.
+  Terms meet at one scale per linear step, the largest any term asks for. A ReLU
+  output's scale is free (the shift is chosen): where its branch meets a stream
+  of a larger scale (a residual add), the branch arrives at the stream's scale
+  and the ReLU output takes the difference, so the stream's scale does not
+  grow; it rises only where a shortcut conv multiplies it. ``2^(shift-1)`` is
+  added to the preceding bias so the shift rounds to nearest.
+* **Folding.** Culled last stages, the pool and the classifier form a ReLU-free
+  chain whose composition is one affine map; it is folded into one fully
+  connected layer, quantised once (:func:`pie.lowering.fold_linear_tail`),
+  instead of multiplying the scales of every layer on the way.
 * Rings are worked out backwards. A tensor read by a garbled circuit (ReLU,
   truncation) or decoded as output needs ``bitlen(ceil(m * 2^frac)) + 1 +
   ring_margin_bits`` bits, where ``m`` is the largest magnitude seen on the
   calibration batch; a tensor read by an HE term needs the output's ring, one
   read by a scale term ``x * 2^d`` the output's ring minus ``d``.
-* If a garbled-circuit input would need more than ``max_ring_bits`` (at most
-  59, the largest power-of-two plaintext modulus SEAL accepts), the compiler
-  walks back along the chain that sets its scale. An overflow of at most 6
-  bits is fitted by lowering ``frac_w`` of the chain's layers (one bit at a
-  time, spread, at most 3 bits per layer) when they can give that much: free. A larger one gets a
+* If a garbled-circuit input would still need more than ``max_ring_bits`` (at
+  most 59, the largest power-of-two plaintext modulus SEAL accepts), the
+  compiler walks back along the chain that sets its scale. An overflow of at
+  most 6 bits is fitted by lowering ``frac_w`` of the chain's layers (one bit
+  at a time, spread, at most 3 bits per layer): free. A larger one gets a
   truncation step (a garbled circuit, ~``l_in + l_out`` AND gates per
-  element) on the tensor of that chain whose truncation to ``frac_bits``
-  brings it within the limit at the least cost: its AND gates plus
+  element) on the tensor of that chain whose truncation (to the activation
+  precision) brings it within the limit at the least cost: its AND gates plus
   ``round_cost_and_gates`` for each online round it adds. A consumer of the
   truncated tensor that feeds a ReLU and fits without the truncation keeps
-  reading the untruncated tensor, so the truncation shares that ReLU's round
-  (the typical case: the residual stream truncated at a block's input, in
-  parallel with the block's first ReLU). Truncations happen in culled
-  regions and on the residual stream of bottom-thinned networks, which never
-  passes a ReLU. Every truncation and lowering is reported with its reason
-  and cost (``plan.summary()``, ``plan.gc_cost()``).
+  reading the untruncated tensor, so the truncation shares that ReLU's round.
+  Truncations remain where a culled region that is not at the output (stage
+  1 of every DeepReDuce network) chains more products than 59 bits hold, and
+  on the residual stream of bottom-thinned networks, which never passes a
+  ReLU. Every truncation and lowering is reported with its reason and cost
+  (``plan.summary()``, ``plan.gc_cost()``).
 
-What the public plan reveals beyond the architecture: each layer's ``frac_w``
-gives ``floor(log2 max|w|)`` of that layer (after batch-norm folding), and each
-garbled-circuit input's ring gives ``log2`` of its calibrated magnitude, within
-one bit. Both are recorded in ``plan.policy["reveals"]``.
+What the public plan reveals beyond the architecture is recorded in
+``plan.policy["reveals"]`` (:data:`REVEALS`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .lowering import (
@@ -64,6 +74,7 @@ from .lowering import (
     FloatRelu,
     FloatTerm,
     UnsupportedOpError,
+    fold_linear_tail,
     lower,
 )
 from .plan import (
@@ -83,7 +94,7 @@ from .plan import (
 )
 from .tracing import trace
 
-__all__ = ["CompileError", "UnsupportedOpError", "compile", "DEFAULT_CALIBRATION_IMAGES"]
+__all__ = ["CompileError", "Tolerance", "UnsupportedOpError", "compile", "DEFAULT_CALIBRATION_IMAGES"]
 
 _log = logging.getLogger(__name__)
 
@@ -91,21 +102,53 @@ DEFAULT_CALIBRATION_IMAGES = 64
 _TRUNC_SUFFIX = ".trunc"
 
 REVEALS = (
-    "architecture and shapes; per layer frac_w = weight_bits - 1 - ceil(log2 max|w|) "
-    "(the layer's largest folded weight, to a power of two), or up to 3 less where a ring "
-    "was fitted by lowering it; per garbled-circuit input "
-    "the ring size, i.e. log2 of its calibrated maximum magnitude plus the margin "
-    "(to one bit); the positions of truncations"
+    "architecture and shapes; per layer frac_w = b_w - 1 - ceil(log2 max|w|) with the "
+    "layer's chosen weight bits b_w (listed in the policy), i.e. the layer's largest folded "
+    "weight to a power of two, or up to 3 less where a ring was fitted by lowering it; per "
+    "ReLU the chosen activation bits and its output scale, i.e. log2 of the ReLU output's "
+    "calibrated maximum; per garbled-circuit input the ring size, i.e. log2 of its "
+    "calibrated maximum magnitude plus the margin (to one bit); the chosen bits, which "
+    "depend on how sensitive the model is to rounding on the calibration images, and the "
+    "agreement reached there; the positions of truncations and their reasons"
 )
 
 
 @dataclass
 class _Params:
     frac_bits: int
-    weight_bits: int
     margin: int
     max_ring: int
     round_cost: int
+
+
+@dataclass
+class _Precision:
+    """Significant bits (with sign) of each weighted term, by term id, and of each
+    ReLU output (unsigned), by tensor name: what the precision search chooses."""
+
+    weight: dict[int, int]
+    act: dict[str, int]
+    trunc: int  # significant bits a truncation keeps, where one is needed
+
+    def copy(self) -> _Precision:
+        return _Precision(dict(self.weight), dict(self.act), self.trunc)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far the fixed-point Plan may be from the float model on the calibration
+    images: top-1 agreement at least ``min_agreement`` and ``max |logit error| /
+    max |logit|`` at most ``max_relative_logit_error``."""
+
+    min_agreement: float = 0.98
+    max_relative_logit_error: float = 0.003
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ValueError(f"min_agreement must be in [0, 1], got {self.min_agreement}")
+        if not 0.0 < self.max_relative_logit_error < 1.0:
+            raise ValueError("max_relative_logit_error must be in (0, 1), got "
+                             f"{self.max_relative_logit_error}")
 
 
 # A ring that overflows by at most _MAX_LOWERING_NEED bits is fitted by lowering
@@ -119,15 +162,19 @@ _MAX_LOWERING_NEED = 6
 def compile(  # noqa: A001 - the public name the package exposes
     model: nn.Module,
     input_shape: Sequence[int],
-    frac_bits: int = 12,
+    frac_bits: int = 24,
     *,
     input_norm: tuple[Sequence[float], Sequence[float]] | None = None,
     pixel_max: int = 255,
-    weight_bits: int = 13,
+    weight_bits: int = 16,
+    act_bits: int = 16,
+    tolerance: Tolerance | None = None,
     ring_margin_bits: int = 2,
     max_ring_bits: int = MAX_HE_RING_BITS,
     calibration: np.ndarray | torch.Tensor | None = None,
     round_cost_and_gates: int = 1 << 18,
+    search_budget: int = 12,
+    fold_tail_weights: int = 1 << 22,
 ) -> Plan:
     """Compile a float network into a fixed-point Plan.
 
@@ -136,23 +183,30 @@ def compile(  # noqa: A001 - the public name the package exposes
             from conv, batch norm, linear, ReLU, residual add, average pool and
             flatten); it is not modified.
         input_shape: one input's shape ``(C, H, W)``.
-        frac_bits: fractional bits of activations (ReLU and truncation outputs).
+        frac_bits: the most fractional bits an activation (ReLU output) may have.
         input_norm: ``(mean, std)`` per channel: the model expects
             ``(image - mean) / std`` for an image with values in [0, 1]. It is
             folded into the first layer, so the client sends integer pixels.
             ``None``: the model takes the image in [0, 1] directly.
         pixel_max: integer pixel range; an image ``x`` in [0, 1] is sent as
             ``round(x * pixel_max)``.
-        weight_bits: significant bits (with sign) of each layer's weights.
+        weight_bits: the most significant bits (with sign) a layer's weights get;
+            the precision search starts here and lowers them per layer.
+        act_bits: the most significant bits a ReLU output gets (likewise).
+        tolerance: how close the Plan must stay to the float model on the
+            calibration images (default ``Tolerance()``).
         ring_margin_bits: bits of headroom above the calibrated magnitude of every
             garbled-circuit input (and the output).
         max_ring_bits: largest ring allowed (at most 59: HE plaintext modulus).
-        calibration: images (N, C, H, W) in [0, 1] used to size the rings;
-            default: 64 images of uniformly random pixels (seed 0). Pass real
-            data for a trained network.
+        calibration: images (N, C, H, W) with values in [0, 1], used to size the
+            rings and to choose the precision; default: 64 images of uniformly
+            random pixels (seed 0). Pass real data for a trained network.
         round_cost_and_gates: what one extra online round is worth in AND gates
             when placing truncations (default 2^18, a few milliseconds of
             garbled-circuit work: a LAN round trip plus the per-round overhead).
+        search_budget: the most candidate precisions the per-layer search tries.
+        fold_tail_weights: the largest weight matrix (entries) that the ReLU-free
+            chain ending at the output is folded into (0: never fold).
 
     Returns:
         The Plan (with weights). ``plan.run_reference(x)`` takes images in [0, 1].
@@ -167,6 +221,8 @@ def compile(  # noqa: A001 - the public name the package exposes
         raise ValueError(f"frac_bits must be in [0, 40], got {frac_bits}")
     if not 2 <= weight_bits <= 24:
         raise ValueError(f"weight_bits must be in [2, 24], got {weight_bits}")
+    if not 2 <= act_bits <= 24:
+        raise ValueError(f"act_bits must be in [2, 24], got {act_bits}")
     if not 0 <= ring_margin_bits <= 16:
         raise ValueError(f"ring_margin_bits must be in [0, 16], got {ring_margin_bits}")
     if not 8 <= max_ring_bits <= MAX_HE_RING_BITS:
@@ -175,10 +231,14 @@ def compile(  # noqa: A001 - the public name the package exposes
         raise ValueError(f"pixel_max must be positive, got {pixel_max}")
     if round_cost_and_gates < 0:
         raise ValueError(f"round_cost_and_gates must be >= 0, got {round_cost_and_gates}")
+    if search_budget < 0 or fold_tail_weights < 0:
+        raise ValueError("search_budget and fold_tail_weights must be >= 0")
+    tol = tolerance if tolerance is not None else Tolerance()
     mean, std = input_norm if input_norm is not None else (None, None)
     traced = trace(model, input_shape)
     graph = lower(traced, pixel_max, mean, std)
     shape = traced.input_shape
+    folded = fold_linear_tail(graph, fold_tail_weights) if fold_tail_weights else None
 
     if calibration is None:
         rng = np.random.default_rng(0)
@@ -186,19 +246,34 @@ def compile(  # noqa: A001 - the public name the package exposes
         calibration_desc = f"{DEFAULT_CALIBRATION_IMAGES} uniformly random images (seed 0)"
     else:
         arr = calibration.detach().cpu().numpy() if isinstance(calibration, torch.Tensor) else (
-            np.asarray(calibration))
+            np.asarray(calibration, dtype=np.float64))
         if arr.ndim != 4 or tuple(arr.shape[1:]) != shape or arr.shape[0] == 0:
             raise ValueError(f"calibration must have shape (N, {', '.join(map(str, shape))})")
-        pixels = np.clip(np.rint(arr * pixel_max), 0, pixel_max)
+        if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1:
+            raise ValueError("calibration images must have finite values in [0, 1]")
+        pixels = np.rint(arr * pixel_max)
         calibration_desc = f"{arr.shape[0]} images supplied at compile time"
-    maxabs = _calibrate(graph, pixels)
+    maxabs, want = _calibrate(graph, pixels)
 
-    params = _Params(frac_bits, weight_bits, ring_margin_bits, max_ring_bits, round_cost_and_gates)
-    assigner = _Assigner(graph, maxabs, params)
+    params = _Params(frac_bits, ring_margin_bits, max_ring_bits, round_cost_and_gates)
+    search = _Search(graph, maxabs, params, pixel_max, pixels, want, tol)
+    prec = search.run(weight_bits, act_bits, search_budget)
+    assigner = _Assigner(graph, maxabs, params, prec)
     plan = assigner.build(pixel_max)
+    agreement, error = search.accuracy(plan)
     plan.policy.update({
         "frac_bits": frac_bits,
         "weight_bits": weight_bits,
+        "act_bits": act_bits,
+        "tolerance": {"min_agreement": tol.min_agreement,
+                      "max_relative_logit_error": tol.max_relative_logit_error},
+        "calibration_agreement": {"top1_agreement": round(agreement, 6),
+                                  "relative_logit_error": round(error, 6),
+                                  "met": agreement >= tol.min_agreement
+                                  and error <= tol.max_relative_logit_error},
+        "chosen_weight_bits": search.weight_table(prec),
+        "chosen_act_bits": dict(sorted(prec.act.items())),
+        "folded_tail": folded,
         "ring_margin_bits": ring_margin_bits,
         "max_ring_bits": max_ring_bits,
         "round_cost_and_gates": round_cost_and_gates,
@@ -213,15 +288,173 @@ def compile(  # noqa: A001 - the public name the package exposes
     return plan
 
 
-def _calibrate(graph: FloatGraph, pixels: np.ndarray, chunk: int = 32) -> dict[str, float]:
+def _calibrate(graph: FloatGraph, pixels: np.ndarray,
+               chunk: int = 32) -> tuple[dict[str, float], np.ndarray]:
+    """Largest magnitude of every tensor on the calibration pixels, and the float logits."""
     maxabs: dict[str, float] = {}
+    logits = []
     with torch.no_grad():
         for start in range(0, pixels.shape[0], chunk):
             batch = torch.from_numpy(np.asarray(pixels[start : start + chunk], dtype=np.float32))
             values = graph.run(batch, torch.float32)
             for name, v in values.items():
                 maxabs[name] = max(maxabs.get(name, 0.0), float(v.abs().max()))
-    return maxabs
+            logits.append(values[graph.output].reshape(batch.shape[0], -1).double().numpy())
+    return maxabs, np.concatenate(logits)
+
+
+def _float_run(plan: Plan, pixels: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """The Plan's output on integer pixels in float32 (values in real units): every
+    rounding the fixed point makes (weights, biases, ReLU and truncation shifts)
+    without the ring arithmetic. Much faster than the exact reference and within
+    float32 rounding of it wherever the rings hold the values."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, pixels.shape[0], chunk):
+            x = torch.from_numpy(np.asarray(pixels[start : start + chunk], dtype=np.float32))
+            values: dict[str, torch.Tensor] = {plan.input: x}
+            for step in plan.steps:
+                if isinstance(step, LinearStep):
+                    f_out = plan.tensors[step.output].frac_bits
+                    assert step.bias is not None
+                    acc = torch.from_numpy(step.bias.astype(np.float64) / 2.0**f_out).float()
+                    acc = acc.unsqueeze(0).expand(x.shape[0], *acc.shape).clone()
+                    for t in step.terms:
+                        v = values[t.input]
+                        if isinstance(t, ScaleTerm):
+                            acc += v
+                            continue
+                        assert t.weight is not None
+                        w = torch.from_numpy(t.weight.astype(np.float64) / 2.0**t.frac_w).float()
+                        if isinstance(t, ConvTerm):
+                            acc += F.conv2d(v, w, None, t.stride, t.padding, 1, t.groups)
+                        else:
+                            acc += v.reshape(v.shape[0], -1) @ w.T
+                    values[step.output] = acc
+                elif isinstance(step, (ReluStep, TruncateStep)):
+                    v = values[step.input]
+                    v = torch.relu(v) if isinstance(step, ReluStep) else v
+                    scale = 2.0 ** plan.tensors[step.output].frac_bits
+                    values[step.output] = torch.floor(v * scale) / scale
+                else:
+                    out.append(values[step.input].reshape(x.shape[0], -1).double().numpy())
+    return np.concatenate(out)
+
+
+class _Search:
+    """The precision search: the fewest bits whose Plan stays within the tolerance.
+
+    Cost is the garbled-circuit work the rings imply: for every ReLU and
+    truncation element, its input ring (labels sent online, adder AND gates) plus
+    its output ring (mask subtraction, colour bits back). Accuracy is measured on
+    the calibration images with :func:`_float_run` against the float model.
+    First all layers move together (weight bits, then activation bits, by
+    bisection), then single layers give up one bit at a time, the largest cost
+    saving first, while the tolerance holds and the budget lasts.
+    """
+
+    _FLOOR = 2  # fewest significant bits any weight or activation gets
+
+    def __init__(self, graph: FloatGraph, maxabs: dict[str, float], params: _Params,
+                 pixel_max: int, pixels: np.ndarray, want: np.ndarray, tol: Tolerance) -> None:
+        self.g, self.maxabs, self.p, self.pixel_max = graph, maxabs, params, pixel_max
+        self.pixels, self.want, self.tol = pixels, want, tol
+        self.weighted = [t for op in graph.ops if isinstance(op, FloatLinear)
+                         for t in op.terms if t.op != "scale"]
+        self.relus = [op.output for op in graph.ops if isinstance(op, FloatRelu)]
+        self.owner = {id(t): op.output for op in graph.ops if isinstance(op, FloatLinear)
+                      for t in op.terms}
+        self._ok_cache: dict[tuple, bool] = {}
+        self._fw: dict[tuple[int, int], int] = {}  # (term id, weight bits) -> frac_w
+
+    def _key(self, prec: _Precision) -> tuple:
+        return (tuple(prec.weight[id(t)] for t in self.weighted),
+                tuple(prec.act[r] for r in self.relus), prec.trunc)
+
+    def uniform(self, w: int, a: int) -> _Precision:
+        return _Precision({id(t): w for t in self.weighted}, {r: a for r in self.relus}, a)
+
+    def build(self, prec: _Precision) -> Plan | None:
+        try:
+            return _Assigner(self.g, self.maxabs, self.p, prec, self._fw).build(self.pixel_max)
+        except CompileError:
+            return None
+
+    def accuracy(self, plan: Plan) -> tuple[float, float]:
+        got = _float_run(plan, self.pixels)
+        agreement = float(np.mean(got.argmax(1) == self.want.argmax(1)))
+        scale = float(np.abs(self.want).max()) or 1.0
+        return agreement, float(np.abs(got - self.want).max()) / scale
+
+    def ok(self, prec: _Precision) -> bool:
+        key = self._key(prec)
+        if key not in self._ok_cache:
+            plan = self.build(prec)
+            if plan is None:
+                self._ok_cache[key] = False
+            else:
+                agreement, error = self.accuracy(plan)
+                self._ok_cache[key] = (agreement >= self.tol.min_agreement
+                                       and error <= self.tol.max_relative_logit_error)
+        return self._ok_cache[key]
+
+    def cost(self, prec: _Precision) -> float:
+        try:
+            return _Assigner(self.g, self.maxabs, self.p, prec, self._fw).gc_work()
+        except CompileError:
+            return math.inf
+
+    def _lowest(self, hi: int, make: Callable[[int], _Precision]) -> int:
+        """The fewest bits in [_FLOOR, hi] that still pass (bisection; hi if none)."""
+        lo = self._FLOOR
+        if not self.ok(make(hi)):
+            return hi
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.ok(make(mid)):
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi
+
+    def run(self, weight_bits: int, act_bits: int, budget: int) -> _Precision:
+        w = self._lowest(weight_bits, lambda b: self.uniform(b, act_bits))
+        a = self._lowest(act_bits, lambda b: self.uniform(w, b))
+        prec = self.uniform(w, a)
+        if not self.ok(prec):
+            return prec  # the tolerance cannot be met; policy records what was reached
+        tries = 0
+        blocked: set[tuple[str, object]] = set()
+        while tries < budget:
+            base = self.cost(prec)
+            options = []
+            for kind, key in [("w", id(t)) for t in self.weighted] + [("a", r) for r in self.relus]:
+                table = prec.weight if kind == "w" else prec.act
+                if table[key] <= self._FLOOR or (kind, key) in blocked:
+                    continue
+                cand = prec.copy()
+                (cand.weight if kind == "w" else cand.act)[key] -= 1
+                saving = base - self.cost(cand)
+                if saving > 0:
+                    options.append((saving, kind, key, cand))
+            if not options:
+                break
+            options.sort(key=lambda o: -o[0])
+            for _, kind, key, cand in options:
+                if tries >= budget:
+                    break
+                tries += 1
+                if self.ok(cand):
+                    prec = cand
+                    break
+                blocked.add((kind, key))
+            else:
+                break
+        return prec
+
+    def weight_table(self, prec: _Precision) -> dict[str, int]:
+        """Chosen weight bits as ``"<output> <- <input>"`` (the public names)."""
+        return {f"{self.owner[id(t)]} <- {t.input}": prec.weight[id(t)] for t in self.weighted}
 
 
 def _preferred_frac_w(weight: np.ndarray, weight_bits: int) -> int:
@@ -231,13 +464,21 @@ def _preferred_frac_w(weight: np.ndarray, weight_bits: int) -> int:
     if nonzero.size == 0:
         return 0
     m = float(np.abs(nonzero).max())
-    f = math.floor(math.log2((2 ** (weight_bits - 1) - 1) / m))
+    f = max(0, math.floor(math.log2((2 ** (weight_bits - 1) - 1) / m)))
     # Bits each float needs: w = M * 2^(e-53) with integer M; minus M's trailing zeros.
     mant, exp = np.frexp(np.abs(nonzero))
     ints = (mant * 2.0**53).astype(np.int64)
     trailing = np.log2((ints & -ints).astype(np.float64)).astype(np.int64)
     exact = int((53 - exp - trailing).max())
     return min(f, exact)
+
+
+def _frac_for(magnitude: float, bits: int) -> int:
+    """Fractional bits that give a value of at most ``magnitude`` (>= 0) ``bits``
+    significant bits: ``magnitude * 2^f < 2^bits``; never negative."""
+    if magnitude <= 0:
+        return bits
+    return max(0, math.floor(math.log2((2.0**bits - 1) / magnitude)))
 
 
 def _bitlen(magnitude: float) -> int:
@@ -247,7 +488,9 @@ def _bitlen(magnitude: float) -> int:
 class _Assigner:
     """Scales, shifts, truncations and rings for a float graph (module doc)."""
 
-    def __init__(self, graph: FloatGraph, maxabs: dict[str, float], params: _Params) -> None:
+    def __init__(self, graph: FloatGraph, maxabs: dict[str, float], params: _Params,
+                 precision: _Precision,
+                 frac_w_cache: dict[tuple[int, int], int] | None = None) -> None:
         self.g = graph
         self.maxabs = maxabs
         self.p = params
@@ -256,10 +499,20 @@ class _Assigner:
         self.terms: dict[int, FloatTerm] = {
             id(t): t for op in graph.ops if isinstance(op, FloatLinear) for t in op.terms
         }
-        self.fw_pref: dict[int, int] = {
-            id(t): _preferred_frac_w(t.weight, params.weight_bits)
-            for t in self.terms.values() if t.op != "scale"
+        cache = frac_w_cache if frac_w_cache is not None else {}
+        self.fw_pref: dict[int, int] = {}
+        for t in self.terms.values():
+            if t.op != "scale":
+                key = (id(t), precision.weight[id(t)])
+                if key not in cache:
+                    cache[key] = _preferred_frac_w(t.weight, key[1])
+                self.fw_pref[id(t)] = cache[key]
+        # The scale a ReLU output asks for: ``act`` significant bits of its largest value.
+        self.act_frac: dict[str, int] = {
+            name: min(params.frac_bits, _frac_for(maxabs.get(name, 0.0), bits))
+            for name, bits in precision.act.items()
         }
+        self.trunc_bits = precision.trunc
         self.fw_lowered: dict[int, int] = {}  # term id -> bits taken off its frac_w to fit a ring
         self.truncated: dict[str, tuple[int, str]] = {}  # tensor -> (frac after, reason)
         # Consumers (linear step outputs) that keep reading a truncated tensor
@@ -291,7 +544,7 @@ class _Assigner:
             cands = []
             for t in op.terms:
                 x = self.src(t.input, op.output)
-                base = frac[x] if x in frac else self.p.frac_bits
+                base = frac[x] if x in frac else self.act_frac[x]
                 cands.append(base + self._fw(t))
             f_y = max(cands)
             fixed = [i for i, t in enumerate(op.terms)
@@ -307,7 +560,7 @@ class _Assigner:
             if op.output in self.truncated:
                 frac[op.output + _TRUNC_SUFFIX] = self.truncated[op.output][0]
         for out, inp in free_in.items():
-            frac.setdefault(out, min(frac[inp], self.p.frac_bits))
+            frac.setdefault(out, min(frac[inp], self.act_frac[out]))
         self.free_in = free_in
         return frac, term_frac, dominant
 
@@ -423,11 +676,9 @@ class _Assigner:
         for u in path:
             if u in self.truncated:
                 continue
-            # Down to frac_bits, deeper if needed, keeping frac_bits bits below the maximum.
-            magnitude = self.maxabs.get(u, 0.0)
-            floor_frac = self.p.frac_bits - max(0, math.ceil(math.log2(magnitude))) if (
-                magnitude > 0) else self.p.frac_bits
-            relief = min(frac[u] - floor_frac, max(need, frac[u] - self.p.frac_bits))
+            # Down to the precision an activation keeps (trunc_bits significant bits).
+            floor_frac = min(self.p.frac_bits, _frac_for(self.maxabs.get(u, 0.0), self.trunc_bits))
+            relief = frac[u] - floor_frac
             if relief <= 0:
                 continue
             target = frac[u] - relief
@@ -478,6 +729,26 @@ class _Assigner:
 
     # -------------------------------------------------------------- rings and plan
     def build(self, pixel_max: int) -> Plan:
+        """The Plan, weights quantised."""
+        frac, term_frac, ring = self.layout()
+        return self._emit(pixel_max, frac, term_frac, ring)
+
+    def gc_work(self) -> float:
+        """What :class:`_Search` minimises: per ReLU and truncation element, its input
+        ring plus its output ring (labels online, adder and mask AND gates)."""
+        _, _, ring = self.layout()
+        total = 0
+        for op in self.g.ops:
+            if isinstance(op, FloatRelu):
+                total += math.prod(self.g.shapes[op.output]) * (
+                    ring[self.src(op.input, op.output)] + ring[op.output])
+        for name in self.truncated:
+            total += math.prod(self.g.shapes[name]) * (ring[name] + ring[name + _TRUNC_SUFFIX])
+        return float(total)
+
+    def layout(self) -> tuple[dict[str, int], dict[int, int], dict[str, int]]:
+        """Fit the rings, then every tensor's scale, every term's frac_w or shift
+        (by term id) and every tensor's ring."""
         self._fit()
         frac, term_frac, _ = self._scales()
         # Garbled-circuit inputs (truncated tensors included) need their magnitude;
@@ -497,7 +768,7 @@ class _Assigner:
         too_big = {k: v for k, v in ring.items() if v > self.p.max_ring}
         if too_big:
             raise CompileError(f"rings exceed max_ring_bits={self.p.max_ring}: {too_big}")
-        return self._emit(pixel_max, frac, term_frac, ring)
+        return frac, term_frac, ring
 
     def _emit(self, pixel_max: int, frac: dict[str, int], term_frac: dict[int, int],
               ring: dict[str, int]) -> Plan:

@@ -97,7 +97,7 @@ from .plan import (
 from .protocol.report import StepFigures
 
 __all__ = ["Estimate", "Profile", "ProfileError", "StepEstimate", "estimate", "measure_profile",
-           "measure_speed_index"]
+           "measure_speed_index", "traffic"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -380,6 +380,24 @@ def estimate(plan: Plan, profile: Profile, transport: str = "memory") -> Estimat
     if transport not in ("memory", "tcp"):
         raise ValueError(f"transport must be 'memory' or 'tcp', got {transport!r}")
     return _estimate(plan, profile, transport, _session_frames())
+
+
+def traffic(plan: Plan) -> Estimate:
+    """The exact traffic of one private inference of ``plan``, without a profile:
+    per step and in total the bytes each way, AND gates, ReLUs and online
+    rounds of :func:`estimate` (bytes do not depend on the machine or the
+    transport); every time in the result is zero.
+
+    Raises:
+        TypeError: ``plan`` is not a Plan.
+    """
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a pie.Plan, got {type(plan).__name__}")
+    times = {f.name: 0.0 for f in dataclasses.fields(Profile)
+             if f.name not in ("threads", "bandwidth", "rtt_s", "machine")}
+    free = Profile(threads=1, bandwidth={"memory": math.inf, "tcp": math.inf},
+                   rtt_s={"memory": 0.0, "tcp": 0.0}, **times)
+    return _estimate(plan, free, "memory", _session_frames())
 
 
 def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, int]) -> Estimate:

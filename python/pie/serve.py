@@ -1,7 +1,7 @@
 """``python -m pie.serve``: serve a network, query it, or run the embedded demo.
 
   python -m pie.serve demo
-  python -m pie.serve server --model model.pt --port 7000 [--tls-cert C --tls-key K] [limits]
+  python -m pie.serve server --model model.pt --port 7000 [--calibration FILE] [--tls-cert C --tls-key K] [limits]
   python -m pie.serve client --connect 127.0.0.1:7000 --input image.png [--json] [--tls-ca CA]
 
 The server sends its public Plan (architecture, shapes, scales, rings; no
@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import checkpoint, compiler
+from .calibration import CalibrationError, check_images, load_calibration
 from .channel import (
     Channel,
     ChannelError,
@@ -52,10 +53,12 @@ from .reduce.data import CIFAR100_STATS, TINY_IMAGENET_STATS
 
 __all__ = [
     "Limits",
+    "LoadedModel",
     "SessionLog",
     "SessionRecord",
     "fetch_public_plan",
     "load_input",
+    "load_model",
     "load_server",
     "main",
     "query",
@@ -65,10 +68,36 @@ __all__ = [
 _log = logging.getLogger("pie.serve")
 
 
-def load_server(model: str | Path, arch: str | None = None, threads: int = 0) -> Server:
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint compiled for serving: the float network, its Plan, the
+    checkpoint's ``meta``, and the calibration images the Plan was compiled
+    on (``None``: :func:`pie.compile`'s random images) with where they came from."""
+
+    net: Any
+    plan: Plan
+    meta: dict[str, Any]
+    calibration: np.ndarray | None
+    calibration_source: str
+
+
+def load_model(model: str | Path, arch: str | None = None,
+               calibration: np.ndarray | str | Path | None = None) -> LoadedModel:
     """Load a checkpoint and compile it, folding the input normalisation that a
     pie checkpoint records (other checkpoints: the CIFAR-100 or TinyImageNet
-    statistics the DeepReDuce releases were trained with, by input size)."""
+    statistics the DeepReDuce releases were trained with, by input size).
+
+    Calibration images, in this order: ``calibration`` (an array (N, C, H, W)
+    in [0, 1], or a file / folder for :func:`pie.calibration.load_calibration`),
+    the sample the checkpoint stores (:func:`pie.checkpoint.calibration_sample`),
+    else :func:`pie.compile`'s random images.
+
+    Raises:
+        CheckpointError: unreadable checkpoint or unknown / mismatched arch.
+        CalibrationError: unusable calibration file or array.
+        CompileError: the network does not compile.
+        FileNotFoundError: no checkpoint at ``model``.
+    """
     net = checkpoint.load_checkpoint(model, arch)
     meta = checkpoint.checkpoint_meta(model)
     size = net.config.input_size
@@ -77,8 +106,30 @@ def load_server(model: str | Path, arch: str | None = None, threads: int = 0) ->
         mean, std = TINY_IMAGENET_STATS if size == 64 else CIFAR100_STATS
         norm = {"mean": list(mean), "std": list(std)}
     shape = tuple(meta.get("input_shape", (3, size, size)))
-    plan = compiler.compile(net, shape, input_norm=(norm["mean"], norm["std"]))
-    return Server(plan, threads=threads)
+    images: np.ndarray | None
+    if isinstance(calibration, (str, Path)):
+        images = load_calibration(calibration, shape)
+        source = f"{images.shape[0]} images from {calibration}"
+    elif calibration is not None:
+        images = check_images(np.asarray(calibration), shape)
+        source = f"{images.shape[0]} images given"
+    else:
+        images = checkpoint.calibration_sample(model)
+        if images is not None and tuple(images.shape[1:]) != shape:
+            raise checkpoint.CheckpointError(
+                f"the checkpoint's calibration sample has shape {images.shape}, the network "
+                f"expects (N, {', '.join(map(str, shape))})")
+        source = (f"{images.shape[0]} images stored in the checkpoint" if images is not None
+                  else "none (random images)")
+    plan = compiler.compile(net, shape, input_norm=(norm["mean"], norm["std"]), calibration=images)
+    return LoadedModel(net, plan, meta, images, source)
+
+
+def load_server(model: str | Path, arch: str | None = None, threads: int = 0,
+                calibration: np.ndarray | str | Path | None = None) -> Server:
+    """Load a checkpoint and compile it for serving (see :func:`load_model`,
+    which also says where the calibration images come from)."""
+    return Server(load_model(model, arch, calibration).plan, threads=threads)
 
 
 class Listener(Protocol):
@@ -355,6 +406,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="checkpoint: pie's format, or a DeepReDuce .pth.tar (then give --arch)")
     srv.add_argument("--arch", default=None, help="network name (see pie.models.names()) for checkpoints "
                      "that do not record their configuration")
+    srv.add_argument("--calibration", type=Path, default=None, metavar="FILE",
+                     help="calibration images for compiling: .npz (N,C,H,W; floats in [0,1] or "
+                     "uint8) or a folder of PNG/JPEG images of the input size (default: the "
+                     "checkpoint's stored sample, else random images)")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=7000, help="TCP port (default 7000; 0 picks one)")
     srv.add_argument("--threads", type=int, default=0, help="garbling threads per session (0: all cores)")
@@ -429,8 +484,8 @@ def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.tls_client_ca is not None and args.tls_cert is None:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     try:
-        server = load_server(args.model, args.arch, args.threads)
-    except (checkpoint.CheckpointError, compiler.CompileError, FileNotFoundError) as exc:
+        server = load_server(args.model, args.arch, args.threads, calibration=args.calibration)
+    except (checkpoint.CheckpointError, CalibrationError, compiler.CompileError, FileNotFoundError) as exc:
         parser.error(str(exc))
     need = MaterialEstimate.from_plan(server.plan).server_bytes
     if need > limits.max_session_bytes:

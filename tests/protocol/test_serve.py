@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -643,3 +644,25 @@ def test_cli_argument_checks(checkpoint: Path, pki: dict[str, str], capsys: pyte
             serve.main(argv)
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err, argv
+
+
+def test_server_compiles_with_a_calibration_file_or_the_stored_sample(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    demo = Path(str(resources.files("pie") / "data" / "demo_model.pt"))
+    images = np.random.default_rng(3).integers(0, 256, size=(6, *SHAPE), dtype=np.uint8)
+    np.savez(tmp_path / "cal.npz", images)
+    from_file = serve.load_model(demo, calibration=tmp_path / "cal.npz")
+    assert from_file.plan.policy["calibration"] == "6 images supplied at compile time"
+    assert np.array_equal(from_file.calibration, images / 255.0)
+    stored = tmp_path / "with_sample.pt"
+    pie.save_checkpoint(from_file.net, stored, meta=pie.checkpoint_meta(demo), calibration=images[:4])
+    server = serve.load_server(stored)
+    assert server.plan.policy["calibration"] == "4 images supplied at compile time"
+    # A bad file stops the server command before it listens.
+    np.savez(tmp_path / "bad.npz", images=np.full((2, *SHAPE), 2.0))
+    for path, message in [(tmp_path / "bad.npz", "[0, 1]"), (tmp_path / "none.npz", "does not exist")]:
+        with pytest.raises(SystemExit) as exit_info:
+            serve.main(["server", "--model", str(demo), "--port", "0", "--calibration", str(path)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "error: " in err and message in err

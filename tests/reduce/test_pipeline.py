@@ -68,6 +68,10 @@ def test_whole_pipeline_on_builtin_data(tmp_path: Path, capsys: pytest.CaptureFi
     meta = pie.checkpoint_meta(out / "model.pt")
     assert meta["input_norm"] == {"mean": list(splits.mean), "std": list(splits.std)}
     assert meta["input_shape"] == [3, 16, 16] and meta["classes"] == list(splits.train.classes)
+    # model.pt carries 64 training images (uint8, exact) for the server to calibrate on.
+    sample = pie.calibration_sample(out / "model.pt")
+    assert sample is not None and sample.shape == (64, 3, 16, 16)
+    assert np.array_equal(sample, splits.train.subset(64, seed=0).images.numpy() / 255.0)
     # The checkpoint compiles (normalisation folded into the stem) and the
     # fixed-point plan agrees with the float network on real test images.
     images = splits.test.images[:64].float() / 255.0

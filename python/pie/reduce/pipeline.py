@@ -12,6 +12,10 @@
 Among the configurations these steps produce, :func:`choose_config` takes the
 one with the most ReLUs within the budget (culling in criticality order), and
 the result is distilled from the baseline.
+
+The checkpoints written (``baseline.pt``, ``model.pt``) carry the input
+normalisation and a calibration sample of 64 training images (uint8), so
+``pie.serve`` compiles them on real images.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 STAGES = (1, 2, 3, 4)
+CALIBRATION_IMAGES = 64  # training images stored in model.pt for calibrating the compiler
 THINNING = {"none": (False, False), "top": (True, False), "bottom": (False, True)}
 
 
@@ -213,7 +218,8 @@ def run(
         teacher = models.from_config(base)
         base_acc = _train_or_resume(teacher, splits, train_cfg, out, "baseline", None, dev, progress)
         base_relus = relu_count(teacher, shape)
-        save_checkpoint(teacher, out / "baseline.pt", meta=_model_meta(splits))
+        save_checkpoint(teacher, out / "baseline.pt", meta=_model_meta(splits),
+                        calibration=_calibration_sample(splits))
     teacher.eval()
 
     if ranking is None:
@@ -227,7 +233,8 @@ def run(
     chosen = choose_config(candidates(base, ranking, shape, thin=thin), relu_budget)
     reduced = models.from_config(chosen.config)
     red_acc = _train_or_resume(reduced, splits, train_cfg, out, "reduced", teacher, dev, progress)
-    save_checkpoint(reduced, out / "model.pt", meta=_model_meta(splits))
+    save_checkpoint(reduced, out / "model.pt", meta=_model_meta(splits),
+                    calibration=_calibration_sample(splits))
     no_kd = None
     if compare_kd:
         plain = models.from_config(chosen.config)
@@ -257,6 +264,12 @@ def _model_meta(splits: Splits) -> dict:
     return {"input_norm": {"mean": list(splits.mean), "std": list(splits.std)},
             "input_shape": list(splits.image_shape), "classes": list(splits.train.classes),
             "dataset": splits.name}
+
+
+def _calibration_sample(splits: Splits) -> torch.Tensor:
+    """A few training images (uint8, exact) that a server compiles the model
+    with (:func:`pie.checkpoint.calibration_sample`)."""
+    return splits.train.subset(CALIBRATION_IMAGES, seed=0).images
 
 
 def _evaluate_cpu(model: nn.Module, splits: Splits) -> float:
