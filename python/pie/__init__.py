@@ -32,7 +32,7 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .compiler import CompileError, UnsupportedOpError, compile
+from .compiler import CompileError, Tolerance, UnsupportedOpError, compile
 from .estimate import Estimate, Profile, estimate
 from .plan import Plan, PlanFormatError
 from .protocol import (
@@ -80,6 +80,7 @@ __all__ = [
     "channel",
     "checkpoint_meta",
     "compile",
+    "Tolerance",
     "crypto",
     "estimate",
     "gc",
