@@ -60,6 +60,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -344,13 +345,11 @@ def _float_run(plan: Plan, pixels: np.ndarray, chunk: int = 32) -> np.ndarray:
 class _Search:
     """The precision search: the fewest bits whose Plan stays within the tolerance.
 
-    Cost is the garbled-circuit work the rings imply: for every ReLU and
-    truncation element, its input ring (labels sent online, adder AND gates) plus
-    its output ring (mask subtraction, colour bits back). Accuracy is measured on
-    the calibration images with :func:`_float_run` against the float model.
-    First all layers move together (weight bits, then activation bits, by
-    bisection), then single layers give up one bit at a time, the largest cost
-    saving first, while the tolerance holds and the budget lasts.
+    Cost is the garbled-circuit work the rings imply (:meth:`_Assigner.gc_work`).
+    Accuracy is measured on the calibration images with :func:`_float_run`
+    against the float model. Steps: all layers move together (weight bits, then
+    activation bits, by bisection); then single layers give up one more bit, the
+    largest cost saving first, while the tolerance holds (:meth:`_polish`).
     """
 
     _FLOOR = 2  # fewest significant bits any weight or activation gets
@@ -364,7 +363,7 @@ class _Search:
         self.relus = [op.output for op in graph.ops if isinstance(op, FloatRelu)]
         self.owner = {id(t): op.output for op in graph.ops if isinstance(op, FloatLinear)
                       for t in op.terms}
-        self._ok_cache: dict[tuple, bool] = {}
+        self._err_cache: dict[tuple, tuple[float, float] | None] = {}
         self._fw: dict[tuple[int, int], int] = {}  # (term id, weight bits) -> frac_w
 
     def _key(self, prec: _Precision) -> tuple:
@@ -386,23 +385,33 @@ class _Search:
         scale = float(np.abs(self.want).max()) or 1.0
         return agreement, float(np.abs(got - self.want).max()) / scale
 
-    def ok(self, prec: _Precision) -> bool:
+    def error(self, prec: _Precision) -> tuple[float, float] | None:
+        """(top-1 agreement, relative logit error) on the calibration images, or None
+        if the precision cannot be laid out."""
         key = self._key(prec)
-        if key not in self._ok_cache:
+        if key not in self._err_cache:
             plan = self.build(prec)
-            if plan is None:
-                self._ok_cache[key] = False
-            else:
-                agreement, error = self.accuracy(plan)
-                self._ok_cache[key] = (agreement >= self.tol.min_agreement
-                                       and error <= self.tol.max_relative_logit_error)
-        return self._ok_cache[key]
+            self._err_cache[key] = None if plan is None else self.accuracy(plan)
+        return self._err_cache[key]
+
+    def ok(self, prec: _Precision) -> bool:
+        e = self.error(prec)
+        return (e is not None and e[0] >= self.tol.min_agreement
+                and e[1] <= self.tol.max_relative_logit_error)
 
     def cost(self, prec: _Precision) -> float:
         try:
             return _Assigner(self.g, self.maxabs, self.p, prec, self._fw).gc_work()
         except CompileError:
             return math.inf
+
+    def run(self, weight_bits: int, act_bits: int, budget: int) -> _Precision:
+        w = self._lowest(weight_bits, lambda b: self.uniform(b, act_bits))
+        a = self._lowest(act_bits, lambda b: self.uniform(w, b))
+        prec = self.uniform(w, a)
+        if not self.ok(prec):
+            return prec  # the tolerance cannot be met; policy records what was reached
+        return self._polish(prec, budget)
 
     def _lowest(self, hi: int, make: Callable[[int], _Precision]) -> int:
         """The fewest bits in [_FLOOR, hi] that still pass (bisection; hi if none)."""
@@ -417,37 +426,45 @@ class _Search:
                 lo = mid + 1
         return hi
 
-    def run(self, weight_bits: int, act_bits: int, budget: int) -> _Precision:
-        w = self._lowest(weight_bits, lambda b: self.uniform(b, act_bits))
-        a = self._lowest(act_bits, lambda b: self.uniform(w, b))
-        prec = self.uniform(w, a)
-        if not self.ok(prec):
-            return prec  # the tolerance cannot be met; policy records what was reached
+    def _knobs(self) -> list[tuple[str, Any]]:
+        return [("w", id(t)) for t in self.weighted] + [("a", r) for r in self.relus]
+
+    @staticmethod
+    def _get(prec: _Precision, knob: tuple[str, Any]) -> int:
+        return (prec.weight if knob[0] == "w" else prec.act)[knob[1]]
+
+    @staticmethod
+    def _set(prec: _Precision, knob: tuple[str, Any], bits: int) -> _Precision:
+        out = prec.copy()
+        (out.weight if knob[0] == "w" else out.act)[knob[1]] = bits
+        return out
+
+    def _polish(self, prec: _Precision, budget: int) -> _Precision:
+        """Single layers give up one more bit, the largest cost saving first, while
+        the tolerance holds and ``budget`` tries last."""
         tries = 0
-        blocked: set[tuple[str, object]] = set()
+        blocked: set[tuple[str, Any]] = set()
         while tries < budget:
             base = self.cost(prec)
             options = []
-            for kind, key in [("w", id(t)) for t in self.weighted] + [("a", r) for r in self.relus]:
-                table = prec.weight if kind == "w" else prec.act
-                if table[key] <= self._FLOOR or (kind, key) in blocked:
+            for k in self._knobs():
+                if self._get(prec, k) <= self._FLOOR or k in blocked:
                     continue
-                cand = prec.copy()
-                (cand.weight if kind == "w" else cand.act)[key] -= 1
+                cand = self._set(prec, k, self._get(prec, k) - 1)
                 saving = base - self.cost(cand)
                 if saving > 0:
-                    options.append((saving, kind, key, cand))
+                    options.append((saving, k, cand))
             if not options:
                 break
             options.sort(key=lambda o: -o[0])
-            for _, kind, key, cand in options:
+            for _, k, cand in options:
                 if tries >= budget:
                     break
                 tries += 1
                 if self.ok(cand):
                     prec = cand
                     break
-                blocked.add((kind, key))
+                blocked.add(k)
             else:
                 break
         return prec
