@@ -603,9 +603,24 @@ class Plan:
     # ------------------------------------------------------------------ execution
     def encode_input(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Images with values in [0, 1], (C, H, W) or (N, C, H, W), to integer pixels
-        ``round(x * pixel_max)`` clipped to ``[0, pixel_max]`` (int64, batched)."""
+        ``round(x * pixel_max)`` (int64, batched).
+
+        Raises:
+            ValueError: a wrong shape, or values that are not finite numbers in
+                [0, 1] (an 8-bit image must be divided by 255 first: nothing is
+                clipped, which would silently change the image).
+        """
         arr = _batched(x, self.input_shape, "x")
-        return np.clip(np.rint(arr * self.pixel_max), 0, self.pixel_max).astype(np.int64)
+        if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"x must be a numeric image with values in [0, 1], got dtype {arr.dtype}")
+        arr = arr.astype(np.float64)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("x must hold finite values in [0, 1]; it contains NaN or infinity")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"x must hold values in [0, 1] (an image scaled to [0, 1]); "
+                             f"got values in [{lo:g}, {hi:g}]")
+        return np.rint(arr * self.pixel_max).astype(np.int64)
 
     def run_reference_int(
         self, x_int: np.ndarray | torch.Tensor, *, return_all: bool = False

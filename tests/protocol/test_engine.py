@@ -201,6 +201,16 @@ def test_infer_compiles_a_model() -> None:
     assert report.relus == pie.relu_count(net, (3, 8, 8))
 
 
+def test_infer_refuses_bad_images_with_the_clients_own_error(plan: pie.Plan) -> None:
+    x = np.random.default_rng(2).random(plan.input_shape)
+    cases = [(x * 255, r"\[0, 1\]"), (np.full(plan.input_shape, np.nan), "NaN"),
+             (np.stack([x, x]), "one image per inference"),
+             (np.moveaxis(x, 0, -1), "must have shape")]
+    for bad, match in cases:
+        with pytest.raises(ValueError, match=match):
+            pie.infer(plan, bad)
+
+
 @pytest.mark.slow
 def test_drd_c100_12k_twenty_inputs_bit_exact() -> None:
     torch.manual_seed(12)

@@ -184,3 +184,19 @@ def test_input_validation(plan):
         plan.run_reference_int(np.zeros((3, 8, 8)))
     single = plan.run_reference(random_images(1, size=8)[0])
     assert single.shape == (5,)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (random_images(1, size=8)[0] * 255, r"values in \[0, 1\].*got values in"),
+    (np.full((3, 8, 8), np.nan), "NaN"),
+    (np.full((3, 8, 8), np.inf), "NaN or infinity"),
+    (-random_images(1, size=8)[0] - 0.01, r"\[0, 1\]"),
+    (np.zeros((3, 8, 8), dtype=bool), "dtype"),
+])
+def test_inputs_outside_the_unit_range_are_refused_not_clipped(plan, bad, match):
+    for call in (plan.encode_input, plan.run_reference):
+        with pytest.raises(ValueError, match=match):
+            call(bad)
+    edge = np.zeros((3, 8, 8))
+    edge[0, 0, 0] = 1.0
+    assert plan.encode_input(edge).max() == plan.pixel_max  # 0 and 1 themselves are fine

@@ -439,6 +439,10 @@ def infer(model_or_plan: nn.Module | Plan, x: np.ndarray | torch.Tensor,
 
     ``x`` is one image (C, H, W) with values in [0, 1]; a model is compiled
     first (``input_shape`` defaults to ``x``'s shape).
+
+    Raises:
+        ValueError: ``x`` is not one image of the Plan's input shape with finite
+            values in [0, 1] (checked before either party starts).
     """
     import threading
 
@@ -447,6 +451,8 @@ def infer(model_or_plan: nn.Module | Plan, x: np.ndarray | torch.Tensor,
         server = Server(model_or_plan, shape, threads=threads, **compile_kwargs)
     else:
         server = Server(model_or_plan, threads=threads)
+    if server.plan.encode_input(x).shape[0] != 1:
+        raise ValueError("one image per inference: x must have shape (C, H, W) or (1, C, H, W)")
     client = Client(server.public_plan(), threads=threads)
     server_end, client_end = memory_pair()
     failure = _Failure()
