@@ -94,6 +94,7 @@ def figures(plan: pie.Plan) -> dict[str, object]:
         "relu_ring_median_elements": float(np.median(per_element)),
         "relu_ring_max": max(rings, default=0),
         "online_bytes": est.online_bytes,
+        "truncate_online_bytes": sum(st.online_bytes for st in est.steps if st.kind == "truncate"),
         "offline_bytes": est.offline_bytes,
         "online_rounds": max(plan.rounds().values(), default=0),
         "relu_depth": relu_depth(plan),

@@ -69,7 +69,8 @@ def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         profile = Profile.load(args.profile) if args.profile is not None else None
         loaded = load_model(args.model, args.arch, args.calibration)
     except (CheckpointError, CalibrationError, CompileError, ProfileError, OSError) as exc:
-        parser.error(str(exc))
+        print(f"error: {exc}", file=sys.stderr)  # one line, no usage text
+        raise SystemExit(2) from None
     plan = loaded.plan
     cost = estimate(plan, profile, args.transport) if profile is not None else traffic(plan)
     if loaded.calibration is not None:

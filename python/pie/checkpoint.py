@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
@@ -125,12 +126,7 @@ def calibration_sample(path: PathLike) -> np.ndarray | None:
         CheckpointError: unreadable file, or a stored sample that is not a
             ``uint8`` / ``float16`` batch of images in [0, 1].
     """
-    try:
-        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {os.fspath(path)!r}: {exc}") from exc
+    obj = _load(path, weights_only=True)
     if not _is_pie(obj) or obj.get("calibration") is None:
         return None
     sample = obj["calibration"]
@@ -150,12 +146,7 @@ def checkpoint_meta(path: PathLike) -> dict[str, Any]:
     Raises:
         CheckpointError: unreadable file or malformed ``meta``.
     """
-    try:
-        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {os.fspath(path)!r}: {exc}") from exc
+    obj = _load(path, weights_only=True)
     if not _is_pie(obj):
         return {}
     try:
@@ -200,12 +191,7 @@ def load_checkpoint(
             be determined, or weights that do not match the network (missing and
             unexpected keys and mismatched shapes are listed).
     """
-    try:
-        obj = torch.load(os.fspath(path), map_location="cpu", weights_only=weights_only)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {os.fspath(path)!r}: {exc}") from exc
+    obj = _load(path, weights_only=weights_only)
 
     if _is_pie(obj):
         cfg, state = _read_pie(obj)
@@ -224,10 +210,59 @@ def load_checkpoint(
         state = _rename_for(cfg, state)
     # The configuration came from the file: check it against the weights on a
     # network without memory before allocating one of its size.
-    _check_state(_skeleton(cfg), state)
+    _check_state(_skeleton(cfg), state, arch)
     model = models.from_config(cfg)
     model.load_state_dict(dict(state), strict=True)
     return model.eval()
+
+
+# How a file torch.load can read starts: a zip archive (torch.save's format
+# since 1.6) or a pickle (the legacy format: protocol 2+ opens with 0x80).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+
+
+def _load(path: PathLike, weights_only: bool) -> Any:
+    """``torch.load`` with one-line errors that never advise loading unsafely.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: anything else that stops the file from loading.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {name!r}: {exc.strerror or exc}") from exc
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        what = "an empty file" if not head else (
+            "a NumPy array file" if head.startswith(b"\x93NUM") else "neither a zip archive nor a pickle")
+        raise CheckpointError(f"cannot read checkpoint {name!r}: not a checkpoint ({what})")
+    try:
+        return torch.load(name, map_location="cpu", weights_only=weights_only)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as exc:
+        # torch's message for weights_only refusals suggests turning the
+        # safety off; pie never does for a file it was handed.
+        reason = ("it holds objects other than tensors and plain containers"
+                  if weights_only else _first_line(exc))
+        raise CheckpointError(f"cannot read checkpoint {name!r}: not a checkpoint pie can "
+                              f"load ({reason})") from exc
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {name!r}: not a checkpoint "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of ``exc``'s message, cut to ``limit`` characters, with
+    nothing about ``weights_only`` (torch's advice to load unsafely)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    line = next((x for x in lines if "weights_only" not in x), "unreadable")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _config(d: dict[str, Any]) -> ModelConfig:
@@ -417,27 +452,30 @@ def _rename_for(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, t
     }
 
 
-def _check_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+def _check_state(model: nn.Module, state: Mapping[str, torch.Tensor], arch: Any = None) -> None:
+    """Raise a short, one-line :class:`CheckpointError` naming ``arch`` (the
+    requested network) and a few examples if ``state`` does not fit ``model``."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} {state[k].dtype} vs network "
-        f"{tuple(expected[k].shape)} {expected[k].dtype}"
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
         for k in expected
         if k in state and (state[k].shape != expected[k].shape or state[k].is_complex()
                            or state[k].is_floating_point() != expected[k].is_floating_point())
     ]
     if missing or unexpected or mismatched:
         parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
-        cfg = getattr(model, "config", None)
-        what = cfg.to_dict() if cfg is not None else type(model).__name__
-        raise CheckpointError(
-            f"checkpoint does not match the network {what}: " + "; ".join(parts)
-        )
+        for what, items, show in (("missing keys", missing, 2), ("unexpected keys", unexpected, 2),
+                                  ("shape mismatches", mismatched, 1)):
+            if items:
+                more = ", ..." if len(items) > show else ""
+                parts.append(f"{what} ({len(items)}): {', '.join(items[:show])}{more}")
+        if isinstance(arch, str):
+            target = f"arch {arch!r}"
+        else:
+            cfg = getattr(model, "config", None)
+            target = f"the {getattr(cfg, 'family', None) or type(model).__name__} network it describes" \
+                if arch is None else "the requested configuration"
+        message = f"checkpoint does not match {target} (wrong arch?): " + "; ".join(parts)
+        raise CheckpointError(message if len(message) <= 300 else message[:297] + "...")

@@ -262,6 +262,11 @@ def compile(  # noqa: A001 - the public name the package exposes
     assigner = _Assigner(graph, maxabs, params, prec)
     plan = assigner.build(pixel_max)
     agreement, error = search.accuracy(plan)
+    met = agreement >= tol.min_agreement and error <= tol.max_relative_logit_error
+    if not met:
+        _log.warning("the tolerance is not met even at %d weight and %d activation bits: "
+                     "top-1 agreement %.4f, relative logit error %.4g on the calibration images",
+                     weight_bits, act_bits, agreement, error)
     plan.policy.update({
         "frac_bits": frac_bits,
         "weight_bits": weight_bits,
@@ -270,8 +275,7 @@ def compile(  # noqa: A001 - the public name the package exposes
                       "max_relative_logit_error": tol.max_relative_logit_error},
         "calibration_agreement": {"top1_agreement": round(agreement, 6),
                                   "relative_logit_error": round(error, 6),
-                                  "met": agreement >= tol.min_agreement
-                                  and error <= tol.max_relative_logit_error},
+                                  "met": met},
         "chosen_weight_bits": search.weight_table(prec),
         "chosen_act_bits": dict(sorted(prec.act.items())),
         "folded_tail": folded,

@@ -2,7 +2,7 @@
 
   python -m pie.serve demo
   python -m pie.serve server --model model.pt --port 7000 [--calibration FILE] [--tls-cert C --tls-key K] [limits]
-  python -m pie.serve client --connect 127.0.0.1:7000 --input image.png [--json] [--tls-ca CA]
+  python -m pie.serve client --connect 127.0.0.1:7000 --input image.png [--resize] [--json] [--tls-ca CA]
 
 The server sends its public Plan (architecture, shapes, scales, rings; no
 weights) to each client, then both run the protocol; the client prints the
@@ -39,6 +39,8 @@ from .channel import (
     Channel,
     ChannelError,
     ChannelTimeoutError,
+    OversizeMessageError,
+    ProtocolError,
     TcpListener,
     TlsListener,
     tcp_connect,
@@ -57,11 +59,13 @@ __all__ = [
     "SessionLog",
     "SessionRecord",
     "fetch_public_plan",
+    "fit_input",
     "load_input",
     "load_model",
     "load_server",
     "main",
     "query",
+    "read_input",
     "serve_forever",
 ]
 
@@ -305,39 +309,164 @@ def fetch_public_plan(channel: Channel) -> Plan:
 
 
 def query(channel: Channel, x: np.ndarray | str | Path, *, threads: int = 0,
-          progress: bool = False) -> tuple[np.ndarray, Report, Plan]:
+          progress: bool = False, resize: bool = False,
+          transport: str = "tcp") -> tuple[np.ndarray, Report, Plan]:
     """One private inference against a server: fetch its public Plan, run the
     protocol on ``x`` (an image (C, H, W) with values in [0, 1], or a file
-    that :func:`load_input` reads) and return the logits, the cost report and
-    the Plan. Raises the :class:`ChannelError` family
+    that :func:`load_input` reads, with its ``resize``) and return the logits,
+    the cost report (its ``transport`` set to ``transport``) and the Plan.
+    A file is read and checked (:func:`read_input`) before anything is sent.
+    Raises the :class:`ChannelError` family
     (:class:`~pie.protocol.wire.ServerBusyError` when the server is at a
     limit, :class:`~pie.protocol.wire.MalformedPlanError` for an unreadable
-    Plan), or :class:`ValueError` for an input that does not fit the Plan."""
+    Plan), or :class:`ValueError` for an input that is unreadable or does not
+    fit the Plan."""
+    raw = read_input(x) if isinstance(x, (str, Path)) else None
     conv = wire.Conversation(channel, "client")
     plan = conv.request_plan()
-    image = load_input(x, plan.input_shape) if isinstance(x, (str, Path)) else x
-    session = ClientSession(Client(plan, threads=threads), channel, conversation=conv)
-    session.offline(progress)
-    logits, report = session.online(image)
+    image = fit_input(raw, plan.input_shape, resize=resize, source=x) if raw is not None else x
+    logits, report = _infer(channel, conv, plan, image, threads, progress)
+    report.transport = transport
     return logits, report, plan
 
 
-def load_input(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
-    """An image for the plan: ``.npy`` (values in [0, 1], (C, H, W)) or ``.png``/``.jpg``."""
+def _infer(channel: Channel, conv: wire.Conversation, plan: Plan, image: Any, threads: int,
+           progress: bool) -> tuple[np.ndarray, Report]:
+    session = ClientSession(Client(plan, threads=threads), channel, conversation=conv)
+    session.offline(progress)
+    return session.online(image)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# More than any network here takes (a 3x1024x1024 float64 image is 24 MiB).
+MAX_INPUT_ELEMENTS = 1 << 26
+
+
+def read_input(path: str | Path) -> np.ndarray:
+    """Read and check an input file, before its network's shape is known:
+    ``.npy`` (a numeric array, e.g. (C, H, W), values in [0, 1]) or an image
+    (``.png``, ``.jpg``, ...: decoded to RGB, (3, H, W) scaled to [0, 1]).
+
+    Raises:
+        ValueError: a missing, unreadable, empty or undecodable file, or
+            values that are NaN, infinite or outside [0, 1] (one-line messages).
+    """
     path = Path(path)
-    if path.suffix.lower() == ".npy":
-        x = np.load(path, allow_pickle=False).astype(np.float64)
-    else:
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if size == 0:
+        raise ValueError(f"{path}: empty file")
+    x = _read_npy(path) if path.suffix.lower() == ".npy" else _read_image(path)
+    if x.size == 0:
+        raise ValueError(f"{path}: empty array {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: contains NaN or infinite values")
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError(f"{path}: values must lie in [0, 1] (found {x.min():g} to {x.max():g})")
+    return x
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` file's numeric array, as float64; the header is checked
+    first (no pickles, no objects, no absurd sizes)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise ValueError(f"{path}: not a NumPy array file (.npy)")
+            f.seek(0)
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"{path}: not a NumPy array file (.npy version {version})")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        msg = str(exc)
+        if msg.startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: not a NumPy array file (bad header)") from None
+    if dtype.kind not in "biuf" or dtype.hasobject or dtype.names is not None:
+        raise ValueError(f"{path}: holds {dtype} values, expected numbers")
+    if int(np.prod(shape, dtype=np.int64)) > MAX_INPUT_ELEMENTS:
+        raise ValueError(f"{path}: array of shape {tuple(shape)} is far too large for an image")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except Exception as exc:  # truncated data and the like
+        raise ValueError(f"{path}: not a readable NumPy array file ({_first_line(exc)})") from None
+    return np.asarray(x, dtype=np.float64)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """An image file decoded to RGB, (3, H, W) float64 in [0, 1]."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > MAX_INPUT_ELEMENTS:
+                raise ValueError(f"{path}: image of {img.width}x{img.height} pixels is far too large")
+            img.load()
+            rgb = img.convert("RGB")
+    except ValueError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: not a readable image ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
+        raise ValueError(f"{path}: not a readable image ({_first_line(exc)})") from None
+    return np.asarray(rgb, dtype=np.float64).transpose(2, 0, 1) / 255.0
+
+
+def _first_line(exc: BaseException, limit: int = 120) -> str:
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fit_input(x: np.ndarray, shape: tuple[int, ...], *, resize: bool = False,
+              source: str | Path = "input") -> np.ndarray:
+    """``x`` (from :func:`read_input` of ``source``) checked against the served
+    network's input ``shape``. The rule is the same for images and arrays: a
+    different size is refused with the size expected, unless ``resize`` is
+    set; then an image file is resized to fit (an ``.npy`` array never is:
+    resizing is for image files only).
+
+    Raises:
+        ValueError: the shape does not fit.
+    """
+    shape = tuple(shape)
+    if x.shape == shape:
+        return x
+    is_image = Path(source).suffix.lower() in IMAGE_SUFFIXES
+    if resize and is_image and len(shape) == 3 and shape[0] == x.shape[0]:
         from PIL import Image
 
-        with Image.open(path) as img:
-            img = img.convert("RGB").resize((shape[2], shape[1]))
-            x = np.asarray(img, dtype=np.float64).transpose(2, 0, 1) / 255.0
-    if x.shape != tuple(shape):
-        raise ValueError(f"{path} has shape {x.shape}, the served network expects {tuple(shape)}")
-    if x.min() < 0 or x.max() > 1:
-        raise ValueError(f"{path}: values must lie in [0, 1]")
-    return x
+        img = Image.fromarray(np.rint(x.transpose(1, 2, 0) * 255).astype(np.uint8))
+        img = img.resize((shape[2], shape[1]))
+        return np.asarray(img, dtype=np.float64).transpose(2, 0, 1) / 255.0
+    if is_image and len(shape) == 3 and x.ndim == 3 and x.shape[0] == shape[0]:
+        raise ValueError(f"{source} is {x.shape[2]}x{x.shape[1]} pixels, the served network expects "
+                         f"{shape[2]}x{shape[1]} (shape {shape}); pass --resize to resize it")
+    hint = " (--resize is for image files only)" if resize and not is_image else ""
+    raise ValueError(f"{source} has shape {x.shape}, the served network expects {shape}{hint}")
+
+
+def load_input(path: str | Path, shape: tuple[int, ...], *, resize: bool = False) -> np.ndarray:
+    """An image for the plan: ``.npy`` (values in [0, 1], (C, H, W)) or
+    ``.png``/``.jpg`` (see :func:`read_input` and :func:`fit_input`: one of
+    another size is refused unless ``resize``).
+
+    Raises:
+        ValueError: unreadable file, bad values, or a shape that does not fit.
+    """
+    return fit_input(read_input(path), shape, resize=resize, source=path)
 
 
 def _summary(logits: np.ndarray, report: Any, classes: list[str] | None) -> str:
@@ -387,6 +516,12 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1-65535 (0: any free port), got {text!r}")
+    return int(text)
+
+
 def _address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -411,7 +546,8 @@ def _parser() -> argparse.ArgumentParser:
                      "uint8) or a folder of PNG/JPEG images of the input size (default: the "
                      "checkpoint's stored sample, else random images)")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    srv.add_argument("--port", type=int, default=7000, help="TCP port (default 7000; 0 picks one)")
+    srv.add_argument("--port", type=_port, default=7000,
+                     help="TCP port, 1-65535 (default 7000; 0 picks a free one)")
     srv.add_argument("--threads", type=int, default=0, help="garbling threads per session (0: all cores)")
     tls = srv.add_argument_group("TLS (plain TCP without --tls-cert)")
     tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="the server's certificate chain")
@@ -437,12 +573,25 @@ def _parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-total-memory", type=_size, default=defaults.max_total_bytes, metavar="SIZE",
                      help="offline material of all sessions together; more are refused as busy "
                      "(default half the physical memory)")
-    cli = sub.add_parser("client", help="run one private inference against a server")
+    cli = sub.add_parser("client", help="run one private inference against a server",
+                         epilog="The input file is read and checked before connecting. Exit "
+                         "status: 0 done; 1 connection or protocol failure (a peer that does not "
+                         "answer as a pie server within --plan-timeout included); 2 bad arguments "
+                         "or an unusable input; 75 the server is busy (try again later).")
     cli.add_argument("--connect", required=True, type=_address, metavar="HOST:PORT",
                      help="the server's address")
-    cli.add_argument("--input", required=True, type=Path, help="image: .npy (C,H,W in [0,1]) or .png/.jpg")
+    cli.add_argument("--input", required=True, type=Path,
+                     help="image: .npy (C,H,W in [0,1]) or .png/.jpg, of the served network's "
+                     "input size (else refused, with the size expected)")
+    cli.add_argument("--resize", action="store_true",
+                     help="resize an image file (.png/.jpg) of another size to the network's input "
+                     "size; .npy arrays are never resized (resizing is for image files only)")
     cli.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    cli.add_argument("--timeout", type=_positive(float), default=10.0, help="connect timeout in seconds")
+    cli.add_argument("--timeout", type=_positive(float), default=10.0, metavar="SECONDS",
+                     help="connect timeout (default 10)")
+    cli.add_argument("--plan-timeout", type=_positive(float), default=10.0, metavar="SECONDS",
+                     help="time the server has to answer the plan request; a peer that does not "
+                     "answer as a pie server in time fails with status 1 (default 10)")
     cli.add_argument("--io-timeout", type=_positive(float), default=120.0, metavar="SECONDS",
                      help="give up when the server makes no progress for this long (default 120)")
     cli.add_argument("--threads", type=int, default=0, help="evaluation threads (0: all cores)")
@@ -464,41 +613,52 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return _demo(args)
     if args.command == "server":
-        return _server(parser, args)
+        return _server(args)
     if (args.tls_cert is None) != (args.tls_key is None):
-        parser.error("--tls-cert and --tls-key go together")
+        _fail("--tls-cert and --tls-key go together")
     if args.tls_ca is None and (args.tls_cert or args.tls_server_name):
-        parser.error("--tls-cert and --tls-server-name need --tls-ca")
+        _fail("--tls-cert and --tls-server-name need --tls-ca")
     return _client(args)
 
 
-def _server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _fail(message: str) -> None:
+    """A command-line error: ``error: message`` on stderr (one line, no
+    usage text) and exit status 2, like argparse's own errors."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _server(args: argparse.Namespace) -> int:
     try:
         limits = Limits(max_sessions=args.max_sessions, max_connections=args.max_connections,
                         handshake_timeout=args.handshake_timeout, idle_timeout=args.idle_timeout,
                         max_session_bytes=args.max_session_memory, max_total_bytes=args.max_total_memory)
     except ValueError as exc:
-        parser.error(str(exc))
+        _fail(str(exc))
     if (args.tls_cert is None) != (args.tls_key is None):
-        parser.error("--tls-cert and --tls-key go together")
+        _fail("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:
-        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+        _fail("--tls-client-ca needs --tls-cert and --tls-key")
     try:
         server = load_server(args.model, args.arch, args.threads, calibration=args.calibration)
     except (checkpoint.CheckpointError, CalibrationError, compiler.CompileError, FileNotFoundError) as exc:
-        parser.error(str(exc))
+        _fail(str(exc))
     need = MaterialEstimate.from_plan(server.plan).server_bytes
     if need > limits.max_session_bytes:
-        parser.error(f"a session of this model needs about {need >> 20} MiB of offline material, "
+        _fail(f"a session of this model needs about {need >> 20} MiB of offline material, "
                      f"more than --max-session-memory ({limits.max_session_bytes >> 20} MiB)")
     try:
         listener = _listen(args)
     except ChannelError as exc:  # TlsError included: unreadable certificate or key
-        parser.error(f"cannot listen on {args.host}:{args.port}: {exc}")
+        message = str(exc)
+        if not message.startswith("cannot listen"):
+            message = f"cannot listen on {args.host}:{args.port}: {message}"
+        _fail(message)
     scheme = "TLS" if args.tls_cert else "TCP"
     print(f"serving {args.model} ({server.plan.relu_count():,} ReLUs, plan {server.digest[:16]}) "
           f"on {args.host}:{listener.port} over {scheme}; {need / (1 << 20):.1f} MiB of offline "
-          f"material per session, at most {limits.max_sessions} sessions", flush=True)
+          f"material per session, at most {limits.max_sessions} "
+          f"session{'' if limits.max_sessions == 1 else 's'} at a time", flush=True)
     with _stop_signals():
         try:
             serve_forever(server, listener, limits)
@@ -550,18 +710,41 @@ def _connect(args: argparse.Namespace) -> Channel:
 
 
 def _client(args: argparse.Namespace) -> int:
+    host, port = args.connect
+    try:  # before connecting: a bad file costs the server nothing
+        raw = read_input(args.input)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         with _connect(args) as channel:
+            conv = wire.Conversation(channel, "client")
+            channel.timeout = min(args.plan_timeout, args.io_timeout)
+            try:
+                plan = conv.request_plan()
+            except ChannelTimeoutError:
+                print(f"error: {host}:{port} did not answer as a pie server (no plan within "
+                      f"{args.plan_timeout:g} s; see --plan-timeout)", file=sys.stderr)
+                return 1
+            except (wire.MalformedMessageError, OversizeMessageError, ProtocolError) as exc:
+                print(f"error: {host}:{port} did not answer as a pie server "
+                      f"({type(exc).__name__}: {exc})", file=sys.stderr)
+                return 1
             channel.timeout = args.io_timeout
-            logits, report, plan = query(channel, args.input, threads=args.threads,
-                                         progress=not args.json)
+            try:
+                image = fit_input(raw, plan.input_shape, resize=args.resize, source=args.input)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            logits, report = _infer(channel, conv, plan, image, args.threads, not args.json)
+            report.transport = "tls" if args.tls_ca is not None else "tcp"
     except wire.ServerBusyError as exc:
         print(f"error: {exc} (try again later)", file=sys.stderr)
         return 75  # EX_TEMPFAIL
     except ChannelError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # an input that does not fit the plan
+    except ValueError as exc:  # an input the plan refuses
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:

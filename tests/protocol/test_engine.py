@@ -205,7 +205,8 @@ def test_infer_refuses_bad_images_with_the_clients_own_error(plan: pie.Plan) -> 
     x = np.random.default_rng(2).random(plan.input_shape)
     cases = [(x * 255, r"\[0, 1\]"), (np.full(plan.input_shape, np.nan), "NaN"),
              (np.stack([x, x]), "one image per inference"),
-             (np.moveaxis(x, 0, -1), "must have shape")]
+             (np.moveaxis(x, 0, -1), "must have shape"), (None, "must have shape"),
+             ("image.png", "must have shape"), ((x * 255).astype(np.uint8), r"\[0, 1\]")]
     for bad, match in cases:
         with pytest.raises(ValueError, match=match):
             pie.infer(plan, bad)
