@@ -116,10 +116,11 @@ traffic counters. Blocking calls release the GIL. One thread at a time.)doc")
                 py::bytes(reinterpret_cast<const char*>(t.sent.data()), t.sent.size()),
                 py::bytes(reinterpret_cast<const char*>(t.received.data()), t.received.size()));
           },
-          R"doc(Return (sent_digest, received_digest): SHA-256 of every byte this end
-has sent (buffered or not) and of every byte it has received so far. After the
-peer flushed and this end consumed everything, the peer's sent digest equals
-this end's received digest. The running hashes continue.)doc")
+          R"doc(Return (sent_check, received_check): 16-byte GMAC tags (AES-128-GCM,
+fixed public key and IV) of every byte this end has sent (buffered or not) and
+of every byte it has received so far. After the peer flushed and this end
+consumed everything, the peer's sent check equals this end's received check.
+It detects transport faults, not an attacker (use TLS). The checks continue.)doc")
       .def_property(
           "timeout", [](const Channel& ch) { return static_cast<double>(ch.timeout().count()) / 1000.0; },
           [](Channel& ch, double seconds) { ch.set_timeout(to_ms(seconds, "timeout")); },

@@ -31,14 +31,16 @@ struct ChannelStats {
   std::uint64_t flushes = 0;
 };
 
-/// SHA-256 digests of the byte streams one channel end has sent and received
-/// so far. The sender's `sent` equals the receiver's `received` once the
-/// receiver has consumed everything that was sent, so two parties comparing
-/// digests (or binding them into a later message) detect any change, loss or
-/// insertion of bytes on the way.
+/// Checks (GMAC tags under a fixed public key, see channel.cpp) of the byte
+/// streams one channel end has sent and received so far. The sender's `sent`
+/// equals the receiver's `received` once the receiver has consumed everything
+/// that was sent, so two parties comparing them (or binding them into a later
+/// message) detect any change, loss or insertion of bytes by the transport.
+/// Against an active attacker only TLS helps: the key is public.
 struct ChannelTranscript {
-  std::array<std::uint8_t, 32> sent{};
-  std::array<std::uint8_t, 32> received{};
+  static constexpr std::size_t kBytes = 16;
+  std::array<std::uint8_t, kBytes> sent{};
+  std::array<std::uint8_t, kBytes> received{};
 };
 
 class Channel {
@@ -82,9 +84,9 @@ class Channel {
   /// Zeroes the counters; the transcript digests keep running.
   void reset_stats() { stats_ = ChannelStats{}; }
 
-  /// Snapshot of the running SHA-256 of every byte passed to send() (the
+  /// Snapshot of the running check of every byte passed to send() (the
   /// stream the peer receives, buffered or not) and of every byte recv()
-  /// returned. Hashing continues after the snapshot.
+  /// returned. Checking continues after the snapshot.
   ChannelTranscript transcript() const;
 
   /// Deadline for every blocking operation (no progress for this long fails).
@@ -101,7 +103,7 @@ class Channel {
   static constexpr std::size_t kBufferBytes = 1 << 20;
   static constexpr std::size_t kHashPieceBytes = 256 << 10;
 
-  struct Hashes;  // the two running OpenSSL digest contexts
+  struct Hashes;  // the two running OpenSSL GMAC contexts
 
   std::vector<std::uint8_t> out_;
   ChannelStats stats_;

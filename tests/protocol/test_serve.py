@@ -426,7 +426,7 @@ def _sealed(channel: pie.Channel, kind: int, body: bytes, *, stale: bool = False
     """A sealed frame as the protocol writes it; ``stale`` takes the digests
     before the frame, as if its bytes had changed on the way."""
     before = channel.transcript()
-    channel.send(struct.pack("<IQ", kind, len(body) + 64))
+    channel.send(struct.pack("<IQ", kind, len(body) + 32))
     channel.send(body)
     sent, received = before if stale else channel.transcript()
     channel.send(sent + received)
@@ -448,9 +448,9 @@ def test_sealed_output_share_detects_either_direction(fault: str) -> None:
         assert conv.phase is wire.Phase.DONE
         # FINISH carries the client's digests, matching the server's view.
         header = server_end.recv(12)
-        assert struct.unpack("<IQ", header) == (wire.FINISH, 64)
+        assert struct.unpack("<IQ", header) == (wire.FINISH, 32)
         mine = server_end.transcript()
-        assert server_end.recv(64) == mine[1] + mine[0]
+        assert server_end.recv(32) == mine[1] + mine[0]
         return
     which = "received" if fault == "server-to-client" else "sent"
     with pytest.raises(wire.TranscriptError, match=f"client {which} differ"):

@@ -23,14 +23,15 @@ expected and what arrived. Oversized length headers raise
 :class:`~pie.channel.OversizeMessageError` before any payload is read.
 
 End-to-end integrity: ``OFFLINE_DONE``, ``OFFLINE_VERDICT``, ``OUTPUT_SHARE``
-and ``FINISH`` are *sealed*: after the payload, the sender appends the SHA-256
-digests of everything it has sent (this frame's header and payload included)
-and received on the connection (:meth:`pie.Channel.transcript`); the receiver
-compares them with its own received/sent digests. So a changed, lost or
+and ``FINISH`` are *sealed*: after the payload, the sender appends the
+transcript checks (16-byte GMAC tags under a fixed public key) of everything it
+has sent (this frame's header and payload included) and received on the
+connection (:meth:`pie.Channel.transcript`); the receiver compares them with
+its own received/sent checks. So a changed, lost or
 inserted byte anywhere in the session is detected by the server at the end of
 the offline phase, by the client before it decodes the output, and by the
 server on the client's final ``FINISH`` (which the client sends after it has
-its result, adding no latency). The digests are not keyed: they detect faults
+its result, adding no latency). The key is public: the checks detect faults
 of the transport, not an active attacker on the wire, who can recompute them;
 TLS (:func:`pie.channel.tls_connect`) authenticates the stream.
 """
@@ -79,7 +80,8 @@ __all__ = [
 ]
 
 # 2: sealed OFFLINE_DONE/OFFLINE_VERDICT, OUTPUT_SHARE and FINISH (transcript digests).
-PROTOCOL_VERSION = 2
+# 3: the transcript checks are 16-byte GMAC tags, not SHA-256 digests.
+PROTOCOL_VERSION = 3
 
 # Frame types of the session layer ("PI" + a counter).
 HELLO = 0x50490001  # client -> server: {"protocol", "plan"}
@@ -103,7 +105,8 @@ MAX_PLAN_BYTES = 64 << 20
 MAX_CONTROL_BYTES = 4096
 
 _HEADER = struct.Struct("<IQ")
-_DIGESTS = 64  # SHA-256 of the bytes sent, then of the bytes received
+_CHECK = 16  # one transcript check (Channel.transcript: GMAC tag)
+_DIGESTS = 2 * _CHECK  # the check of the bytes sent, then of the bytes received
 
 
 def message_name(frame_type: int) -> str:
@@ -362,9 +365,9 @@ class Conversation:
         sent, received = ch.transcript()
         peer = ch.recv(_DIGESTS)
         problems = []
-        if not hmac.compare_digest(peer[:32], received):
+        if not hmac.compare_digest(peer[:_CHECK], received):
             problems.append(f"the bytes the {self.role} received differ from those its peer sent")
-        if not hmac.compare_digest(peer[32:], sent):
+        if not hmac.compare_digest(peer[_CHECK:], sent):
             problems.append(f"the bytes the {self.role} sent differ from those its peer received")
         return body, "; ".join(problems)
 
