@@ -22,7 +22,10 @@ def test_measure_profile(benchmark, tmp_path) -> None:  # type: ignore[no-untype
     path = tmp_path / "profile.json"
     profile.save(path)
     assert Profile.load(path) == profile
-    assert profile.gc_online_per_and_s + profile.gc_online_per_label_s > 0
+    # The online GC time lands on its work; at the smoke sizes the AND-gate, other-gate
+    # and label columns are nearly collinear, so the fit may put it on any of them.
+    assert (profile.gc_online_per_and_s + profile.gc_online_per_gate_s
+            + profile.gc_online_per_label_s) > 0
     assert profile.he_per_input_s + profile.he_per_product_s + profile.he_per_reply_s > 0
     assert min(profile.bandwidth.values()) > 0
     benchmark.extra_info.update(profile.to_dict())
