@@ -33,6 +33,8 @@ from pie import serve
 from pie.estimate import traffic
 from pie.plan import ReluStep, TruncateStep
 
+from benchnets import random_bn
+
 DEMO = "demo"
 
 
@@ -46,21 +48,12 @@ def _networks() -> list[str]:
     return [n.strip() for n in chosen.split(",") if n.strip()]
 
 
-def _random_bn(net: torch.nn.Module, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return net.eval()
-
-
 def _compile(name: str) -> pie.Plan:
     if name == DEMO:
         with resources.as_file(resources.files("pie") / "data" / "demo_model.pt") as path:
             return serve.load_server(path).plan
     torch.manual_seed(0)
-    net = _random_bn(pie.models.build(name), 0)
+    net = random_bn(pie.models.build(name), 0)
     size = net.config.input_size if hasattr(net, "config") else 32
     return pie.compile(net, (3, size, size))
 

@@ -18,7 +18,6 @@ bytes per round. Targets: at most 0.3 ms per round in memory and at most
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -26,6 +25,8 @@ import torch
 from torch import nn
 
 import pie
+
+from benchnets import tcp_inference
 
 ROUNDS = int(os.environ.get("PIE_BENCH_ROUNDS", "16"))
 INPUTS = int(os.environ.get("PIE_BENCH_INPUTS", "3"))
@@ -56,29 +57,6 @@ def _plan(k: int) -> pie.Plan:
     return pie.compile(Chain(k).eval(), SHAPE)
 
 
-def _tcp(plan: pie.Plan, x: np.ndarray) -> tuple[np.ndarray, pie.Report]:
-    server = pie.Server(plan)
-    errors: list[BaseException] = []
-    with pie.TcpListener("127.0.0.1", 0) as listener:
-
-        def serve() -> None:
-            try:
-                server.serve(listener.accept(timeout=60))
-            except BaseException as exc:  # re-raised below
-                errors.append(exc)
-
-        worker = threading.Thread(target=serve)
-        worker.start()
-        try:
-            with pie.tcp_connect("127.0.0.1", listener.port) as ch:
-                logits, report = pie.Client(server.public_plan()).infer(ch, x)
-        finally:
-            worker.join()
-    if errors:
-        raise errors[0]
-    return logits, report
-
-
 @pytest.mark.parametrize("transport", _transports())
 def test_latency_floor(benchmark, transport: str) -> None:  # type: ignore[no-untyped-def]
     plan = _plan(ROUNDS)
@@ -89,7 +67,7 @@ def test_latency_floor(benchmark, transport: str) -> None:  # type: ignore[no-un
 
     def once() -> None:
         x = rng.random(SHAPE)
-        logits, report = _tcp(plan, x) if transport == "tcp" else pie.infer(plan, x)
+        logits, report = tcp_inference(plan, x) if transport == "tcp" else pie.infer(plan, x)
         assert np.array_equal(logits, plan.run_reference(x))
         runs.append(report)
 

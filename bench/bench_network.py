@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 import time
 
 import numpy as np
@@ -39,6 +38,8 @@ import torch
 import pie
 from pie.estimate import Profile, estimate, measure_speed_index
 from pie.models import ResNet, ResNetConfig
+
+from benchnets import random_bn, tcp_inference
 
 SMOKE = "smoke"
 DRD_C100 = [n for n in pie.models.names() if n.startswith("DRD_C100_")]
@@ -62,24 +63,13 @@ INPUTS = int(os.environ.get("PIE_BENCH_INPUTS", "1"))
 SHAPE = (3, 32, 32)
 
 
-def _random_bn(net: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Untrained networks get non-trivial batch-norm statistics so the Plan's
-    rings and truncations look like a trained network's."""
-    g = torch.Generator().manual_seed(seed)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return net.eval()
-
-
 def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == SMOKE:
         cfg = ResNetConfig(blocks=(1, 1, 1, 1), alpha=0.125, rho=0.5, culled=(True, False, False, False),
                            thinned=(False, True))
-        return _random_bn(ResNet(cfg), 0)
-    return _random_bn(pie.models.build(name), 0)
+        return random_bn(ResNet(cfg), 0)
+    return random_bn(pie.models.build(name), 0)
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,30 +109,6 @@ def server_linear_seconds(plan: pie.Plan, repeat: int = 5) -> float:
             server.linear(i, values)
         times.append(time.perf_counter() - start)
     return float(np.median(times[1:]))
-
-
-def tcp_inference(plan: pie.Plan, x: np.ndarray) -> tuple[np.ndarray, pie.Report]:
-    server = pie.Server(plan)
-    errors: list[BaseException] = []
-    with pie.TcpListener("127.0.0.1", 0) as listener:
-
-        def serve() -> None:
-            try:
-                server.serve(listener.accept(timeout=60))
-            except BaseException as exc:  # re-raised below
-                errors.append(exc)
-
-        worker = threading.Thread(target=serve)
-        worker.start()
-        try:
-            with pie.tcp_connect("127.0.0.1", listener.port) as ch:
-                logits, report = pie.Client(server.public_plan()).infer(ch, x)
-        finally:
-            worker.join()
-    if errors:
-        raise errors[0]
-    report.transport = "tcp"
-    return logits, report
 
 
 @pytest.mark.parametrize("transport", _transports())
