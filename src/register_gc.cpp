@@ -109,10 +109,21 @@ py::array_t<std::uint64_t> to_array(const std::vector<std::uint64_t>& v) {
   return a;
 }
 
-py::list tweak_log(const GarblerSession& s) {
-  py::list out;
-  for (const auto& r : s.tweak_log()) out.append(py::make_tuple(r.begin, r.end, r.thread));
-  return out;
+// The probe's records as three arrays: counter words, prefix words, garbler flags.
+py::tuple probe_arrays(const std::vector<tweak_probe::Record>& recs) {
+  py::array_t<std::uint64_t> lo(static_cast<py::ssize_t>(recs.size()));
+  py::array_t<std::uint64_t> hi(static_cast<py::ssize_t>(recs.size()));
+  py::array_t<bool> garbler(static_cast<py::ssize_t>(recs.size()));
+  auto l = lo.mutable_unchecked<1>();
+  auto h = hi.mutable_unchecked<1>();
+  auto g = garbler.mutable_unchecked<1>();
+  for (std::size_t i = 0; i < recs.size(); ++i) {
+    const auto k = static_cast<py::ssize_t>(i);
+    l(k) = recs[i].lo;
+    h(k) = recs[i].hi;
+    g(k) = recs[i].garbler;
+  }
+  return py::make_tuple(lo, hi, garbler);
 }
 
 }  // namespace
@@ -183,7 +194,7 @@ the constants ZERO and ONE; vectors are little-endian lists of bits.)doc")
   m.def(
       "gc_garble",
       [](const Circuit& c, std::size_t n, std::uint64_t tweak_base, py::object delta_obj, py::object seed,
-         const std::optional<std::string>& backend) {
+         const std::optional<std::string>& backend, std::uint64_t tweak_prefix) {
         const Block delta = delta_obj.is_none() ? random_delta() : block_arg(delta_obj, "delta");
         const TccrHash hash(parse_backend(backend));
         std::optional<Block> seed_block;
@@ -196,8 +207,9 @@ the constants ZERO and ONE; vectors are little-endian lists of bits.)doc")
           py::gil_scoped_release release;
           Prg prg = seed_block ? Prg(*seed_block) : Prg();
           prg.random_blocks(inputs.data(), inputs.size());
-          garble_instances(c, hash, delta, tweak_base, n, InputView::contiguous(inputs.data(), c.num_input_bits()),
-                           tables.data(), OutputSink{outputs.data(), nullptr}, ws);
+          garble_instances(c, hash, delta, tweak_prefix, tweak_base, n,
+                           InputView::contiguous(inputs.data(), c.num_input_bits()), tables.data(),
+                           OutputSink{outputs.data(), nullptr}, ws);
         }
         py::dict d;
         d["delta"] = blocks_to_bytes(&delta, 1);
@@ -208,15 +220,16 @@ the constants ZERO and ONE; vectors are little-endian lists of bits.)doc")
         return d;
       },
       py::arg("circuit"), py::arg("n"), py::arg("tweak_base"), py::arg("delta") = py::none(),
-      py::arg("seed") = py::none(), py::arg("backend") = py::none(),
+      py::arg("seed") = py::none(), py::arg("backend") = py::none(), py::arg("tweak_prefix") = 0,
       R"doc(Garble n instances (pure function; input labels fresh from the OS-seeded PRG, or
-from a 16-byte seed for reproducible tests; backend 'aes-ni' or 'openssl'). Returns a dict of
+from a 16-byte seed for reproducible tests; backend 'aes-ni' or 'openssl'; tweak_prefix is the
+tweaks' high word, even). Returns a dict of
 bytes: delta, input_zero [n][inputs], tables [AND][n][2], output_zero [n][outputs],
 wire_labels [wire][n] (every wire's 0-label).)doc");
   m.def(
       "gc_evaluate",
       [](const Circuit& c, std::size_t n, std::uint64_t tweak_base, py::handle input_labels, py::handle tables,
-         const std::optional<std::string>& backend) {
+         const std::optional<std::string>& backend, std::uint64_t tweak_prefix) {
         const TccrHash hash(parse_backend(backend));
         const auto in = bytes_to_blocks(input_labels, n * c.num_input_bits(), "input_labels");
         const auto tab = bytes_to_blocks(tables, table_blocks(c, n), "tables");
@@ -224,8 +237,8 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
         GcWorkspace ws;
         {
           py::gil_scoped_release release;
-          evaluate_instances(c, hash, tweak_base, n, InputView::contiguous(in.data(), c.num_input_bits()), tab.data(),
-                             OutputSink{outputs.data(), nullptr}, ws);
+          evaluate_instances(c, hash, tweak_prefix, tweak_base, n, InputView::contiguous(in.data(), c.num_input_bits()),
+                             tab.data(), OutputSink{outputs.data(), nullptr}, ws);
         }
         py::dict d;
         d["outputs"] = blocks_to_bytes(outputs.data(), outputs.size());
@@ -233,7 +246,7 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
         return d;
       },
       py::arg("circuit"), py::arg("n"), py::arg("tweak_base"), py::arg("input_labels"), py::arg("tables"),
-      py::arg("backend") = py::none(),
+      py::arg("backend") = py::none(), py::arg("tweak_prefix") = 0,
       "Evaluate n garbled instances (pure function): returns bytes outputs [n][outputs] and wire_labels [wire][n].");
 
   m.def(
@@ -272,7 +285,7 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
         }
         const int t = resolve_threads(threads);
         const std::size_t block = std::min(block_arg != 0 ? block_arg : default_block_size(c), n);
-        const BlockRange r{0, n, block, 0, (n + block - 1) / block};
+        const BlockRange r{0, 0, n, block, 0, (n + block - 1) / block};
         std::vector<Block> inputs(n * c.num_input_bits());
         std::vector<Block> tables(table_blocks(c, n));
         std::vector<Block> outputs(n * c.num_output_bits());
@@ -286,7 +299,7 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
           auto ws = make_workspaces(c, block, t);
           const auto in = InputView::contiguous(inputs.data(), c.num_input_bits());
           const OutputSink out{outputs.data(), nullptr};
-          garble_blocks(c, hash, delta, r, in, tables.data(), out, ws, nullptr);
+          garble_blocks(c, hash, delta, r, in, tables.data(), out, ws);
           std::vector<Block> x(2 * block);
           std::vector<Block> tw(2 * block);
           prg.random_blocks(x.data(), x.size());
@@ -297,7 +310,7 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
             if (mode == "evaluate") {
               evaluate_blocks(c, hash, r, in, tables.data(), out, ws);
             } else if (mode == "garble") {
-              garble_blocks(c, hash, delta, r, in, tables.data(), out, ws, nullptr);
+              garble_blocks(c, hash, delta, r, in, tables.data(), out, ws);
             } else {
               for (std::size_t k = 0; k < calls; ++k) hash.hash(x.data(), tw.data(), x.data(), x.size());
             }
@@ -309,6 +322,10 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
       py::arg("circuit"), py::arg("n"), py::arg("threads") = 0, py::arg("repeat") = 1, py::arg("mode") = "garble",
       py::arg("block") = 0,
       "Benchmark helper: seconds to garble / evaluate n instances (or run the hashes an evaluation needs) repeat times.");
+  m.def("gc_tweak_probe_start", &tweak_probe::start,
+        "Test-only: start recording every tweak the AND gates feed to the hash (both backends).");
+  m.def("gc_tweak_probe_stop", [] { return probe_arrays(tweak_probe::stop()); },
+        "Test-only: stop recording; returns (counter words, prefix words, garbler flags) as arrays.");
   m.def("gc_threads", [](int threads) { return resolve_threads(threads); }, py::arg("threads") = 0,
         "Worker threads the GC engine uses for a requested count (0 = all cores; 1 without OpenMP).");
 
@@ -331,8 +348,8 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
            py::arg("channel"), py::arg("l_in"), py::arg("l_out"), py::arg("shift"), py::arg("threads") = 0,
            py::arg("block") = 0, py::arg("truncate") = false, py::keep_alive<1, 2>())
       .def_property_readonly("num_and", [](const ReluServer& s) { return s.circuit().num_and(); })
-      .def_property_readonly("tweak_log", [](const ReluServer& s) { return tweak_log(s.session()); },
-                             "(begin, end, thread) of the hash tweaks of every garbled block so far.")
+      .def_property_readonly("tweak_prefix", [](const ReluServer& s) { return s.session().tweak_prefix(); },
+                             "The high word of this session's garbling tweaks (random per session, even).")
       .def("offline", &ReluServer::offline, py::arg("n"), py::call_guard<py::gil_scoped_release>())
       .def(
           "online",

@@ -16,7 +16,8 @@ namespace pie {
 
 namespace {
 
-constexpr std::uint32_t kFrameBatchHeader = 0x47430001;  // 'GC' 1: tweak base, n, AND gates, block
+constexpr std::uint32_t kFrameBatchHeader = 0x47430001;  // 'GC' 1: tweak prefix, base, n, AND gates, block
+constexpr std::size_t kBatchHeaderBytes = 40;
 // Half a MiB of labels per block stays in L2, which measured ~6% faster
 // evaluation than 2 MiB (bench/bench_gc.py).
 constexpr std::size_t kLabelBudgetBytes = std::size_t{512} << 10;
@@ -84,16 +85,14 @@ void for_each_block(const BlockRange& r, std::vector<GcWorkspace>& ws, const Bod
 
 void garble_blocks(const Circuit& c, const TccrHash& hash, const Block& delta, const BlockRange& r,
                    const InputView& inputs, Block* tables, const OutputSink& outputs,
-                   std::vector<GcWorkspace>& ws, TweakRange* ranges) {
+                   std::vector<GcWorkspace>& ws) {
   const std::size_t A = c.num_and();
   const std::size_t outs = c.num_output_bits();
   const std::size_t table_origin = 2 * A * r.first_block * r.block;
   check_input_width(c, inputs);  // before the parallel loop: a throw inside it would terminate
-  for_each_block(r, ws, [&](std::size_t b, std::size_t first, std::size_t cnt, GcWorkspace& w) {
-    const std::uint64_t t = r.tweak_base + 2 * A * first;
-    garble_instances(c, hash, delta, t, cnt, inputs.from(first), tables + (2 * A * first - table_origin),
-                     outputs.from(first, outs), w);
-    if (ranges != nullptr) ranges[b] = TweakRange{t, t + 2 * A * cnt, thread_id()};
+  for_each_block(r, ws, [&](std::size_t, std::size_t first, std::size_t cnt, GcWorkspace& w) {
+    garble_instances(c, hash, delta, r.tweak_prefix, r.tweak_base + 2 * A * first, cnt, inputs.from(first),
+                     tables + (2 * A * first - table_origin), outputs.from(first, outs), w);
   });
 }
 
@@ -104,7 +103,7 @@ void evaluate_blocks(const Circuit& c, const TccrHash& hash, const BlockRange& r
   const std::size_t table_origin = 2 * A * r.first_block * r.block;
   check_input_width(c, inputs);  // before the parallel loop: a throw inside it would terminate
   for_each_block(r, ws, [&](std::size_t, std::size_t first, std::size_t cnt, GcWorkspace& w) {
-    evaluate_instances(c, hash, r.tweak_base + 2 * A * first, cnt, inputs.from(first),
+    evaluate_instances(c, hash, r.tweak_prefix, r.tweak_base + 2 * A * first, cnt, inputs.from(first),
                        tables + (2 * A * first - table_origin), outputs.from(first, outs), w);
   });
 }
@@ -133,7 +132,7 @@ std::vector<std::uint8_t> unpack_bits(const std::uint8_t* packed, std::size_t n)
 // ------------------------------------------------------------------ garbler
 
 GarblerSession::GarblerSession(Channel& ch, GcOptions opt)
-    : ch_(ch), opt_(opt), delta_(random_delta()), ot_(ch, delta_) {
+    : ch_(ch), opt_(opt), delta_(random_delta()), ot_(ch, delta_), tweak_prefix_(random_tweak_prefix()) {
   opt_.threads = resolve_threads(opt.threads);
 }
 
@@ -145,25 +144,24 @@ void GarblerSession::garble(const Circuit& c, std::size_t n, const InputView& in
   const std::size_t nblocks = (n + B - 1) / B;
   const std::uint64_t base = tweaks_.reserve(2 * static_cast<std::uint64_t>(A) * n);
 
-  std::uint8_t hdr[32];
-  put_u64(hdr, base);
-  put_u64(hdr + 8, n);
-  put_u64(hdr + 16, A);
-  put_u64(hdr + 24, B);
+  std::uint8_t hdr[kBatchHeaderBytes];
+  put_u64(hdr, tweak_prefix_);
+  put_u64(hdr + 8, base);
+  put_u64(hdr + 16, n);
+  put_u64(hdr + 24, A);
+  put_u64(hdr + 32, B);
   ch_.send_frame(kFrameBatchHeader, hdr, sizeof hdr);
 
   const std::size_t wave = 2 * static_cast<std::size_t>(opt_.threads);
   auto ws = make_workspaces(c, std::min(B, std::max<std::size_t>(n, 1)), opt_.threads);
   std::vector<Block> buf(2 * A * std::min(n, wave * B));
-  std::vector<TweakRange> ranges(nblocks);
   for (std::size_t w0 = 0; w0 < nblocks; w0 += wave) {
-    const BlockRange r{base, n, B, w0, std::min(wave, nblocks - w0)};
-    garble_blocks(c, hash_, delta_, r, input_zero, buf.data(), output_zero, ws, ranges.data());
+    const BlockRange r{tweak_prefix_, base, n, B, w0, std::min(wave, nblocks - w0)};
+    garble_blocks(c, hash_, delta_, r, input_zero, buf.data(), output_zero, ws);
     const std::size_t wave_instances = std::min(n, (w0 + r.count) * B) - w0 * B;
     ch_.send(buf.data(), 2 * A * wave_instances * sizeof(Block));
   }
   ch_.flush();
-  log_.insert(log_.end(), ranges.begin(), ranges.end());
 }
 
 // ---------------------------------------------------------------- evaluator
@@ -173,18 +171,24 @@ EvaluatorSession::EvaluatorSession(Channel& ch, GcOptions opt) : ch_(ch), opt_(o
 }
 
 GarbledBatch EvaluatorSession::receive_header(const Circuit& c, std::size_t n) {
-  const auto hdr = ch_.recv_frame(kFrameBatchHeader, 32);
-  if (hdr.size() != 32) throw ProtocolError("GC: malformed batch header");
+  const auto hdr = ch_.recv_frame(kFrameBatchHeader, kBatchHeaderBytes);
+  if (hdr.size() != kBatchHeaderBytes) throw ProtocolError("GC: malformed batch header");
   GarbledBatch b;
-  b.tweak_base = get_u64(hdr.data());
-  b.n = get_u64(hdr.data() + 8);
-  const std::uint64_t and_gates = get_u64(hdr.data() + 16);
-  b.block = get_u64(hdr.data() + 24);
+  b.tweak_prefix = get_u64(hdr.data());
+  b.tweak_base = get_u64(hdr.data() + 8);
+  b.n = get_u64(hdr.data() + 16);
+  const std::uint64_t and_gates = get_u64(hdr.data() + 24);
+  b.block = get_u64(hdr.data() + 32);
   if (b.n != n || and_gates != c.num_and()) {
     throw ProtocolError("GC: the garbler's batch (" + std::to_string(b.n) + " instances, " +
                         std::to_string(and_gates) + " AND gates) does not match the expected circuit");
   }
   if (b.block == 0 || b.block > (std::size_t{1} << 20)) throw ProtocolError("GC: invalid block size");
+  if ((b.tweak_prefix & kTweakDomainOt) != 0) throw ProtocolError("GC: the garbler's tweak prefix is in the OT domain");
+  if (tweak_prefix_ && *tweak_prefix_ != b.tweak_prefix) {
+    throw ProtocolError("GC: the garbler changed the session's tweak prefix");
+  }
+  tweak_prefix_ = b.tweak_prefix;
   const std::uint64_t span = 2 * static_cast<std::uint64_t>(c.num_and()) * n;
   if (b.tweak_base < tweak_floor_ || span > UINT64_MAX - b.tweak_base) {
     throw ProtocolError("GC: the garbler reuses hash tweaks of an earlier batch");
@@ -205,7 +209,7 @@ void EvaluatorSession::evaluate(const Circuit& c, const GarbledBatch& batch, con
   if (batch.tables.size() != table_blocks(c, batch.n)) throw std::invalid_argument("batch: tables do not match the circuit");
   if (batch.n == 0) return;
   auto ws = make_workspaces(c, std::min(batch.block, batch.n), opt_.threads);
-  const BlockRange r{batch.tweak_base, batch.n, batch.block, 0, (batch.n + batch.block - 1) / batch.block};
+  const BlockRange r{batch.tweak_prefix, batch.tweak_base, batch.n, batch.block, 0, (batch.n + batch.block - 1) / batch.block};
   evaluate_blocks(c, hash_, r, inputs, batch.tables.data(), outputs, ws);
 }
 
@@ -224,7 +228,7 @@ void EvaluatorSession::receive_and_evaluate(const Circuit& c, std::size_t n, con
     const std::size_t wcount = std::min(wave, nblocks - w0);
     const std::size_t wave_instances = std::min(n, (w0 + wcount) * B) - w0 * B;
     ch_.recv(buf.data(), 2 * A * wave_instances * sizeof(Block));
-    const BlockRange r{hdr.tweak_base, n, B, w0, wcount};
+    const BlockRange r{hdr.tweak_prefix, hdr.tweak_base, n, B, w0, wcount};
     evaluate_blocks(c, hash_, r, inputs, buf.data(), outputs, ws);
   }
 }

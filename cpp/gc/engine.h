@@ -6,13 +6,14 @@
 // interleaved batch) and blocks into waves of 2 x threads blocks: a wave is
 // garbled in parallel (OpenMP), then its tables are sent, so the garbler's
 // memory is bounded by one wave whatever the batch size. One session owns one
-// Delta, one per-session tweak counter (never reset) and one IKNP instance
-// whose correlation is that Delta.
+// Delta, one random tweak prefix, one tweak counter (never reset) and one IKNP
+// instance whose correlation is that Delta.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "crypto/block.h"
@@ -32,15 +33,9 @@ struct GcOptions {
   std::size_t block = 0;
 };
 
-/// The tweaks one block of one batch used: [begin, end), and the worker thread.
-struct TweakRange {
-  std::uint64_t begin;
-  std::uint64_t end;
-  int thread;
-};
-
 /// Tables of one garbled batch as received by the evaluator.
 struct GarbledBatch {
+  std::uint64_t tweak_prefix = 0;
   std::uint64_t tweak_base = 0;
   std::size_t n = 0;
   std::size_t block = 0;
@@ -51,8 +46,10 @@ struct GarbledBatch {
 int resolve_threads(int requested);
 
 /// Blocks [first_block, first_block + count) of a batch of n instances cut
-/// into blocks of `block`; instance i uses the tweaks from tweak_base + 2*A*i.
+/// into blocks of `block`; instance i uses the tweaks from tweak_base + 2*A*i
+/// under tweak_prefix.
 struct BlockRange {
+  std::uint64_t tweak_prefix;
   std::uint64_t tweak_base;
   std::size_t n;
   std::size_t block;
@@ -68,10 +65,9 @@ std::vector<GcWorkspace> make_workspaces(const Circuit& c, std::size_t block, in
 
 /// Garbles the blocks of r in parallel (one worker per workspace). inputs and
 /// outputs cover the whole batch; tables receive the range's tables only.
-/// ranges, if not null, receives the tweak range of each block (indexed by block).
 void garble_blocks(const Circuit& c, const TccrHash& hash, const Block& delta, const BlockRange& r,
                    const InputView& inputs, Block* tables, const OutputSink& outputs,
-                   std::vector<GcWorkspace>& ws, TweakRange* ranges);
+                   std::vector<GcWorkspace>& ws);
 
 /// Evaluates the blocks of r in parallel; tables hold the range's tables only.
 void evaluate_blocks(const Circuit& c, const TccrHash& hash, const BlockRange& r, const InputView& inputs,
@@ -85,6 +81,8 @@ class GarblerSession {
   GarblerSession& operator=(const GarblerSession&) = delete;
 
   const Block& delta() const { return delta_; }
+  /// The high word of this session's garbling tweaks (random, lowest bit 0).
+  std::uint64_t tweak_prefix() const { return tweak_prefix_; }
   IknpSender& ot() { return ot_; }
   Prg& prg() { return prg_; }
   Channel& channel() { return ch_; }
@@ -94,18 +92,15 @@ class GarblerSession {
   /// bits) to output_zero.
   void garble(const Circuit& c, std::size_t n, const InputView& input_zero, const OutputSink& output_zero);
 
-  /// Every block garbled in this session, in order.
-  const std::vector<TweakRange>& tweak_log() const { return log_; }
-
  private:
   Channel& ch_;
   GcOptions opt_;
   Block delta_;
   IknpSender ot_;
   TccrHash hash_;
+  std::uint64_t tweak_prefix_;
   TweakCounter tweaks_;
   Prg prg_;
-  std::vector<TweakRange> log_;
 };
 
 class EvaluatorSession {
@@ -118,8 +113,8 @@ class EvaluatorSession {
   Channel& channel() { return ch_; }
 
   /// Receives and keeps the tables of n instances of c (offline material).
-  /// @throws ProtocolError if the garbler's batch does not match c and n, or
-  ///         reuses tweaks of an earlier batch.
+  /// @throws ProtocolError if the garbler's batch does not match c and n,
+  ///         reuses tweaks of an earlier batch or changes the session's prefix.
   GarbledBatch receive(const Circuit& c, std::size_t n);
   /// Evaluates a received batch from the active input labels; writes the
   /// active output labels (or their colour bits).
@@ -135,6 +130,7 @@ class EvaluatorSession {
   IknpReceiver ot_;
   TccrHash hash_;
   std::uint64_t tweak_floor_ = 0;  // tweaks below this were used by earlier batches
+  std::optional<std::uint64_t> tweak_prefix_;  // fixed by the session's first batch
 };
 
 /// Packs bits (0/1 bytes) little-endian into ceil(n/8) bytes and back.

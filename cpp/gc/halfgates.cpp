@@ -1,11 +1,41 @@
 #include "gc/halfgates.h"
 
+#include <atomic>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
 #include "crypto/aesni.h"
+#include "crypto/openssl_util.h"
 
 namespace pie {
+
+std::uint64_t random_tweak_prefix() {
+  std::uint64_t p = 0;
+  secure_random(&p, sizeof p);
+  return p & ~std::uint64_t{1};
+}
+
+namespace tweak_probe {
+namespace {
+std::atomic<bool> g_on{false};
+std::mutex g_mutex;
+std::vector<Record> g_records;
+}  // namespace
+
+void start() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_records.clear();
+  g_on.store(true, std::memory_order_relaxed);
+}
+
+std::vector<Record> stop() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_on.store(false, std::memory_order_relaxed);
+  return std::move(g_records);
+}
+
+}  // namespace tweak_probe
 
 std::uint64_t TweakCounter::reserve(std::uint64_t count) {
   if (count > UINT64_MAX - next_) throw std::overflow_error("TweakCounter: 64-bit tweak space exhausted");
@@ -65,15 +95,22 @@ void store_outputs(const Circuit& c, std::size_t n, const GcWorkspace& ws, const
   }
 }
 
+bool probing() { return tweak_probe::g_on.load(std::memory_order_relaxed); }
+
+void probe_record(const Block* tweaks, std::size_t n, bool garbler) {
+  std::lock_guard<std::mutex> lock(tweak_probe::g_mutex);
+  for (std::size_t k = 0; k < n; ++k) tweak_probe::g_records.push_back({tweaks[k].lo, tweaks[k].hi, garbler});
+}
+
 // ---- the AND gate over n instances, portable version (TccrHash batches) ----
 // Instance i of the gate with tweak origin t0 uses tweaks t0 + 2i (the A
-// half) and t0 + 2i + 1 (the B half).
+// half) and t0 + 2i + 1 (the B half), under the session's prefix.
 
-void garble_and_generic(const TccrHash& hash, const Block& delta, std::uint64_t t0, std::size_t n,
-                        const Block* A, const Block* B, Block* out, Block* tab, GcWorkspace& ws) {
+void garble_and_generic(const TccrHash& hash, const Block& delta, std::uint64_t prefix, std::uint64_t t0,
+                        std::size_t n, const Block* A, const Block* B, Block* out, Block* tab, GcWorkspace& ws) {
   for (std::size_t i = 0; i < n; ++i) {
-    const Block j0{t0 + 2 * i, kTweakDomainGarbling};
-    const Block j1{t0 + 2 * i + 1, kTweakDomainGarbling};
+    const Block j0{t0 + 2 * i, prefix};
+    const Block j1{t0 + 2 * i + 1, prefix};
     ws.x[4 * i] = A[i];
     ws.x[4 * i + 1] = A[i] ^ delta;
     ws.x[4 * i + 2] = B[i];
@@ -83,6 +120,7 @@ void garble_and_generic(const TccrHash& hash, const Block& delta, std::uint64_t 
     ws.tweaks[4 * i + 2] = j1;
     ws.tweaks[4 * i + 3] = j1;
   }
+  if (probing()) probe_record(ws.tweaks.data(), 4 * n, true);
   hash.hash(ws.x.data(), ws.tweaks.data(), ws.h.data(), 4 * n);
   for (std::size_t i = 0; i < n; ++i) {
     const Block* h = &ws.h[4 * i];
@@ -100,14 +138,15 @@ void garble_and_generic(const TccrHash& hash, const Block& delta, std::uint64_t 
   }
 }
 
-void evaluate_and_generic(const TccrHash& hash, std::uint64_t t0, std::size_t n, const Block* A,
-                          const Block* B, Block* out, const Block* tab, GcWorkspace& ws) {
+void evaluate_and_generic(const TccrHash& hash, std::uint64_t prefix, std::uint64_t t0, std::size_t n,
+                          const Block* A, const Block* B, Block* out, const Block* tab, GcWorkspace& ws) {
   for (std::size_t i = 0; i < n; ++i) {
     ws.x[2 * i] = A[i];
     ws.x[2 * i + 1] = B[i];
-    ws.tweaks[2 * i] = Block{t0 + 2 * i, kTweakDomainGarbling};
-    ws.tweaks[2 * i + 1] = Block{t0 + 2 * i + 1, kTweakDomainGarbling};
+    ws.tweaks[2 * i] = Block{t0 + 2 * i, prefix};
+    ws.tweaks[2 * i + 1] = Block{t0 + 2 * i + 1, prefix};
   }
+  if (probing()) probe_record(ws.tweaks.data(), 2 * n, false);
   hash.hash(ws.x.data(), ws.tweaks.data(), ws.h.data(), 2 * n);
   for (std::size_t i = 0; i < n; ++i) {
     const Block wg = ws.h[2 * i] ^ select(A[i].lsb(), tab[2 * i]);
@@ -123,8 +162,16 @@ void evaluate_and_generic(const TccrHash& hash, std::uint64_t t0, std::size_t n,
 // hashes at a time in registers so the AES pipeline stays full and no hash
 // input, tweak or output array is written to memory.
 
-PIE_TARGET_AESNI inline __m128i tweak(std::uint64_t j) {
-  return _mm_set_epi64x(static_cast<long long>(kTweakDomainGarbling), static_cast<long long>(j));
+PIE_TARGET_AESNI inline __m128i tweak(std::uint64_t prefix, std::uint64_t j) {
+  return _mm_set_epi64x(static_cast<long long>(prefix), static_cast<long long>(j));
+}
+
+// The probe records the tweak registers exactly as they enter the hash.
+template <int K>
+PIE_TARGET_AESNI void probe_lanes(const __m128i* tw, bool garbler) {
+  Block b[K];
+  for (int k = 0; k < K; ++k) aesni::store(&b[k], tw[k]);
+  probe_record(b, K, garbler);
 }
 
 // b ? x : 0 for b the colour bit (lowest bit) of c, branch-free.
@@ -135,9 +182,10 @@ PIE_TARGET_AESNI inline __m128i select_lsb(__m128i c, __m128i x) {
 }
 
 // Garbles instances [i, i + I) of one AND gate: 4 hashes per instance.
-template <int I>
-PIE_TARGET_AESNI inline void garble_group(const aesni::KeySchedule& s, __m128i d, std::uint64_t t0, std::size_t i,
-                                       const Block* A, const Block* B, Block* out, Block* tab) {
+template <int I, bool Probe>
+PIE_TARGET_AESNI inline void garble_group(const aesni::KeySchedule& s, __m128i d, std::uint64_t prefix,
+                                       std::uint64_t t0, std::size_t i, const Block* A, const Block* B, Block* out,
+                                       Block* tab) {
   __m128i a[I];
   __m128i b[I];
   __m128i x[4 * I];
@@ -150,9 +198,10 @@ PIE_TARGET_AESNI inline void garble_group(const aesni::KeySchedule& s, __m128i d
     x[4 * k + 1] = _mm_xor_si128(a[k], d);
     x[4 * k + 2] = b[k];
     x[4 * k + 3] = _mm_xor_si128(b[k], d);
-    tw[4 * k] = tw[4 * k + 1] = tweak(t0 + 2 * ik);
-    tw[4 * k + 2] = tw[4 * k + 3] = tweak(t0 + 2 * ik + 1);
+    tw[4 * k] = tw[4 * k + 1] = tweak(prefix, t0 + 2 * ik);
+    tw[4 * k + 2] = tw[4 * k + 3] = tweak(prefix, t0 + 2 * ik + 1);
   }
+  if constexpr (Probe) probe_lanes<4 * I>(tw, true);
   aesni::tccr_lanes<4 * I>(s, x, tw);
   for (int k = 0; k < I; ++k) {
     const std::size_t ik = i + static_cast<std::size_t>(k);
@@ -167,18 +216,21 @@ PIE_TARGET_AESNI inline void garble_group(const aesni::KeySchedule& s, __m128i d
   }
 }
 
-PIE_TARGET_AESNI void garble_and_aesni(const aesni::KeySchedule& s, const Block& delta, std::uint64_t t0,
-                                    std::size_t n, const Block* A, const Block* B, Block* out, Block* tab) {
+template <bool Probe>
+PIE_TARGET_AESNI void garble_and_aesni(const aesni::KeySchedule& s, const Block& delta, std::uint64_t prefix,
+                                    std::uint64_t t0, std::size_t n, const Block* A, const Block* B, Block* out,
+                                    Block* tab) {
   const __m128i d = aesni::load(&delta);
   std::size_t i = 0;
-  for (; i + 2 <= n; i += 2) garble_group<2>(s, d, t0, i, A, B, out, tab);
-  for (; i < n; ++i) garble_group<1>(s, d, t0, i, A, B, out, tab);
+  for (; i + 2 <= n; i += 2) garble_group<2, Probe>(s, d, prefix, t0, i, A, B, out, tab);
+  for (; i < n; ++i) garble_group<1, Probe>(s, d, prefix, t0, i, A, B, out, tab);
 }
 
 // Evaluates instances [i, i + I) of one AND gate: 2 hashes per instance.
-template <int I>
-PIE_TARGET_AESNI inline void evaluate_group(const aesni::KeySchedule& s, std::uint64_t t0, std::size_t i,
-                                         const Block* A, const Block* B, Block* out, const Block* tab) {
+template <int I, bool Probe>
+PIE_TARGET_AESNI inline void evaluate_group(const aesni::KeySchedule& s, std::uint64_t prefix, std::uint64_t t0,
+                                         std::size_t i, const Block* A, const Block* B, Block* out,
+                                         const Block* tab) {
   __m128i a[I];
   __m128i b[I];
   __m128i x[2 * I];
@@ -187,9 +239,10 @@ PIE_TARGET_AESNI inline void evaluate_group(const aesni::KeySchedule& s, std::ui
     const std::size_t ik = i + static_cast<std::size_t>(k);
     a[k] = x[2 * k] = aesni::load(A + ik);
     b[k] = x[2 * k + 1] = aesni::load(B + ik);
-    tw[2 * k] = tweak(t0 + 2 * ik);
-    tw[2 * k + 1] = tweak(t0 + 2 * ik + 1);
+    tw[2 * k] = tweak(prefix, t0 + 2 * ik);
+    tw[2 * k + 1] = tweak(prefix, t0 + 2 * ik + 1);
   }
+  if constexpr (Probe) probe_lanes<2 * I>(tw, false);
   aesni::tccr_lanes<2 * I>(s, x, tw);
   for (int k = 0; k < I; ++k) {
     const std::size_t ik = i + static_cast<std::size_t>(k);
@@ -199,11 +252,12 @@ PIE_TARGET_AESNI inline void evaluate_group(const aesni::KeySchedule& s, std::ui
   }
 }
 
-PIE_TARGET_AESNI void evaluate_and_aesni(const aesni::KeySchedule& s, std::uint64_t t0, std::size_t n,
-                                      const Block* A, const Block* B, Block* out, const Block* tab) {
+template <bool Probe>
+PIE_TARGET_AESNI void evaluate_and_aesni(const aesni::KeySchedule& s, std::uint64_t prefix, std::uint64_t t0,
+                                      std::size_t n, const Block* A, const Block* B, Block* out, const Block* tab) {
   std::size_t i = 0;
-  for (; i + 4 <= n; i += 4) evaluate_group<4>(s, t0, i, A, B, out, tab);
-  for (; i < n; ++i) evaluate_group<1>(s, t0, i, A, B, out, tab);
+  for (; i + 4 <= n; i += 4) evaluate_group<4, Probe>(s, prefix, t0, i, A, B, out, tab);
+  for (; i < n; ++i) evaluate_group<1, Probe>(s, prefix, t0, i, A, B, out, tab);
 }
 
 #endif  // PIE_HAVE_AESNI_PATH
@@ -217,6 +271,10 @@ bool use_fused(const TccrHash& hash) {
 #endif
 }
 
+void check_prefix(std::uint64_t prefix) {
+  if ((prefix & kTweakDomainOt) != 0) throw std::invalid_argument("tweak prefix: lowest bit must be 0 (1 is the OT domain)");
+}
+
 }  // namespace
 
 void check_input_width(const Circuit& c, const InputView& in) {
@@ -227,11 +285,13 @@ void check_input_width(const Circuit& c, const InputView& in) {
 }
 
 void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta,
-                      std::uint64_t tweak_base, std::size_t n, const InputView& input_zero,
-                      Block* tables, const OutputSink& output_zero, GcWorkspace& ws) {
+                      std::uint64_t tweak_prefix, std::uint64_t tweak_base, std::size_t n,
+                      const InputView& input_zero, Block* tables, const OutputSink& output_zero, GcWorkspace& ws) {
   if (!delta.lsb()) throw std::invalid_argument("delta: lowest bit must be 1 (point-and-permute)");
+  check_prefix(tweak_prefix);
   check_input_width(c, input_zero);
   const bool fused = use_fused(hash);
+  const bool probe = probing();
   prepare(c, n, ws, fused ? 0 : 4);
   load_inputs(n, input_zero, ws);
   Block* L = ws.labels.data();
@@ -249,23 +309,30 @@ void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta
       Block* tab = tables + 2 * and_index * n;
 #ifdef PIE_HAVE_AESNI_PATH
       if (fused) {
-        garble_and_aesni(TccrHash::aesni_schedule(), delta, t0, n, A, B, out, tab);
+        const auto& ks = TccrHash::aesni_schedule();
+        if (probe) {
+          garble_and_aesni<true>(ks, delta, tweak_prefix, t0, n, A, B, out, tab);
+        } else {
+          garble_and_aesni<false>(ks, delta, tweak_prefix, t0, n, A, B, out, tab);
+        }
         ++and_index;
         continue;
       }
 #endif
-      garble_and_generic(hash, delta, t0, n, A, B, out, tab, ws);
+      garble_and_generic(hash, delta, tweak_prefix, t0, n, A, B, out, tab, ws);
       ++and_index;
     }
   }
   store_outputs(c, n, ws, output_zero);
 }
 
-void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tweak_base,
-                        std::size_t n, const InputView& input_labels, const Block* tables,
-                        const OutputSink& output_labels, GcWorkspace& ws) {
+void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tweak_prefix,
+                        std::uint64_t tweak_base, std::size_t n, const InputView& input_labels,
+                        const Block* tables, const OutputSink& output_labels, GcWorkspace& ws) {
+  check_prefix(tweak_prefix);
   check_input_width(c, input_labels);
   const bool fused = use_fused(hash);
+  const bool probe = probing();
   prepare(c, n, ws, fused ? 0 : 2);
   load_inputs(n, input_labels, ws);
   Block* L = ws.labels.data();
@@ -283,12 +350,17 @@ void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tw
       const Block* tab = tables + 2 * and_index * n;
 #ifdef PIE_HAVE_AESNI_PATH
       if (fused) {
-        evaluate_and_aesni(TccrHash::aesni_schedule(), t0, n, A, B, out, tab);
+        const auto& ks = TccrHash::aesni_schedule();
+        if (probe) {
+          evaluate_and_aesni<true>(ks, tweak_prefix, t0, n, A, B, out, tab);
+        } else {
+          evaluate_and_aesni<false>(ks, tweak_prefix, t0, n, A, B, out, tab);
+        }
         ++and_index;
         continue;
       }
 #endif
-      evaluate_and_generic(hash, t0, n, A, B, out, tab, ws);
+      evaluate_and_generic(hash, tweak_prefix, t0, n, A, B, out, tab, ws);
       ++and_index;
     }
   }

@@ -10,8 +10,10 @@
 // 128-bit; lsb(Delta) = 1 for point-and-permute, so 127 secret bits).
 // Every AND gate uses two tweaks; a call over n instances of a circuit with
 // A AND gates uses exactly the tweaks [base, base + 2*A*n) (gate g, instance
-// i: base + 2*(g*n + i) and that plus one). Callers reserve disjoint ranges
-// from one per-session TweakCounter, so no tweak repeats under one Delta.
+// i: base + 2*(g*n + i) and that plus one) in the low word, under the
+// session's prefix in the high word. Callers reserve disjoint ranges from one
+// per-session TweakCounter, so no tweak repeats under one Delta; the random
+// prefix keeps the tweak ranges of different sessions apart as well.
 //
 // Layouts: input/output labels are instance-major ([n][num_inputs] and
 // [n][num_outputs]); tables are [AND gate][instance][2] (TG, TE). Inputs may
@@ -37,9 +39,28 @@
 namespace pie {
 
 /// Domain separation in the high word of a hash tweak: garbling and OT
-/// extension share one Delta per session, so their tweaks must differ.
-constexpr std::uint64_t kTweakDomainGarbling = 0;
+/// extension share one Delta per session, so their tweaks must differ. OT
+/// extension uses exactly kTweakDomainOt (odd); garbling uses a per-session
+/// prefix whose lowest bit is 0.
 constexpr std::uint64_t kTweakDomainOt = 1;
+
+/// A fresh garbling prefix from the OS CSPRNG: 63 random bits, lowest bit 0.
+std::uint64_t random_tweak_prefix();
+
+/// Test-only observation of the tweaks the AND gates feed to the hash, on
+/// both backends (the AES-NI kernels record the tweak registers they hash
+/// with). Off by default: one relaxed atomic load per gate.
+namespace tweak_probe {
+struct Record {
+  std::uint64_t lo;  // the counter word
+  std::uint64_t hi;  // the prefix word
+  bool garbler;      // garble_instances (true) or evaluate_instances (false)
+};
+/// Starts recording (clearing earlier records).
+void start();
+/// Stops recording and returns every hash tweak fed since start(), in no fixed order across threads.
+std::vector<Record> stop();
+}  // namespace tweak_probe
 
 /// Hands out disjoint ranges of 64-bit tweaks; never resets.
 class TweakCounter {
@@ -109,18 +130,18 @@ inline std::size_t table_blocks(const Circuit& c, std::size_t n) { return 2 * c.
 /// tables ([num_and][n][2]) and the 0-labels of the outputs (or their colour
 /// bits) to output_zero. ws.labels holds every wire's 0-label afterwards
 /// ([wire][n]).
-/// @throws std::invalid_argument if lsb(delta) != 1 or the view's width is
-///         not the circuit's input width.
+/// @throws std::invalid_argument if lsb(delta) != 1, the prefix is odd (the
+///         OT domain) or the view's width is not the circuit's input width.
 void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta,
-                      std::uint64_t tweak_base, std::size_t n, const InputView& input_zero,
+                      std::uint64_t tweak_prefix, std::uint64_t tweak_base, std::size_t n, const InputView& input_zero,
                       Block* tables, const OutputSink& output_zero, GcWorkspace& ws);
 
 /// Evaluates n instances from one active label per input wire and the tables
-/// of garble_instances under the same tweak_base; writes the active output
+/// of garble_instances under the same tweak prefix and base; writes the active output
 /// labels (or their colour bits).
-/// @throws std::invalid_argument if the view's width is not the circuit's input width.
-void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tweak_base,
-                        std::size_t n, const InputView& input_labels, const Block* tables,
+/// @throws std::invalid_argument if the prefix is odd or the view's width is not the circuit's input width.
+void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tweak_prefix,
+                        std::uint64_t tweak_base, std::size_t n, const InputView& input_labels, const Block* tables,
                         const OutputSink& output_labels, GcWorkspace& ws);
 
 }  // namespace pie

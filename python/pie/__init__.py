@@ -42,6 +42,7 @@ from .protocol import (
     Report,
     Server,
     ServerBusyError,
+    SessionStateError,
     TranscriptError,
     infer,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "Report",
     "Server",
     "ServerBusyError",
+    "SessionStateError",
     "TcpListener",
     "TlsError",
     "TlsListener",

@@ -302,6 +302,7 @@ def garble(
     delta: bytes | None = None,
     seed: bytes | None = None,
     backend: str | None = None,
+    tweak_prefix: int = 0,
 ) -> dict[str, bytes]:
     """Garble ``n`` instances (the pure half-gates function, for tests and tools).
 
@@ -311,7 +312,7 @@ def garble(
     ``input_zero`` ([n][inputs] 16-byte 0-labels), ``tables`` ([AND][n][2]),
     ``output_zero`` and ``wire_labels`` ([wire][n]).
     """
-    return dict(core.gc_garble(circuit.native, n, tweak_base, delta, seed, backend))
+    return dict(core.gc_garble(circuit.native, n, tweak_base, delta, seed, backend, tweak_prefix))
 
 
 def evaluate_garbled(
@@ -321,10 +322,12 @@ def evaluate_garbled(
     input_labels: bytes,
     tables: bytes,
     backend: str | None = None,
+    tweak_prefix: int = 0,
 ) -> dict[str, bytes]:
-    """Evaluate ``n`` garbled instances from one label per input wire; returns
-    bytes ``outputs`` ([n][outputs]) and ``wire_labels`` ([wire][n])."""
-    return dict(core.gc_evaluate(circuit.native, n, tweak_base, input_labels, tables, backend))
+    """Evaluate ``n`` garbled instances from one label per input wire (under
+    the garbling's ``tweak_prefix`` and ``tweak_base``); returns bytes
+    ``outputs`` ([n][outputs]) and ``wire_labels`` ([wire][n])."""
+    return dict(core.gc_evaluate(circuit.native, n, tweak_base, input_labels, tables, backend, tweak_prefix))
 
 
 __all__ = [

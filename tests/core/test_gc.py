@@ -340,32 +340,6 @@ def in_thread(fn):  # type: ignore[no-untyped-def]
     return t, box
 
 
-def test_tweaks_never_repeat_across_threads_and_batches() -> None:
-    server, client = relu_parties(threads=2, block=8)
-    rng = np.random.default_rng(1)
-    sizes = [50, 1, 33]
-    shares = [rng.integers(0, 1 << 20, size=(3, n), dtype=np.uint64) for n in sizes]
-
-    def client_side() -> None:
-        for s in shares:
-            client.online(client.offline(s[1], s[2]))
-
-    t, box = in_thread(client_side)
-    for s in shares:
-        server.online(server.offline(s.shape[1]), s[0])
-    t.join()
-    assert "error" not in box
-    log = server.tweak_log
-    assert len(log) == sum((n + 7) // 8 for n in sizes)
-    assert {thread for _, _, thread in log} == set(range(gc.worker_threads(2)))
-    spans = sorted((b, e) for b, e, _ in log)
-    assert all(b < e for b, e in spans)
-    assert all(e0 <= b1 for (_, e0), (b1, _) in zip(spans, spans[1:]))
-    # Two tweaks per AND gate and ReLU, handed out from one counter never reset.
-    assert sum(e - b for b, e in spans) == 2 * server.num_and * sum(sizes)
-    assert spans[-1][1] == 2 * server.num_and * sum(sizes)
-
-
 def test_offline_material_is_consumed_once() -> None:
     server, client = relu_parties()
     xs, xc, r = (np.arange(5, dtype=np.uint64) for _ in range(3))

@@ -102,7 +102,7 @@ def test_session_material_is_single_use(plan: pie.Plan) -> None:
         session = server.session(s_end)
         session.offline()
         session.online()
-        with pytest.raises(RuntimeError, match="once"):
+        with pytest.raises(pie.SessionStateError, match="once"):
             session.online()
         box["ok"] = True
 
@@ -110,14 +110,71 @@ def test_session_material_is_single_use(plan: pie.Plan) -> None:
     worker.start()
     session = client.session(c_end)
     session.offline()
-    with pytest.raises(RuntimeError, match="once"):
+    with pytest.raises(pie.SessionStateError, match="once"):
         session.offline()
     x = _images()[2]
     logits, _ = session.online(x)
-    with pytest.raises(RuntimeError, match="once"):
+    with pytest.raises(pie.SessionStateError, match="once"):
         session.online(x)
     worker.join(60)
     assert box.get("ok") and np.array_equal(logits, plan.run_reference(x))
+
+
+def test_a_session_whose_phase_failed_refuses_to_run_again(plan: pie.Plan) -> None:
+    """The peer vanishes in the middle of the offline phase: both sessions
+    are failed and refuse every later phase with a typed error, before
+    sending anything (so no half-used material is ever reused)."""
+    server, client = pie.Server(plan), pie.Client(plan.public())
+    s_end, c_end = pie.memory_pair()
+    box: dict[str, object] = {}
+
+    def serve() -> None:
+        session = server.session(s_end)
+        try:
+            session.offline()
+        except pie.ChannelError as exc:
+            box["offline"] = exc
+        box["state"] = session.state
+        for phase in (session.offline, session.online):
+            with pytest.raises(pie.SessionStateError, match="failed"):
+                phase()
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    session = client.session(c_end)
+
+    def vanish(*args: object, **kwargs: object) -> None:
+        c_end.close()
+        raise pie.PeerClosedError("the client went away")
+
+    next(iter(session._he.values())).conv2d = vanish  # at the first HE step
+    with pytest.raises(pie.ChannelError):
+        session.offline()
+    assert session.state == "failed"
+    sent = c_end.bytes_sent
+    with pytest.raises(pie.SessionStateError, match="failed"):
+        session.offline()
+    with pytest.raises(pie.SessionStateError, match="failed"):
+        session.online(_images()[0])
+    assert c_end.bytes_sent == sent
+    worker.join(60)
+    assert isinstance(box.get("offline"), pie.ChannelError) and box["state"] == "failed"
+
+
+def test_a_wrong_shape_leaves_the_session_usable(plan: pie.Plan) -> None:
+    server, client = pie.Server(plan), pie.Client(plan.public())
+    s_end, c_end = pie.memory_pair()
+    worker = threading.Thread(target=server.serve, args=(s_end,))
+    worker.start()
+    session = client.session(c_end)
+    session.offline()
+    with pytest.raises(ValueError, match="shape"):
+        session.online_int(np.zeros((1, 2, 3), dtype=np.uint64))
+    assert session.state == "offline"
+    x = _images()[1]
+    logits, _ = session.online(x)
+    worker.join(60)
+    assert np.array_equal(logits, plan.run_reference(x))
 
 
 def test_handshake_refuses_another_plan(plan: pie.Plan) -> None:

@@ -3,7 +3,7 @@ an input, executing the Plan with HE (offline) and garbled circuits."""
 
 from __future__ import annotations
 
-from .engine import Client, ClientSession, Server, ServerSession, infer
+from .engine import Client, ClientSession, Server, ServerSession, SessionStateError, infer
 from .report import Report, StepCost
 from .wire import (
     PROTOCOL_VERSION,
@@ -25,6 +25,7 @@ __all__ = [
     "Server",
     "ServerBusyError",
     "ServerSession",
+    "SessionStateError",
     "StepCost",
     "TranscriptError",
     "infer",

@@ -19,7 +19,9 @@ its share of the logits.
 
 Offline material is bound to one session and one inference: a session runs
 ``offline`` then ``online`` exactly once, and the garbled material refuses a
-second use.
+second use. A session moves to its next state before it sends anything, and a
+phase that raised leaves it failed: it then refuses every phase with
+:class:`SessionStateError` (its material may be half used or half sent).
 """
 
 from __future__ import annotations
@@ -43,7 +45,38 @@ from ..reference import conv2d_ring, fc_ring, mask, prepare_weight, reduce
 from . import wire
 from .report import Report, StepCost
 
-__all__ = ["Client", "ClientSession", "Server", "ServerSession", "infer"]
+__all__ = ["Client", "ClientSession", "Server", "ServerSession", "SessionStateError", "infer"]
+
+
+class SessionStateError(RuntimeError):
+    """A session phase was called out of order, a second time, or after a
+    phase of the session failed."""
+
+
+class _Lifecycle:
+    """A session's state: ``ready`` -> ``offline`` -> ``done``, or ``failed``.
+
+    :meth:`phase` moves the state before the phase's first message and marks
+    the session failed if the phase raises, so no one-time material is used
+    twice and a broken session is never resumed."""
+
+    def __init__(self) -> None:
+        self.state = "ready"
+
+    @contextmanager
+    def phase(self, name: str, before: str, after: str) -> Iterator[None]:
+        if self.state == "failed":
+            raise SessionStateError(f"{name}(): an earlier phase of this session failed; start a new session")
+        if self.state != before:
+            need = "runs once per session" if before == "ready" else "needs offline() first and runs once per session"
+            raise SessionStateError(f"{name}() {need}")
+        self.state = f"in {name}"
+        try:
+            yield
+        except BaseException:
+            self.state = "failed"
+            raise
+        self.state = after
 
 
 def _random_ring(shape: tuple[int, ...], bits: int) -> np.ndarray:
@@ -202,12 +235,23 @@ class ServerSession:
                                          truncate=shape[3]) for shape in _gc_shapes(self.plan)}
         self._masks: dict[int, np.ndarray] = {}
         self._material: dict[int, Any] = {}
-        self._state = "ready"
+        self._life = _Lifecycle()
+
+    @property
+    def state(self) -> str:
+        """``ready``, ``offline`` (online may run), ``done``, ``failed``, or the phase running."""
+        return self._life.state
 
     def offline(self) -> None:
-        """HE for every linear step (fresh masks s), garbling + OT for every GC step."""
-        if self._state != "ready":
-            raise RuntimeError("offline() runs once per session")
+        """HE for every linear step (fresh masks s), garbling + OT for every GC step.
+
+        Raises:
+            SessionStateError: not the session's first phase, or a phase failed.
+        """
+        with self._life.phase("offline", "ready", "offline"):
+            self._offline()
+
+    def _offline(self) -> None:
         t = self.plan.tensors
         for i, step in enumerate(self.plan.steps):
             if isinstance(step, LinearStep):
@@ -228,13 +272,21 @@ class ServerSession:
             elif isinstance(step, (ReluStep, TruncateStep)):
                 self._material[i] = self._gc[_gc_shape(self.plan, step)].offline(t[step.input].numel)
         self.wire.server_offline_check()
-        self._state = "offline"
 
     def online(self) -> None:
-        """Receive the masked input, evaluate, send the server's share of the output."""
-        if self._state != "offline":
-            raise RuntimeError("online() needs offline() first and runs once per session")
-        self._state = "done"
+        """Receive the masked input, evaluate, send the server's share of the output.
+
+        Raises:
+            SessionStateError: offline() did not complete, online() ran, or a phase failed.
+        """
+        with self._life.phase("online", "offline", "done"):
+            try:
+                self._online()
+            finally:
+                self._masks.clear()  # one-time material, used or not
+                self._material.clear()
+
+    def _online(self) -> None:
         plan, t = self.plan, self.plan.tensors
         spec = t[plan.input]
         raw = self.channel.recv_frame(wire.MASKED_INPUT, 8 * spec.numel)
@@ -269,7 +321,6 @@ class ServerSession:
         out_step = plan.output
         out = values[out_step.input].astype("<u8")
         self.wire.server_output(out.tobytes())
-        self._masks.clear()
 
     def _linear(self, index: int, values: dict[str, np.ndarray]) -> np.ndarray:
         acc = self.server.linear(index, values)
@@ -330,13 +381,24 @@ class ClientSession:
         self._material: dict[int, Any] = {}
         self._input_mask: np.ndarray | None = None
         self._shares: dict[str, np.ndarray] = {}
-        self._state = "ready"
+        self._life = _Lifecycle()
+
+    @property
+    def state(self) -> str:
+        """``ready``, ``offline`` (online may run), ``done``, ``failed``, or the phase running."""
+        return self._life.state
 
     def offline(self, progress: bool = False) -> None:
         """Fix every client share: input mask, HE outputs, GC masks (with their labels).
-        ``progress`` shows a progress bar (stderr) over the steps."""
-        if self._state != "ready":
-            raise RuntimeError("offline() runs once per session")
+        ``progress`` shows a progress bar (stderr) over the steps.
+
+        Raises:
+            SessionStateError: not the session's first phase, or a phase failed.
+        """
+        with self._life.phase("offline", "ready", "offline"):
+            self._offline(progress)
+
+    def _offline(self, progress: bool) -> None:
         plan, t = self.plan, self.plan.tensors
         spec = t[plan.input]
         self._input_mask = _random_ring(spec.shape, spec.ring_bits)
@@ -358,7 +420,6 @@ class ClientSession:
                     shares[step.output] = r
         self._shares = {plan.output.input: shares[plan.output.input]}
         self.wire.client_offline_check()
-        self._state = "offline"
 
     def _linear(self, step: LinearStep, shares: dict[str, np.ndarray]) -> np.ndarray:
         t = self.plan.tensors
@@ -386,17 +447,29 @@ class ClientSession:
         return self.plan.decode_output(y[None])[0], self.report
 
     def online_int(self, x_int: np.ndarray) -> np.ndarray:
-        """The online phase on integer pixels: returns the output residues."""
-        if self._state != "offline":
-            raise RuntimeError("online() needs offline() first and runs once per session")
-        self._state = "done"
-        plan, t = self.plan, self.plan.tensors
-        spec = t[plan.input]
+        """The online phase on integer pixels: returns the output residues.
+
+        Raises:
+            ValueError: ``x_int`` does not have the Plan's input shape (the
+                session is unchanged).
+            SessionStateError: offline() did not complete, online() ran, or a phase failed.
+        """
+        spec = self.plan.tensors[self.plan.input]
         if tuple(np.shape(x_int)) != spec.shape:
             raise ValueError(f"input has shape {np.shape(x_int)}, the plan expects {spec.shape}")
+        with self._life.phase("online", "offline", "done"):
+            try:
+                return self._online(x_int)
+            finally:
+                self._input_mask = None  # one-time material, used or not
+                self._material.clear()
+                self._shares.clear()
+
+    def _online(self, x_int: np.ndarray) -> np.ndarray:
+        plan, t = self.plan, self.plan.tensors
+        spec = t[plan.input]
         assert self._input_mask is not None
         masked = mask(reduce(np.asarray(x_int), spec.ring_bits) - self._input_mask, spec.ring_bits)
-        self._input_mask = None  # one-time material
         out_spec = t[plan.output.input]
         start, sent = time.perf_counter(), self.channel.bytes_sent
         self.channel.send_frame(wire.MASKED_INPUT, masked.astype("<u8").tobytes())
