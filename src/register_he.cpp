@@ -235,6 +235,7 @@ void register_he(py::module_& m) {
         py::array_t<double> noise(static_cast<py::ssize_t>(r.noise.size()));
         std::copy(r.noise.begin(), r.noise.end(), noise.mutable_data());
         d["noise"] = noise;
+        d["unflooded_noise_log2"] = r.unflooded_noise_log2;
         d["product_c1_over_a_log2"] = r.product_c1_over_a_log2;
         d["reply_c1_over_a_log2"] = r.reply_c1_over_a_log2;
         d["limb0_log2"] = r.limb0_log2;

@@ -110,27 +110,26 @@ Inspection inspect_linear(const HeParameters& params, const ConvShape& shape, co
   seal::util::ntt_negacyclic_harvey(c1.data(), ntt[0]);
   out.reply_c1_over_a_log2 = c1_over_a_log2(c1.data(), inputs[a_index].data(1), moduli[0], ntt[0], n);
 
-  // Full noise at the top level: c0 + c1*s - round(q*m/t), centred.
-  {
+  // Full noise at the top level: c0 + c1*s - round(q*m/t), centred (in units, unscaled).
+  auto noise_of = [&](const seal::Ciphertext& ct, const std::vector<std::uint64_t>& expected) {
     std::vector<std::uint64_t> v(limbs * n);
     for (std::size_t j = 0; j < limbs; ++j) {
       std::uint64_t* vj = v.data() + j * n;
-      std::copy(reply.ct.data(1) + j * n, reply.ct.data(1) + (j + 1) * n, vj);
+      std::copy(ct.data(1) + j * n, ct.data(1) + (j + 1) * n, vj);
       seal::util::ntt_negacyclic_harvey(vj, ntt[j]);
       seal::util::dyadic_product_coeffmod(vj, keygen.secret_key().data().data() + j * n, n, moduli[j], vj);
       seal::util::inverse_ntt_negacyclic_harvey(vj, ntt[j]);
-      seal::util::add_poly_coeffmod(vj, reply.ct.data(0) + j * n, n, moduli[j], vj);
+      seal::util::add_poly_coeffmod(vj, ct.data(0) + j * n, n, moduli[j], vj);
     }
     seal::Plaintext m(n);
-    std::copy(out.expected.begin(), out.expected.end(), m.data());
+    std::copy(expected.begin(), expected.end(), m.data());
     seal::util::multiply_sub_plain_with_scaling_variant(m, top, seal::util::RNSIter(v.data(), n));
     auto pool = seal::MemoryManager::GetPool();
     top.rns_tool()->base_q()->compose_array(v.data(), n, pool);
     const std::uint64_t* q = top.total_coeff_modulus();
     std::vector<std::uint64_t> half(limbs);  // floor(q / 2): above it a residue is negative
     seal::util::right_shift_uint(q, 1, limbs, half.data());
-    const double scale = std::exp2(-(out.flood_bits - 1));
-    out.noise.resize(n);
+    std::vector<double> noise(n);
     std::vector<std::uint64_t> mag(limbs);
     for (std::size_t k = 0; k < n; ++k) {
       const std::uint64_t* value = v.data() + k * limbs;
@@ -142,9 +141,19 @@ Inspection inspect_linear(const HeParameters& params, const ConvShape& shape, co
       }
       double d = 0;
       for (std::size_t w = limbs; w-- > 0;) d = d * 18446744073709551616.0 + static_cast<double>(mag[w]);
-      out.noise[k] = (negative ? -d : d) * scale;
+      noise[k] = negative ? -d : d;
     }
+    return noise;
+  };
+  const double scale = std::exp2(-(out.flood_bits - 1));
+  out.noise = noise_of(reply.ct, out.expected);
+  for (auto& v : out.noise) v *= scale;
+  double worst = 0;
+  for (std::size_t i = 0; i < std::max<std::size_t>(trials, 1); ++i) {
+    const Reply r = kernel.unflooded_reply(product, pk, prg);
+    for (const double v : noise_of(r.ct, expected_for(r.mask))) worst = std::max(worst, std::abs(v));
   }
+  out.unflooded_noise_log2 = std::log2(worst);
 
   switch_to_final(*ctx, reply.ct);
   out.reply = save(reply.ct);

@@ -30,6 +30,10 @@ struct Inspection {
   double product_c1_over_a_log2 = 0;
   double reply_c1_over_a_log2 = 0;
   double limb0_log2 = 0;
+  /// log2 of the largest |noise| (top level, centred, all N coefficients)
+  /// of max(trials, 1) fresh replies before flooding: the quantity the
+  /// bound B = 2^noise_bound_log2 must cover.
+  double unflooded_noise_log2 = 0;
   /// Of `trials` fresh replies to the same product, how many decrypted (in
   /// full, all N coefficients) to anything but the ideal twin.
   std::size_t trials = 0;

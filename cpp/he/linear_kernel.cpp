@@ -165,7 +165,13 @@ std::vector<seal::Ciphertext> LinearServerKernel::products(const std::vector<sea
   return out;
 }
 
-Reply LinearServerKernel::reply_top(seal::Ciphertext ct, const seal::PublicKey& pk, Prg& prg) const {
+Reply LinearServerKernel::reply_top(seal::Ciphertext product, const seal::PublicKey& pk, Prg& prg) const {
+  Reply reply = unflooded_reply(std::move(product), pk, prg);
+  flood(reply.ct, prg);
+  return reply;
+}
+
+Reply LinearServerKernel::unflooded_reply(seal::Ciphertext ct, const seal::PublicKey& pk, Prg& prg) const {
   const auto& data = top_data(*ctx_);
   const auto& parms = data.parms();
   const auto& moduli = parms.coeff_modulus();
@@ -208,8 +214,14 @@ Reply LinearServerKernel::reply_top(seal::Ciphertext ct, const seal::PublicKey& 
   seal::Plaintext s_plain(n);
   for (std::size_t k = 0; k < n; ++k) s_plain[k] = reply.mask[k] &= tmask;
   seal::util::multiply_sub_plain_with_scaling_variant(s_plain, data, seal::util::RNSIter(ct.data(0), n));
+  reply.ct = std::move(ct);
+  return reply;
+}
 
-  // Flood: c0 += f, f uniform in [-2^(F-1), 2^(F-1)), the same integer in every limb.
+void LinearServerKernel::flood(seal::Ciphertext& ct, Prg& prg) const {
+  const auto& moduli = top_data(*ctx_).parms().coeff_modulus();
+  const std::size_t n = ctx_->poly_degree(), limbs = moduli.size();
+  // c0 += f, f uniform in [-2^(F-1), 2^(F-1)), the same integer in every limb.
   const int f_bits = ctx_->flood_bits();
   const u128 f_mask = (u128{1} << f_bits) - 1;  // F <= 127
   const u128 half = u128{1} << (f_bits - 1);
@@ -230,8 +242,6 @@ Reply LinearServerKernel::reply_top(seal::Ciphertext ct, const seal::PublicKey& 
       c = seal::util::add_uint_mod(c, fj, moduli[j]);
     }
   }
-  reply.ct = std::move(ct);
-  return reply;
 }
 
 void switch_to_final(const HeContext& ctx, seal::Ciphertext& ct) {

@@ -75,6 +75,12 @@ class LinearServerKernel {
   /// flood; SEAL's generator supplies u, e1, e2. All of these are additions
   /// made before the modulus switch, so their order does not matter.
   Reply reply_top(seal::Ciphertext product, const seal::PublicKey& pk, Prg& prg) const;
+  /// reply_top without the flood: re-randomised and masked. Its noise is what
+  /// the flood must hide, bounded by HeContext::noise_bound_log2(weight_l1())
+  /// (inspection measures it against that bound).
+  Reply unflooded_reply(seal::Ciphertext product, const seal::PublicKey& pk, Prg& prg) const;
+  /// Adds the flood to c0: a fresh uniform integer in [-2^(F-1), 2^(F-1)) in every RNS limb.
+  void flood(seal::Ciphertext& ct, Prg& prg) const;
 
  private:
   std::shared_ptr<const HeContext> ctx_;

@@ -260,8 +260,11 @@ def inspect_linear(
     (``parms``, ``secret_key``, ``reply``: reply 0 after flooding and modulus
     switching, before coefficient dropping), ``expected`` (the N coefficients
     it must decrypt to), ``decrypted``, ``output_coeffs``, ``noise`` (the full
-    top-level noise over the flooding half-width), ``product_c1_over_a_log2`` /
-    ``reply_c1_over_a_log2`` and, of ``trials`` fresh replies, ``failures``."""
+    top-level noise over the flooding half-width), ``unflooded_noise_log2``
+    (log2 of the largest |noise| of max(trials, 1) fresh replies before
+    flooding, to hold against ``noise_bound_log2``, the bound B the flood is
+    sized for), ``product_c1_over_a_log2`` / ``reply_c1_over_a_log2`` and, of
+    ``trials`` fresh replies, ``failures``."""
     _check_ring(ring_bits)
     x = _as_share(client_share, 3, ring_bits)
     w = _as_weight(weight, 4)
