@@ -71,7 +71,7 @@ def test_base_ot_keys_depend_on_the_session_id() -> None:
     [
         b"\x02" + b"\xff" * 32,  # x beyond the field prime
         b"\x05" + b"\x01" * 32,  # not a point encoding
-        b"\x00" * 33,  # infinity is not a valid key
+        b"\x00" * 33,  # not an encoding (infinity's is 1 byte, refused by the size check)
         b"\x02" + bytes(31) + b"\x01",  # x = 1: no point on P-256 has it (checked by Euler)
     ],
 )
@@ -91,6 +91,27 @@ def test_base_ot_sender_rejects_invalid_points() -> None:
 
     with pytest.raises(pie.ProtocolError, match="invalid elliptic-curve point"):
         both(lambda: gc.base_ot_send(a, bytes(16), 1), bad_receiver)
+
+
+def test_base_ot_sender_refuses_a_receiver_point_that_makes_a_key_the_point_at_infinity() -> None:
+    """A receiver that answers with the sender's own point A makes
+    a*(B - A) the point at infinity: the sender must refuse, and this reaches
+    that check (the point is a valid curve point, so decoding accepts it)."""
+    a, b = pie.memory_pair()
+
+    def reflecting_receiver() -> None:
+        sender_point = b.recv_frame(FRAME_SENDER_POINT, 33)
+        b.send_frame(FRAME_RECEIVER_POINTS, sender_point)
+
+    with pytest.raises(pie.ProtocolError, match="degenerate receiver point"):
+        both(lambda: gc.base_ot_send(a, bytes(16), 1), reflecting_receiver)
+
+
+def test_base_ot_infinity_is_refused_by_its_size() -> None:
+    a, b = pie.memory_pair()
+    a.send_frame(FRAME_SENDER_POINT, b"\x00")  # the point at infinity's encoding
+    with pytest.raises(pie.ProtocolError, match="size"):
+        gc.base_ot_receive(b, bytes(16), b"\0\1")
 
 
 def test_base_ot_wrong_sizes_are_protocol_errors() -> None:
