@@ -51,7 +51,8 @@ Fixed-point policy (all of it public and recorded in ``plan.policy``):
   (``plan.summary()``, ``plan.gc_cost()``).
 
 What the public plan reveals beyond the architecture is recorded in
-``plan.policy["reveals"]`` (:data:`REVEALS`).
+``plan.policy["reveals"]`` (:data:`REVEALS`, one entry per field in
+:data:`REVEALED_FIELDS`).
 """
 
 from __future__ import annotations
@@ -95,23 +96,55 @@ from .plan import (
 )
 from .tracing import trace
 
-__all__ = ["CompileError", "Tolerance", "UnsupportedOpError", "compile", "DEFAULT_CALIBRATION_IMAGES"]
+__all__ = ["CompileError", "Tolerance", "UnsupportedOpError", "compile", "DEFAULT_CALIBRATION_IMAGES",
+           "REVEALED_FIELDS"]
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION_IMAGES = 64
 _TRUNC_SUFFIX = ".trunc"
 
-REVEALS = (
-    "architecture and shapes; per layer frac_w = b_w - 1 - ceil(log2 max|w|) with the "
-    "layer's chosen weight bits b_w (listed in the policy), i.e. the layer's largest folded "
-    "weight to a power of two, or up to 3 less where a ring was fitted by lowering it; per "
-    "ReLU the chosen activation bits and its output scale, i.e. log2 of the ReLU output's "
-    "calibrated maximum; per garbled-circuit input the ring size, i.e. log2 of its "
-    "calibrated maximum magnitude plus the margin (to one bit); the chosen bits, which "
-    "depend on how sensitive the model is to rounding on the calibration images, and the "
-    "agreement reached there; the positions of truncations and their reasons"
-)
+# What each field of the public Plan (Plan.public_dict(): the client gets it,
+# and the digest covers it) tells about the server's model, beyond the
+# architecture. tests/python/test_compiler.py checks that every field a
+# compiled Plan carries is listed here.
+REVEALED_FIELDS: dict[str, str] = {
+    "input": "the input tensor's name",
+    "pixel_max": "the input encoding's largest pixel value",
+    "tensors": "every tensor's name (from the traced graph), shape, ring size and scale",
+    "tensors.ring_bits": "per tensor, log2 of its calibrated maximum magnitude plus the margin "
+                         "(to one bit), for garbled-circuit inputs and every linear output",
+    "tensors.frac_bits": "per tensor, its fixed-point scale",
+    "steps.kind": "the order and kind of every step (linear, relu, truncate, output)",
+    "steps.source": "the names of the traced operations each step implements",
+    "steps.terms": "per linear step its terms: conv/fc shapes, stride, padding, groups",
+    "steps.terms.frac_w": "per layer frac_w = b_w - 1 - ceil(log2 max|w|) with the layer's chosen "
+                          "weight bits b_w, i.e. its largest folded weight to a power of two, or up "
+                          "to 3 less where a ring was fitted by lowering it",
+    "steps.shift": "per ReLU/truncation its shift, i.e. the output scale: log2 of the ReLU "
+                   "output's calibrated maximum at the chosen activation bits",
+    "steps.reason": "per truncation why it was inserted, quoting the ring the untruncated tensor "
+                    "would need (log2 of its calibrated maximum magnitude plus the margin, to one "
+                    "bit), the bits cut and the estimated AND gates and rounds",
+    "policy.frac_bits": "the compile option (the scale cap)",
+    "policy.weight_bits": "the compile option (the weight-bit cap)",
+    "policy.act_bits": "the compile option (the activation-bit cap)",
+    "policy.tolerance": "the accuracy tolerance the precision search met",
+    "policy.calibration_agreement": "top-1 agreement and relative logit error of the fixed-point "
+                                    "Plan against the float model on the calibration images",
+    "policy.chosen_weight_bits": "per layer the chosen weight bits, which depend on how sensitive "
+                                 "the model is to rounding its weights",
+    "policy.chosen_act_bits": "per ReLU the chosen activation bits, likewise",
+    "policy.folded_tail": "which ReLU-free chain at the output was folded into one linear map",
+    "policy.ring_margin_bits": "the compile option",
+    "policy.max_ring_bits": "the compile option",
+    "policy.round_cost_and_gates": "the compile option",
+    "policy.frac_w_lowered": "the layers whose frac_w was lowered to fit a ring, and by how much",
+    "policy.calibration": "where the calibration images came from (e.g. the checkpoint's sample, a "
+                          "file, or random images), not the images",
+    "policy.reveals": "this list",
+}
+REVEALS = "; ".join(f"{k}: {v}" for k, v in REVEALED_FIELDS.items())
 
 
 @dataclass

@@ -276,3 +276,36 @@ def test_short_overflows_lower_frac_w_instead_of_failing(monkeypatch):
     monkeypatch.setattr(compiler_module, "_MAX_LOWERING_NEED", 0)
     with pytest.raises(CompileError, match="max_ring_bits=34"):
         compile(net, (3, 8, 8), max_ring_bits=34, search_budget=0)
+
+
+def _public_fields(d: dict, prefix: str = "") -> set[str]:
+    """Every field path of a public Plan dict, lists of objects flattened."""
+    out: set[str] = set()
+    for key, value in d.items():
+        path = f"{prefix}{key}"
+        out.add(path)
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, dict) and key not in ("chosen_weight_bits", "chosen_act_bits",
+                                                      "frac_w_lowered", "tolerance",
+                                                      "calibration_agreement"):
+                out |= _public_fields(item, f"{path}.")
+    return out
+
+
+def test_every_public_plan_field_is_listed_in_what_it_reveals():
+    """A compiled Plan with truncations, a folded tail and lowered layers:
+    each field of its public part (what the client gets) is listed, or is
+    covered by its parent's entry, in REVEALED_FIELDS; a new field fails here."""
+    from pie.compiler import REVEALED_FIELDS
+
+    _, plan = compiled("DRD_C100_12K")
+    assert any(isinstance(s, TruncateStep) and s.reason for s in plan.steps)
+    fields = _public_fields(plan.public_dict()) - {"format", "version", "steps", "policy"}
+    generic = {"steps.input", "steps.output", "steps.terms.op", "steps.terms.input",
+               "steps.terms.weight_shape", "steps.terms.stride", "steps.terms.padding",
+               "steps.terms.groups", "steps.terms.shift", "steps.frac_bits", "steps.shape",
+               "tensors.name", "tensors.shape"}  # architecture: covered by "steps.terms"/"tensors"
+    unlisted = {f for f in fields - generic if f not in REVEALED_FIELDS}
+    assert not unlisted, f"public Plan fields not listed in REVEALED_FIELDS: {sorted(unlisted)}"
+    assert plan.policy["reveals"] == "; ".join(f"{k}: {v}" for k, v in REVEALED_FIELDS.items())
