@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "buffer.h"
+#include "gc/argmax.h"
 #include "gc/builder.h"
 #include "gc/circuit.h"
 #include "gc/engine.h"
@@ -408,6 +409,43 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
            "Second half of online(): send and flush the evaluated batch's reply.")
       .def("release", &ReluClient::release, py::arg("material"), py::call_guard<py::gil_scoped_release>(),
            "Free the batch's tables and labels (consuming the material): after a round's last reply.");
+
+  // ------------------------------------------------------ label-only output
+  m.def(
+      "gc_argmax_circuit",
+      [](std::uint32_t classes, std::uint32_t l) { return std::make_shared<Circuit>(argmax_circuit(classes, l)); },
+      py::arg("classes"), py::arg("l"),
+      "The label-only output circuit: inputs x_s, x_c (classes values of l bits); output argmax of x_s + x_c (signed).");
+  py::class_<ArgmaxServer>(m, "GcArgmaxServer", "The garbling side of the label-only output (one use per object).")
+      .def(py::init([](std::shared_ptr<Channel> ch, std::uint32_t classes, std::uint32_t l, int threads) {
+             return std::make_unique<ArgmaxServer>(*ch, classes, l, options(threads, 0));
+           }),
+           py::arg("channel"), py::arg("classes"), py::arg("l"), py::arg("threads") = 0, py::keep_alive<1, 2>())
+      .def("offline", &ArgmaxServer::offline, py::call_guard<py::gil_scoped_release>(),
+           "Garble, run the OT for the client's share and send the decoding bits of the index.")
+      .def(
+          "online",
+          [](ArgmaxServer& s, const U64Array& xs) {
+            if (xs.ndim() != 1) throw std::invalid_argument("server_share: must be one-dimensional");
+            py::gil_scoped_release release;
+            s.online(xs.data(), static_cast<std::size_t>(xs.shape(0)));
+          },
+          py::arg("server_share"), "Send the labels of the server's shares of the logits.");
+  py::class_<ArgmaxClient>(m, "GcArgmaxClient", "The evaluating side of the label-only output (one use per object).")
+      .def(py::init([](std::shared_ptr<Channel> ch, std::uint32_t classes, std::uint32_t l, int threads) {
+             return std::make_unique<ArgmaxClient>(*ch, classes, l, options(threads, 0));
+           }),
+           py::arg("channel"), py::arg("classes"), py::arg("l"), py::arg("threads") = 0, py::keep_alive<1, 2>())
+      .def(
+          "offline",
+          [](ArgmaxClient& c, const U64Array& xc) {
+            if (xc.ndim() != 1) throw std::invalid_argument("client_share: must be one-dimensional");
+            py::gil_scoped_release release;
+            c.offline(xc.data(), static_cast<std::size_t>(xc.shape(0)));
+          },
+          py::arg("client_share"), "Obtain the labels of the client's shares, the tables and the decoding bits.")
+      .def("online", &ArgmaxClient::online, py::call_guard<py::gil_scoped_release>(),
+           "Receive the server's labels, evaluate, and return the index of the largest logit.");
 
   // ------------------------------------------------------------------ OT
   m.def(

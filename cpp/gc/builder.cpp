@@ -197,4 +197,39 @@ Circuit truncate_circuit(std::uint32_t l_in, std::uint32_t l_out, std::uint32_t 
   return cb.build();
 }
 
+std::uint32_t argmax_index_bits(std::uint32_t classes) {
+  std::uint32_t bits = 1;
+  while ((std::uint64_t{1} << bits) < classes) ++bits;
+  return bits;
+}
+
+Circuit argmax_circuit(std::uint32_t classes, std::uint32_t l) {
+  if (classes < 1 || classes > 65536) throw std::invalid_argument("classes must be in [1, 65536]");
+  if (l < 2 || l > 64) throw std::invalid_argument("l must be in [2, 64]");
+  const std::uint32_t ib = argmax_index_bits(classes);
+  CircuitBuilder cb;
+  const auto xs = cb.input(classes * l);
+  const auto xc = cb.input(classes * l);
+  // Signed order = unsigned order with the sign bit flipped (a free NOT).
+  auto value = [&](std::uint32_t j) {
+    const CircuitBuilder::Bits a(xs.begin() + j * l, xs.begin() + (j + 1) * l);
+    const CircuitBuilder::Bits b(xc.begin() + j * l, xc.begin() + (j + 1) * l);
+    auto v = cb.add(a, b);
+    v[l - 1] = cb.not_(v[l - 1]);
+    return v;
+  };
+  auto best = value(0);
+  CircuitBuilder::Bits index(ib, CircuitBuilder::kZero);
+  for (std::uint32_t j = 1; j < classes; ++j) {
+    const auto v = value(j);
+    const auto greater = cb.less_than(best, v);  // strict: a tie keeps the lower index
+    if (j + 1 < classes) best = cb.mux(greater, v, best);  // the last value is never compared again
+    CircuitBuilder::Bits jb(ib);
+    for (std::uint32_t k = 0; k < ib; ++k) jb[k] = ((j >> k) & 1U) != 0 ? CircuitBuilder::kOne : CircuitBuilder::kZero;
+    index = cb.mux(greater, jb, index);
+  }
+  cb.output(index);
+  return cb.build();
+}
+
 }  // namespace pie

@@ -75,4 +75,17 @@ Circuit relu_circuit(std::uint32_t l_in, std::uint32_t l_out, std::uint32_t shif
 /// @throws std::invalid_argument unless 2 <= l_in <= 64, 1 <= l_out <= 64, shift < l_in.
 Circuit truncate_circuit(std::uint32_t l_in, std::uint32_t l_out, std::uint32_t shift);
 
+/// Label-only output over additive shares: inputs 0 = the server's shares of
+/// `classes` values of l bits (value j on bits j*l .. j*l + l - 1), 1 = the
+/// client's shares, same layout; one output of argmax_index_bits(classes)
+/// bits: the index of the largest x_j = x_s,j + x_c,j mod 2^l as signed l-bit
+/// values, the lowest index among equal maxima (as numpy.argmax). AND gates
+/// per class after the first: (l - 1) + l + l + index bits (add, signed
+/// compare, select value and index), fewer where constants fold.
+/// @throws std::invalid_argument unless 1 <= classes <= 65536 and 2 <= l <= 64.
+Circuit argmax_circuit(std::uint32_t classes, std::uint32_t l);
+
+/// Bits of argmax_circuit's output: ceil(log2 classes), at least 1.
+std::uint32_t argmax_index_bits(std::uint32_t classes);
+
 }  // namespace pie

@@ -81,6 +81,7 @@ from .lowering import (
 )
 from .plan import (
     MAX_HE_RING_BITS,
+    OUTPUT_REVEALS,
     ConvTerm,
     FCTerm,
     LinearStep,
@@ -123,6 +124,7 @@ REVEALED_FIELDS: dict[str, str] = {
                           "to 3 less where a ring was fitted by lowering it",
     "steps.shift": "per ReLU/truncation its shift, i.e. the output scale: log2 of the ReLU "
                    "output's calibrated maximum at the chosen activation bits",
+    "steps.reveal": "whether the client learns the logits or only the top-1 label",
     "steps.reason": "per truncation why it was inserted, quoting the ring the untruncated tensor "
                     "would need (log2 of its calibrated maximum magnitude plus the margin, to one "
                     "bit), the bits cut and the estimated AND gates and rounds",
@@ -209,6 +211,7 @@ def compile(  # noqa: A001 - the public name the package exposes
     round_cost_and_gates: int = 1 << 18,
     search_budget: int = 12,
     fold_tail_weights: int = 1 << 22,
+    output: str = "logits",
 ) -> Plan:
     """Compile a float network into a fixed-point Plan.
 
@@ -241,6 +244,9 @@ def compile(  # noqa: A001 - the public name the package exposes
         search_budget: the most candidate precisions the per-layer search tries.
         fold_tail_weights: the largest weight matrix (entries) that the ReLU-free
             chain ending at the output is folded into (0: never fold).
+        output: what the client learns: ``"logits"``, or ``"label"`` (only the
+            index of the largest logit, by a garbled argmax; see
+            :meth:`Plan.with_output`).
 
     Returns:
         The Plan (with weights). ``plan.run_reference(x)`` takes images in [0, 1].
@@ -267,6 +273,8 @@ def compile(  # noqa: A001 - the public name the package exposes
         raise ValueError(f"round_cost_and_gates must be >= 0, got {round_cost_and_gates}")
     if search_budget < 0 or fold_tail_weights < 0:
         raise ValueError("search_budget and fold_tail_weights must be >= 0")
+    if output not in OUTPUT_REVEALS:
+        raise ValueError(f"output must be one of {OUTPUT_REVEALS}, got {output!r}")
     tol = tolerance if tolerance is not None else Tolerance()
     mean, std = input_norm if input_norm is not None else (None, None)
     traced = trace(model, input_shape)
@@ -325,7 +333,7 @@ def compile(  # noqa: A001 - the public name the package exposes
         plan.private["mean"] = [float(v) for v in mean]  # type: ignore[union-attr]
         plan.private["std"] = [float(v) for v in std]  # type: ignore[union-attr]
     plan._source_model = model
-    return plan
+    return plan.with_output(output) if output != "logits" else plan
 
 
 def _calibrate(graph: FloatGraph, pixels: np.ndarray,

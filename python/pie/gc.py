@@ -8,7 +8,9 @@
   threads over the in-memory channel.
 - :func:`secure_relu`: the full offline + online ReLU protocol over shares.
 - Protocol classes for use over any :class:`pie.Channel`: :class:`ReluServer`,
-  :class:`ReluClient` (offline material is consumable once), the OT layers
+  :class:`ReluClient` (offline material is consumable once), the label-only
+  output :class:`ArgmaxServer` / :class:`ArgmaxClient` (the client learns the
+  index of the largest logit only, :func:`argmax_circuit`), the OT layers
   :class:`IknpSender` / :class:`IknpReceiver` and :func:`base_ot_send` /
   :func:`base_ot_receive`, and the pure half-gates functions :func:`garble` /
   :func:`evaluate_garbled`.
@@ -32,6 +34,8 @@ from .channel import memory_pair
 
 CircuitBuilder = core.GcCircuitBuilder
 ReluServer = core.GcReluServer
+ArgmaxServer = core.GcArgmaxServer
+ArgmaxClient = core.GcArgmaxClient
 ReluClient = core.GcReluClient
 ReluServerMaterial = core.GcReluServerMaterial
 ReluClientMaterial = core.GcReluClientMaterial
@@ -136,6 +140,17 @@ def truncate_circuit(l_in: int, l_out: int, shift: int) -> Circuit:
     AND gates (the shift is wiring).
     """
     return Circuit(core.gc_truncate_circuit(l_in, l_out, shift))
+
+
+def argmax_circuit(classes: int, l: int) -> Circuit:
+    """The label-only output over additive shares.
+
+    Inputs: the server's shares of ``classes`` values of ``l`` bits (value j on
+    bits ``j*l ..``), then the client's; output: the index (``ceil(log2
+    classes)`` bits, at least 1) of the largest ``x_s + x_c mod 2^l`` as a
+    signed value, the lowest among equal maxima (as :func:`numpy.argmax`).
+    """
+    return Circuit(core.gc_argmax_circuit(classes, l))
 
 
 def run_two_party(
@@ -331,6 +346,8 @@ def evaluate_garbled(
 
 
 __all__ = [
+    "ArgmaxClient",
+    "ArgmaxServer",
     "Circuit",
     "CircuitBuilder",
     "IknpReceiver",
@@ -344,6 +361,7 @@ __all__ = [
     "evaluate_garbled",
     "garble",
     "kernel_seconds",
+    "argmax_circuit",
     "relu_circuit",
     "run_two_party",
     "secure_relu",

@@ -40,6 +40,7 @@ import math
 import os
 import zipfile
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -172,13 +173,22 @@ class TruncateStep:
         return [self.input]
 
 
+OUTPUT_REVEALS = ("logits", "label")
+
+
 @dataclass(frozen=True)
 class OutputStep:
-    """The network output: decode ``input`` as ``signed / 2^frac_bits``, reshaped to ``shape``."""
+    """The network output: decode ``input`` as ``signed / 2^frac_bits``, reshaped to ``shape``.
+
+    ``reveal`` says what the client learns: ``"logits"`` (the server sends its
+    share of them), or ``"label"`` (a garbled argmax gives the client only the
+    index of the largest logit, lowest among equals, and the logits never
+    leave the shares)."""
 
     input: str
     frac_bits: int
     shape: tuple[int, ...]
+    reveal: str = "logits"
     kind: str = field(default="output", init=False)
 
     @property
@@ -571,8 +581,8 @@ class Plan:
         for i, s in enumerate(self.steps):
             if isinstance(s, OutputStep):
                 v = self.tensors[s.input]
-                rows.append((str(i), "output", s.input, str(s.shape), s.input, "",
-                             str(v.ring_bits), str(s.frac_bits), "", ""))
+                rows.append((str(i), "output" if s.reveal == "logits" else "label", s.input, str(s.shape),
+                             s.input, "", str(v.ring_bits), str(s.frac_bits), "", ""))
                 continue
             v = self.tensors[s.output]
             if isinstance(s, LinearStep):
@@ -652,6 +662,26 @@ class Plan:
         return reference.to_signed(np.asarray(y, dtype=np.uint64), spec.ring_bits) / float(
             2**spec.frac_bits
         )
+
+    def with_output(self, reveal: str) -> Plan:
+        """This Plan with the output step revealing ``reveal`` (``"logits"`` or
+        ``"label"``); a different public Plan, so a different digest."""
+        if reveal not in OUTPUT_REVEALS:
+            raise ValueError(f"output must be one of {OUTPUT_REVEALS}, got {reveal!r}")
+        out = self.output
+        steps = [dataclasses.replace(s, reveal=reveal) if s is out else s for s in self.steps]
+        plan = Plan(self.input, self.pixel_max, self.tensors, steps, self.policy, self.private)
+        plan._source_model = self._source_model
+        return plan
+
+    def reference_label(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        """The top-1 class of the exact fixed-point plan (what a label-only
+        inference returns): ``argmax`` of :meth:`run_reference`, lowest index
+        among equal maxima; an int64 scalar array for one image, else (N,)."""
+        logits = self.run_reference(x)
+        single = np.ndim(x) == len(self.input_shape)
+        labels = np.argmax(logits.reshape(1 if single else logits.shape[0], -1), axis=1).astype(np.int64)
+        return np.asarray(labels[0]) if single else labels
 
     def run_reference(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """Encode images (values in [0, 1], before normalisation; (C, H, W) or
@@ -772,7 +802,10 @@ def _step_to_dict(s: Step) -> dict[str, Any]:
     if isinstance(s, TruncateStep):
         return {"kind": "truncate", "input": s.input, "output": s.output, "shift": s.shift,
                 "reason": s.reason}
-    return {"kind": "output", "input": s.input, "frac_bits": s.frac_bits, "shape": list(s.shape)}
+    d = {"kind": "output", "input": s.input, "frac_bits": s.frac_bits, "shape": list(s.shape)}
+    if s.reveal != "logits":  # absent for logits: earlier plans keep their digests
+        d["reveal"] = s.reveal
+    return d
 
 
 # Bounds on what a plan file may declare: a plan read from an untrusted peer
@@ -850,6 +883,9 @@ def _step_from_dict(i: int, d: dict[str, Any], arrays: dict[str, np.ndarray]) ->
             return ReluStep(src, out, shift, _names(d["source"], "source"))
         return TruncateStep(src, out, shift, _field(d, "reason", str))
     if kind == "output":
+        reveal = d.get("reveal", "logits")
+        if reveal not in OUTPUT_REVEALS:
+            raise PlanFormatError(f"step {i}: output reveal must be one of {OUTPUT_REVEALS}, got {reveal!r}")
         return OutputStep(_field(d, "input", str), _int(d["frac_bits"], "frac_bits", 0, MAX_FRAC_BITS),
-                          _shape(d["shape"], "output"))
+                          _shape(d["shape"], "output"), reveal)
     raise PlanFormatError(f"step {i}: unknown kind {kind!r}")

@@ -46,7 +46,7 @@ from .channel import (
     tcp_connect,
     tls_connect,
 )
-from .plan import Plan
+from .plan import OUTPUT_REVEALS, Plan
 from .protocol import Client, Server, infer, wire
 from .protocol.engine import ClientSession, ServerSession
 from .protocol.limits import Admission, Limits, MaterialEstimate, Reservation
@@ -86,7 +86,7 @@ class LoadedModel:
 
 
 def load_model(model: str | Path, arch: str | None = None,
-               calibration: np.ndarray | str | Path | None = None) -> LoadedModel:
+               calibration: np.ndarray | str | Path | None = None, output: str = "logits") -> LoadedModel:
     """Load a checkpoint and compile it, folding the input normalisation that a
     pie checkpoint records (other checkpoints: the CIFAR-100 or TinyImageNet
     statistics the DeepReDuce releases were trained with, by input size).
@@ -94,7 +94,8 @@ def load_model(model: str | Path, arch: str | None = None,
     Calibration images, in this order: ``calibration`` (an array (N, C, H, W)
     in [0, 1], or a file / folder for :func:`pie.calibration.load_calibration`),
     the sample the checkpoint stores (:func:`pie.checkpoint.calibration_sample`),
-    else :func:`pie.compile`'s random images.
+    else :func:`pie.compile`'s random images. ``output`` is what clients learn:
+    ``"logits"`` or ``"label"`` (the top-1 class only; see :func:`pie.compile`).
 
     Raises:
         CheckpointError: unreadable checkpoint or unknown / mismatched arch.
@@ -125,15 +126,16 @@ def load_model(model: str | Path, arch: str | None = None,
                 f"expects (N, {', '.join(map(str, shape))})")
         source = (f"{images.shape[0]} images stored in the checkpoint" if images is not None
                   else "none (random images)")
-    plan = compiler.compile(net, shape, input_norm=(norm["mean"], norm["std"]), calibration=images)
+    plan = compiler.compile(net, shape, input_norm=(norm["mean"], norm["std"]), calibration=images,
+                            output=output)
     return LoadedModel(net, plan, meta, images, source)
 
 
 def load_server(model: str | Path, arch: str | None = None, threads: int = 0,
-                calibration: np.ndarray | str | Path | None = None) -> Server:
+                calibration: np.ndarray | str | Path | None = None, output: str = "logits") -> Server:
     """Load a checkpoint and compile it for serving (see :func:`load_model`,
-    which also says where the calibration images come from)."""
-    return Server(load_model(model, arch, calibration).plan, threads=threads)
+    which also says where the calibration images come from and what ``output`` is)."""
+    return Server(load_model(model, arch, calibration, output).plan, threads=threads)
 
 
 class Listener(Protocol):
@@ -470,7 +472,8 @@ def load_input(path: str | Path, shape: tuple[int, ...], *, resize: bool = False
 
 
 def _summary(logits: np.ndarray, report: Any, classes: list[str] | None) -> str:
-    k = int(np.argmax(logits))
+    """The prediction (``logits`` may be a label-only result: the class itself) and the cost table."""
+    k = int(logits) if np.ndim(logits) == 0 else int(np.argmax(logits))
     name = f" ({classes[k]})" if classes and k < len(classes) else ""
     return f"prediction: class {k}{name}\n\n{report.table()}"
 
@@ -478,14 +481,17 @@ def _summary(logits: np.ndarray, report: Any, classes: list[str] | None) -> str:
 def _demo(args: argparse.Namespace) -> int:
     files = resources.files("pie") / "data"
     with resources.as_file(files / "demo_model.pt") as model_path:
-        server = load_server(model_path, threads=args.threads)
+        server = load_server(model_path, threads=args.threads, output=args.output)
         classes = checkpoint.checkpoint_meta(model_path).get("classes")
     with resources.as_file(files / "demo_input.npy") as input_path:
         x = load_input(input_path, server.plan.input_shape)
     print(f"network: {server.plan.relu_count():,} ReLUs, {len(server.plan.steps)} steps")
     logits, report = infer(server.plan, x, threads=args.threads)
-    reference = server.plan.run_reference(x)
+    label_only = server.plan.output.reveal == "label"
+    reference = server.plan.reference_label(x) if label_only else server.plan.run_reference(x)
     same = np.array_equal(logits, reference)
+    if label_only:
+        print("output: the top-1 label only (garbled argmax; the logits stay shared)")
     print(_summary(logits, report, classes))
     print(f"\nsecure output equals the cleartext fixed-point reference: {'yes' if same else 'NO'}")
     return 0 if same else 1
@@ -535,6 +541,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="server and client in this process on the bundled model and image")
     demo.add_argument("--threads", type=int, default=0, help="garbling/evaluation threads (0: all cores)")
+    demo.add_argument("--output", choices=OUTPUT_REVEALS, default="logits",
+                      help="what the client learns: the logits, or only the top-1 label (default logits)")
     defaults = Limits()
     srv = sub.add_parser("server", help="serve a checkpoint over TCP")
     srv.add_argument("--model", required=True, type=Path,
@@ -549,6 +557,9 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=_port, default=7000,
                      help="TCP port, 1-65535 (default 7000; 0 picks a free one)")
     srv.add_argument("--threads", type=int, default=0, help="garbling threads per session (0: all cores)")
+    srv.add_argument("--output", choices=OUTPUT_REVEALS, default="logits",
+                     help="what clients learn: the logits, or only the top-1 label by a garbled "
+                     "argmax (default logits)")
     tls = srv.add_argument_group("TLS (plain TCP without --tls-cert)")
     tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="the server's certificate chain")
     tls.add_argument("--tls-key", type=Path, metavar="PEM", help="its private key (not encrypted)")
@@ -640,7 +651,8 @@ def _server(args: argparse.Namespace) -> int:
     if args.tls_client_ca is not None and args.tls_cert is None:
         _fail("--tls-client-ca needs --tls-cert and --tls-key")
     try:
-        server = load_server(args.model, args.arch, args.threads, calibration=args.calibration)
+        server = load_server(args.model, args.arch, args.threads, calibration=args.calibration,
+                             output=args.output)
     except (checkpoint.CheckpointError, CalibrationError, compiler.CompileError, FileNotFoundError) as exc:
         _fail(str(exc))
     need = MaterialEstimate.from_plan(server.plan).server_bytes
@@ -748,8 +760,9 @@ def _client(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"logits": logits.tolist(), "prediction": int(np.argmax(logits)),
-                          "plan": plan.digest(), **report.totals()}))
+        result = ({"prediction": int(logits)} if np.ndim(logits) == 0 else
+                  {"logits": logits.tolist(), "prediction": int(np.argmax(logits))})
+        print(json.dumps({**result, "output": plan.output.reveal, "plan": plan.digest(), **report.totals()}))
     else:
         print(_summary(logits, report, None))
     return 0

@@ -394,3 +394,80 @@ def test_kernel_seconds_helper() -> None:
         gc.kernel_seconds(relu, 64, mode="decrypt")
     with pytest.raises(ValueError, match="positive"):
         gc.kernel_seconds(relu, 0)
+
+
+# ------------------------------------------------------ label-only output
+
+
+def _pack(values: list[int], l: int) -> int:
+    return sum((v % (1 << l)) << (l * j) for j, v in enumerate(values))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 64).flatmap(lambda l: st.tuples(
+    st.just(l),
+    st.lists(st.integers(-(1 << (l - 1)), (1 << (l - 1)) - 1), min_size=1, max_size=12),
+    st.randoms(use_true_random=False))))
+def test_argmax_circuit_is_numpy_argmax_of_the_signed_sum(case: tuple) -> None:
+    """Signs, extremes, ties (lowest index wins) and shares that wrap around."""
+    l, values, rnd = case
+    if len(values) > 1 and rnd.random() < 0.3:
+        values[rnd.randrange(len(values))] = max(values)  # a tie
+    xs = [rnd.randrange(1 << l) for _ in values]
+    xc = [(v - s) % (1 << l) for v, s in zip(values, xs, strict=True)]
+    c = gc.argmax_circuit(len(values), l)
+    assert c.evaluate([_pack(xs, l), _pack(xc, l)]) == [int(np.argmax(values))]
+    assert c.output_widths == [max(1, (len(values) - 1).bit_length())]
+
+
+def test_argmax_circuit_refuses_bad_shapes() -> None:
+    for classes, l in ((0, 8), (65537, 8), (4, 1), (4, 65)):
+        with pytest.raises(ValueError):
+            gc.argmax_circuit(classes, l)
+
+
+def _argmax_protocol(xs: np.ndarray, xc: np.ndarray, l: int) -> int:
+    a, b = memory_pair()
+    server, client = gc.ArgmaxServer(a, xs.size, l, 1), gc.ArgmaxClient(b, xs.size, l, 1)
+
+    def client_side() -> int:
+        client.offline(xc)
+        return client.online()
+
+    t, box = in_thread(client_side)
+    server.offline()
+    server.online(xs)
+    t.join()
+    assert "error" not in box, box.get("error")
+    with pytest.raises(ValueError, match="runs once"):
+        server.online(xs)
+    with pytest.raises(ValueError, match="runs once"):
+        client.online()
+    return int(box["value"])  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("l", [2, 37, 59, 64])
+def test_argmax_protocol_gives_the_client_the_index(l: int) -> None:
+    rng = np.random.default_rng(l)
+    top = (1 << (l - 1)) - 1
+    for values in ([-(top + 1), top, 0, top], [5], list(rng.integers(-top - 1, top, size=100))):
+        v = np.array(values, dtype=object)
+        xs = rng.integers(0, 1 << min(l, 63), size=v.size, dtype=np.uint64)
+        if l == 64:
+            xs = xs * np.uint64(2) + np.uint64(1)  # shares with the top bit set
+        mod = 1 << l
+        xc = np.array([(int(val) - int(s)) % mod for val, s in zip(v, xs, strict=True)], dtype=np.uint64)
+        assert _argmax_protocol(xs, xc, l) == int(np.argmax(np.array(values, dtype=object)))
+
+
+def test_argmax_protocol_refuses_malformed_shares() -> None:
+    a, _ = memory_pair()
+    server = gc.ArgmaxServer(a, 4, 8, 1)
+    with pytest.raises(ValueError, match="needs offline"):
+        server.online(np.zeros(4, dtype=np.uint64))
+    _, b = memory_pair()
+    client = gc.ArgmaxClient(b, 4, 8, 1)
+    with pytest.raises(ValueError, match="classes"):
+        client.offline(np.zeros(3, dtype=np.uint64))
+    with pytest.raises(ValueError, match="exceeds"):
+        client.offline(np.full(4, 256, dtype=np.uint64))

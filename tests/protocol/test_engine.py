@@ -236,6 +236,58 @@ def test_over_loopback_tcp(plan: pie.Plan) -> None:
     assert report.online_bytes > 0
 
 
+def test_label_only_output_in_memory_and_over_tcp(plan: pie.Plan) -> None:
+    """A label-only Plan returns the reference's top-1 class and nothing
+    else: the client holds no share of the logits, and the server's sealed
+    output frame carries no payload."""
+    label_plan = plan.with_output("label")
+    assert label_plan.digest() != plan.digest()
+    for x in _images():
+        label, report = pie.infer(label_plan, x, threads=1)
+        assert label.shape == () and label.dtype == np.int64
+        assert label == label_plan.reference_label(x) == int(np.argmax(plan.run_reference(x)))
+    out = report.costs[label_plan.steps.index(label_plan.output)]
+    classes, bits = 10, label_plan.tensors[label_plan.output.input].ring_bits
+    frame, seal = 12, 32
+    # Online, the server sends the labels of its logit share and an empty sealed frame.
+    assert out.online_bytes_s2c == frame + 16 * classes * bits + frame + seal
+
+    server = pie.Server(label_plan)
+    listener = pie.TcpListener("127.0.0.1", 0)
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            with listener.accept(timeout=30) as ch:
+                server.serve(ch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    x = _images()[2]
+    with pie.tcp_connect("127.0.0.1", listener.port) as ch:
+        session = pie.Client(server.public_plan()).session(ch)
+        session.offline()
+        assert not session._shares  # the client's logit share went into the garbled argmax only
+        label, _ = session.online(x)
+    worker.join(60)
+    listener.close()
+    assert not errors and label == label_plan.reference_label(x)
+
+
+def test_output_reveal_is_validated(plan: pie.Plan) -> None:
+    with pytest.raises(ValueError, match="output must be one of"):
+        plan.with_output("probabilities")
+    with pytest.raises(ValueError, match="output must be one of"):
+        pie.compile(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)), (3, 2, 2), output="x")
+    data = plan.with_output("label").public_dict()
+    assert data["steps"][-1]["reveal"] == "label" and "reveal" not in plan.public_dict()["steps"][-1]
+    data["steps"][-1]["reveal"] = "everything"
+    with pytest.raises(pie.PlanFormatError, match="reveal"):
+        pie.Plan._from_dict(data, {}, {})
+
+
 def test_client_disappearing_raises_on_the_server(plan: pie.Plan) -> None:
     s_end, c_end = pie.memory_pair()
     worker, errors = _serve_in_thread(plan, s_end)

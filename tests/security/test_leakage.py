@@ -398,6 +398,39 @@ def test_negative_control_reused_client_masks_fail_the_freshness_check(
 # --------------------------------------------------- the client's view (weights)
 
 
+def shifted_logits(plan: Plan) -> Plan:
+    """The same public Plan with every logit raised by one constant (the last
+    layer's bias): the same top-1 class for every input, other logits."""
+    fc = max(i for i, st_ in enumerate(plan.steps) if isinstance(st_, LinearStep))
+    step = plan.steps[fc]
+    c = np.int64(1) << np.int64(plan.tensors[step.output].ring_bits - 5)  # well inside the ring
+    steps = list(plan.steps)
+    steps[fc] = LinearStep(step.output, step.terms, step.source, step.bias + c)
+    shifted = Plan(plan.input, plan.pixel_max, plan.tensors, steps, plan.policy, plan.private)
+    assert shifted.digest() == plan.digest()
+    return shifted
+
+
+def client_results(plan: Plan, images: np.ndarray) -> list[np.ndarray]:
+    return [pie.infer(plan, x, threads=1)[0] for x in images]
+
+
+def test_a_label_only_client_learns_nothing_beyond_the_label(plans: tuple[Plan, Plan]) -> None:
+    """Two weight sets behind one public Plan that differ in every logit but
+    never in the top-1 class: what a label-only client computes is the same.
+    Control (the real protocol with the logits revealed, i.e. the server's
+    share sent in the clear): the same comparison tells them apart."""
+    a = plans[0]
+    b = shifted_logits(a)
+    images = np.random.default_rng(4).random((3, *SHAPE))
+    label_a = client_results(a.with_output("label"), images)
+    label_b = client_results(b.with_output("label"), images)
+    assert all(np.array_equal(u, v) for u, v in zip(label_a, label_b, strict=True))
+    assert [int(v) for v in label_a] == [int(np.argmax(a.run_reference(x))) for x in images]
+    logits_a, logits_b = client_results(a, images), client_results(b, images)
+    assert not any(np.array_equal(u, v) for u, v in zip(logits_a, logits_b, strict=True))
+
+
 @pytest.fixture(scope="module")
 def conv_case(plans: tuple[Plan, Plan]) -> dict[str, Any]:
     """The plan's convolution under both weight sets, on one client share."""

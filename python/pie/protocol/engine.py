@@ -15,7 +15,10 @@ local on the server (``W(x_s) + s + b``), so chains of them (culled stages) cost
 no messages; each round of garbled steps (:meth:`Plan.rounds`: ReLUs and
 truncations that do not depend on each other) costs one round trip (labels of
 ``x_s`` out, colour bits back; :meth:`Plan.schedule`); the server finally sends
-its share of the logits.
+its share of the logits. Under a label-only Plan (``plan.output.reveal ==
+"label"``) it sends instead the labels of its share of the logits for a
+garbled argmax prepared offline (:class:`pie.gc.ArgmaxServer`): the client
+learns the top-1 index, the logits stay shared.
 
 Offline material is bound to one session and one inference: a session runs
 ``offline`` then ``online`` exactly once, and the garbled material refuses a
@@ -115,6 +118,14 @@ def _he_sessions(plan: Plan) -> dict[int, int]:
 
 def _gc_shapes(plan: Plan) -> list[tuple[int, int, int, bool]]:
     return sorted({_gc_shape(plan, s) for s in plan.steps if isinstance(s, (ReluStep, TruncateStep))})
+
+
+def _argmax_shape(plan: Plan) -> tuple[int, int] | None:
+    """(classes, ring bits) of a label-only output, None for logits."""
+    if plan.output.reveal != "label":
+        return None
+    spec = plan.tensors[plan.output.input]
+    return spec.numel, spec.ring_bits
 
 
 class _Meter:
@@ -233,6 +244,8 @@ class ServerSession:
         self._he = {bits: he.LinearServer(channel, bits, n) for bits, n in _he_sessions(self.plan).items()}
         self._gc = {shape: gc.ReluServer(channel, shape[0], shape[1], shape[2], server.threads,
                                          truncate=shape[3]) for shape in _gc_shapes(self.plan)}
+        label = _argmax_shape(self.plan)
+        self._argmax = gc.ArgmaxServer(channel, *label, server.threads) if label else None
         self._masks: dict[int, np.ndarray] = {}
         self._material: dict[int, Any] = {}
         self._life = _Lifecycle()
@@ -271,6 +284,8 @@ class ServerSession:
                     self._masks[i] = mask(acc.reshape(t[step.output].shape), bits)
             elif isinstance(step, (ReluStep, TruncateStep)):
                 self._material[i] = self._gc[_gc_shape(self.plan, step)].offline(t[step.input].numel)
+        if self._argmax is not None:
+            self._argmax.offline()
         self.wire.server_offline_check()
 
     def online(self) -> None:
@@ -318,9 +333,12 @@ class ServerSession:
                 y = self._gc[_gc_shape(plan, step)].finish(self._material.pop(i))
                 values[step.output] = y.reshape(t[step.output].shape)
                 release(i)
-        out_step = plan.output
-        out = values[out_step.input].astype("<u8")
-        self.wire.server_output(out.tobytes())
+        out = values[plan.output.input]
+        if self._argmax is not None:
+            self._argmax.online(np.ascontiguousarray(out.reshape(-1)))
+            self.wire.server_output(b"")  # sealed: the client checks the transcript before using its label
+        else:
+            self.wire.server_output(out.astype("<u8").tobytes())
 
     def _linear(self, index: int, values: dict[str, np.ndarray]) -> np.ndarray:
         acc = self.server.linear(index, values)
@@ -372,6 +390,8 @@ class ClientSession:
         self._he = {bits: he.LinearClient(channel, bits, n) for bits, n in _he_sessions(self.plan).items()}
         self._gc = {shape: gc.ReluClient(channel, shape[0], shape[1], shape[2], client.threads,
                                          truncate=shape[3]) for shape in _gc_shapes(self.plan)}
+        label = _argmax_shape(self.plan)
+        self._argmax = gc.ArgmaxClient(channel, *label, client.threads) if label else None
         channel.flush()
         self.report = Report()
         self.report.setup_bytes = channel.bytes_sent + channel.bytes_received
@@ -418,7 +438,12 @@ class ClientSession:
                     x = np.ascontiguousarray(shares[step.input].reshape(-1))
                     self._material[i] = self._gc[_gc_shape(plan, step)].offline(x, r.reshape(-1))
                     shares[step.output] = r
-        self._shares = {plan.output.input: shares[plan.output.input]}
+        out_share = shares[plan.output.input]
+        if self._argmax is not None:
+            with self._meter.measure(plan.steps.index(plan.output), "offline"):
+                self._argmax.offline(np.ascontiguousarray(out_share.reshape(-1)))
+        else:
+            self._shares = {plan.output.input: out_share}
         self.wire.client_offline_check()
 
     def _linear(self, step: LinearStep, shares: dict[str, np.ndarray]) -> np.ndarray:
@@ -439,15 +464,19 @@ class ClientSession:
 
     def online(self, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, Report]:
         """Run the online phase on image ``x`` ((C, H, W), values in [0, 1]):
-        returns the decoded logits and the report."""
+        returns the decoded logits (or, under a label-only Plan, the top-1
+        class as an int64 scalar array) and the report."""
         pixels = self.plan.encode_input(x)
         if pixels.shape[0] != 1:
             raise ValueError("one image per inference: x must have shape (C, H, W) or (1, C, H, W)")
         y = self.online_int(pixels[0])
+        if self._argmax is not None:
+            return y, self.report
         return self.plan.decode_output(y[None])[0], self.report
 
     def online_int(self, x_int: np.ndarray) -> np.ndarray:
-        """The online phase on integer pixels: returns the output residues.
+        """The online phase on integer pixels: returns the output residues (or,
+        under a label-only Plan, the top-1 class as an int64 scalar array).
 
         Raises:
             ValueError: ``x_int`` does not have the Plan's input shape (the
@@ -488,6 +517,11 @@ class ClientSession:
             for i in garbled:
                 self._gc[_gc_shape(plan, plan.steps[i])].release(self._material.pop(i))
         step = plan.output
+        if self._argmax is not None:
+            with self._meter.measure(plan.steps.index(step), "online"):
+                label = self._argmax.online()
+                self.wire.client_output(0)  # transcript checked before the label is returned
+            return np.asarray(label, dtype=np.int64)
         with self._meter.measure(plan.steps.index(step), "online"):
             raw = self.wire.client_output(8 * out_spec.numel)  # transcript checked
             server_share = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
