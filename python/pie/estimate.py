@@ -456,6 +456,23 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
                 + p.gc_online_per_label_s * n * l_in
                 + p.gc_online_per_step_s + extra_per_byte * (on_c2s + on_s2c)
             )
+        elif isinstance(s, OutputStep) and s.reveal == "label":
+            # The garbled argmax: one instance, its tables, OT of the client's
+            # share and the decoding bits offline; the server's labels online.
+            numel, bits = t[s.input].numel, t[s.input].ring_bits
+            circuit = gc.argmax_circuit(numel, bits)
+            gates = circuit.num_and
+            est.and_gates = gates
+            est.offline_bytes_c2s = _iknp_matrix_bytes(numel * bits) + frames["base_ot_c2s"]
+            est.offline_bytes_s2c = (FRAME_HEADER_BYTES + GC_BATCH_HEADER_BYTES + TABLE_BYTES_PER_AND * gates
+                                     + FRAME_HEADER_BYTES + -(-circuit.output_widths[0] // 8)
+                                     + frames["base_ot_s2c"])
+            est.offline_seconds = (p.gc_offline_per_and_s * gates + p.gc_offline_per_ot_s * numel * bits
+                                   + p.gc_offline_per_step_s + p.base_ot_s
+                                   + extra_per_byte * (est.offline_bytes_c2s + est.offline_bytes_s2c) + extra_rtt)
+            est.online_bytes_s2c = 2 * FRAME_HEADER_BYTES + LABEL_BYTES * numel * bits
+            est.online_seconds = (rtt / 2 + p.gc_online_per_and_s * gates + p.gc_online_per_label_s * numel * bits
+                                  + est.online_bytes_s2c / p.bandwidth[transport])
         elif isinstance(s, OutputStep):
             numel = t[s.input].numel
             est.online_bytes_s2c = FRAME_HEADER_BYTES + SHARE_BYTES * numel

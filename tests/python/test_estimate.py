@@ -49,8 +49,10 @@ def _small_drd() -> pie.Plan:
     return pie.compile(net, (3, 16, 16), calibration=np.random.default_rng(0).random((16, 3, 16, 16)))
 
 
-@pytest.fixture(scope="module", params=["cnn", "drd"])
+@pytest.fixture(scope="module", params=["cnn", "drd", "cnn-label"])
 def plan(request: pytest.FixtureRequest) -> pie.Plan:
+    if request.param == "cnn-label":
+        return _small_cnn().with_output("label")
     return _small_cnn() if request.param == "cnn" else _small_drd()
 
 
