@@ -14,7 +14,8 @@ phase                 messages (c: client -> server, s: server -> client)
 ``offline``           HE and GC sub-protocols (they frame and bound their own
                       messages), then c ``OFFLINE_DONE``, s ``OFFLINE_VERDICT``
 ``online``            c ``MASKED_INPUT`` (read by the engine, exact size), GC
-                      rounds, s ``OUTPUT_SHARE``
+                      rounds, s ``OUTPUT_SHARE`` (under a label-only Plan: the
+                      garbled argmax's labels first, and an empty share)
 ``finish``            c ``FINISH``
 ====================  ==========================================================
 
