@@ -607,7 +607,10 @@ class Plan:
         for s in self.steps:
             if isinstance(s, TruncateStep):
                 lines.append(f"truncate {s.input}: {s.reason}")
-        lines.append("policy: " + json.dumps(self.policy, sort_keys=True))
+        shown = {k: v for k, v in self.policy.items() if k != "reveals"}  # long: one entry per field
+        lines.append("policy: " + json.dumps(shown, sort_keys=True))
+        if "reveals" in self.policy:
+            lines.append("what the public plan reveals: plan.policy['reveals']")
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ execution
