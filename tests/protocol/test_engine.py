@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from pie.models import ResNetConfig, from_config
 from pie.protocol import HandshakeError
 
 SHAPE = (3, 16, 16)
+T = TypeVar("T")
 
 
 def _random_bn(net: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -212,8 +215,8 @@ def test_server_linear_equals_the_reference_steps(plan: pie.Plan) -> None:
         server.linear(relu, values)
 
 
-def test_over_loopback_tcp(plan: pie.Plan) -> None:
-    server = pie.Server(plan)
+def _over_tcp(server: pie.Server, client_side: Callable[[pie.Channel], T]) -> T:
+    """One session of ``server`` over loopback TCP, the client side run here."""
     listener = pie.TcpListener("127.0.0.1", 0)
     errors: list[BaseException] = []
 
@@ -226,12 +229,18 @@ def test_over_loopback_tcp(plan: pie.Plan) -> None:
 
     worker = threading.Thread(target=serve)
     worker.start()
-    x = _images()[2]
     with pie.tcp_connect("127.0.0.1", listener.port) as ch:
-        logits, report = pie.Client(server.public_plan()).infer(ch, x)
+        result = client_side(ch)
     worker.join(60)
     listener.close()
     assert not errors
+    return result
+
+
+def test_over_loopback_tcp(plan: pie.Plan) -> None:
+    server = pie.Server(plan)
+    x = _images()[2]
+    logits, report = _over_tcp(server, lambda ch: pie.Client(server.public_plan()).infer(ch, x))
     assert np.array_equal(logits, plan.run_reference(x))
     assert report.online_bytes > 0
 
@@ -253,27 +262,15 @@ def test_label_only_output_in_memory_and_over_tcp(plan: pie.Plan) -> None:
     assert out.online_bytes_s2c == frame + 16 * classes * bits + frame + seal
 
     server = pie.Server(label_plan)
-    listener = pie.TcpListener("127.0.0.1", 0)
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            with listener.accept(timeout=30) as ch:
-                server.serve(ch)
-        except BaseException as exc:
-            errors.append(exc)
-
-    worker = threading.Thread(target=serve)
-    worker.start()
     x = _images()[2]
-    with pie.tcp_connect("127.0.0.1", listener.port) as ch:
+
+    def client_side(ch: pie.Channel) -> np.ndarray:
         session = pie.Client(server.public_plan()).session(ch)
         session.offline()
         assert not session._shares  # the client's logit share went into the garbled argmax only
-        label, _ = session.online(x)
-    worker.join(60)
-    listener.close()
-    assert not errors and label == label_plan.reference_label(x)
+        return session.online(x)[0]
+
+    assert _over_tcp(server, client_side) == label_plan.reference_label(x)
 
 
 def test_output_reveal_is_validated(plan: pie.Plan) -> None:
