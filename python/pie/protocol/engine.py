@@ -38,6 +38,7 @@ from .. import gc, he
 from ..channel import Channel, memory_pair
 from ..compiler import compile as compile_plan
 from ..crypto import secure_random
+from ..link import Link, resolve_link
 from ..plan import ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep
 from ..reference import conv2d_ring, fc_ring, mask, prepare_weight, reduce
 from . import wire
@@ -98,11 +99,12 @@ class _Meter:
         """Charge the time and traffic of the block to step ``index``; steps that
         share a round trip count its messages once (``count_rounds`` on one of them)."""
         ch = self.channel
-        sent, received, flushes = ch.bytes_sent, ch.bytes_received, ch.flushes
+        sent, received, flushes, trips = ch.bytes_sent, ch.bytes_received, ch.flushes, ch.round_trips
         start = time.perf_counter()
         yield
         ch.flush()
         cost = self.costs[index]
+        setattr(cost, f"{phase}_round_trips", getattr(cost, f"{phase}_round_trips") + ch.round_trips - trips)
         setattr(cost, f"{phase}_seconds", getattr(cost, f"{phase}_seconds") + time.perf_counter() - start)
         setattr(cost, f"{phase}_bytes_c2s", getattr(cost, f"{phase}_bytes_c2s") + ch.bytes_sent - sent)
         setattr(cost, f"{phase}_bytes_s2c",
@@ -324,6 +326,7 @@ class ClientSession:
         channel.flush()
         self.report = Report()
         self.report.setup_bytes = channel.bytes_sent + channel.bytes_received
+        self.report.setup_round_trips = channel.round_trips
         self.report.setup_seconds = time.perf_counter() - start
         self._meter = _Meter(channel, self.plan)
         self.report.costs = self._meter.costs
@@ -433,18 +436,24 @@ class _Failure:
 
 def infer(model_or_plan: nn.Module | Plan, x: np.ndarray | torch.Tensor,
           input_shape: tuple[int, int, int] | None = None, *, threads: int = 0,
-          **compile_kwargs: Any) -> tuple[np.ndarray, Report]:
+          link: Link | str | None = None, **compile_kwargs: Any) -> tuple[np.ndarray, Report]:
     """Private inference with both parties in this process (threads over the
     in-memory channel). Returns the client's logits and the cost report.
 
     ``x`` is one image (C, H, W) with values in [0, 1]; a model is compiled
-    first (``input_shape`` defaults to ``x``'s shape).
+    first (``input_shape`` defaults to ``x``'s shape). ``link`` (a
+    :class:`pie.Link` or a preset name: ``"loopback"``, ``"lan"``, ``"wan"``)
+    runs the parties across an emulated network link, so the report shows what
+    that deployment would cost; the report's ``link`` names it.
 
     Raises:
         ValueError: ``x`` is not one image of the Plan's input shape with finite
-            values in [0, 1] (checked before either party starts).
+            values in [0, 1] (checked before either party starts); an unknown
+            link name.
     """
     import threading
+
+    emulated = resolve_link(link)
 
     if not isinstance(model_or_plan, Plan):
         shape = input_shape or tuple(np.shape(x))[-3:]
@@ -454,7 +463,7 @@ def infer(model_or_plan: nn.Module | Plan, x: np.ndarray | torch.Tensor,
     if server.plan.encode_input(x).shape[0] != 1:
         raise ValueError("one image per inference: x must have shape (C, H, W) or (1, C, H, W)")
     client = Client(server.public_plan(), threads=threads)
-    server_end, client_end = memory_pair()
+    server_end, client_end = emulated.memory_pair() if emulated is not None else memory_pair()
     failure = _Failure()
 
     def run_server() -> None:
@@ -477,4 +486,6 @@ def infer(model_or_plan: nn.Module | Plan, x: np.ndarray | torch.Tensor,
     worker.join()
     if failure.error is not None:
         raise failure.error
+    if emulated is not None:
+        report.link = emulated.describe()
     return logits, report
