@@ -16,6 +16,9 @@ class StepFigures:
 
     Bytes are split by direction (``c2s``: client to server, ``s2c``: server
     to client). Seconds are the client's wall time for the phase of this step.
+    Round trips count the client's waits for an answer after it sent
+    something (:attr:`pie.Channel.round_trips`), each of which costs up to one
+    round-trip time on a link.
     """
 
     index: int
@@ -29,6 +32,8 @@ class StepFigures:
     online_bytes_s2c: int = 0
     offline_seconds: float = 0.0
     online_seconds: float = 0.0
+    offline_round_trips: int = 0
+    online_round_trips: int = 0
 
     @property
     def offline_bytes(self) -> int:
@@ -49,14 +54,10 @@ class StepFigures:
 class StepCost(StepFigures):
     """Costs of one Plan step, measured on the client's channel (see
     :class:`StepFigures`); rounds count the flushes of each side, i.e. one-way
-    messages; round trips count the client's waits for an answer after it
-    sent something (:attr:`pie.Channel.round_trips`), each of which costs up
-    to one round-trip time on a link."""
+    messages."""
 
     offline_rounds: int = 0
     online_rounds: int = 0
-    offline_round_trips: int = 0
-    online_round_trips: int = 0
 
 
 @dataclass
