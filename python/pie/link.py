@@ -246,13 +246,14 @@ def _run(*args: str) -> None:
 def _qdisc_args(link: Link, direction: str, qdisc: str) -> list[str]:
     """The qdisc of one direction's egress. ``netem``: delay plus rate, with a
     queue far longer than the bandwidth-delay product (the link never drops).
-    ``tbf``: a token bucket at the rate (no delay), with a burst of two
-    64 KiB segments (veth hands TCP's segmentation-offload packets over whole)."""
+    ``tbf``: a token bucket at the rate (no delay) with a 16 KiB burst, small
+    against the messages so that the link serialises them as the emulator
+    does (tbf splits larger segmentation-offload packets itself)."""
     bits = link.c2s_bandwidth if direction == "c2s" else link.s2c_bandwidth
     if qdisc == "netem":
         args = ["netem", "delay", f"{link.delay(direction) * 1e6:.0f}us", "limit", "1000000"]
         return args + (["rate", f"{bits:.0f}bit"] if bits is not None else [])
-    return ["tbf", "rate", f"{bits:.0f}bit", "burst", str(128 << 10), "limit", str(16 << 20)]
+    return ["tbf", "rate", f"{bits:.0f}bit", "burst", str(16 << 10), "limit", str(16 << 20)]
 
 
 def _in_netns(name: str, fn: Callable[[], Any]) -> Any:
