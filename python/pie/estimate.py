@@ -38,7 +38,9 @@ Time (a model, not a measurement): each phase is a sum of its steps.
   encryption, server products, reply re-randomisation and flooding, client
   decryption, transfer), per garbled step ``e*AND + f*OT bits + g`` (garbling,
   table transfer, OT extension), one HE key set-up per ring and one base-OT
-  set-up per circuit shape;
+  set-up per circuit shape; one round-trip time per offline exchange
+  (:func:`pie.protocol.engine.offline_exchanges`), per base-OT set-up and
+  for the closing transcript check;
 * online: the server's ring arithmetic of every linear step
   (``h*limb MACs + i*limb elements + h'*limb weights + j`` per conv/fc term, float64 limbs as
   :func:`pie.reference.conv2d_ring` computes them), per garbled step
@@ -56,6 +58,10 @@ Time (a model, not a measurement): each phase is a sum of its steps.
   online ones, as a session does, so online evaluation reads tables that
   have left the caches. Over TCP the model adds each message's bytes at the measured
   loopback bandwidth minus the in-memory one, and the measured round-trip time.
+* Across a link (``link=``): each round trip above costs the link's RTT too,
+  and each byte its serialisation time beyond the transport's; garbled tables
+  stream while the server garbles, so only the part of their transfer that
+  outlasts the garbling adds.
 
 What it ignores: the Python interpreter's per-step overhead (tens of
 microseconds), contention with other processes, memory-bandwidth effects of
@@ -95,6 +101,7 @@ from .plan import (
     ReluStep,
     TruncateStep,
 )
+from .protocol.engine import offline_exchanges
 from .protocol.report import StepFigures
 
 __all__ = ["Estimate", "Profile", "ProfileError", "StepEstimate", "estimate", "measure_profile",
@@ -431,26 +438,31 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
     rounds = plan.rounds()
     he_sessions = _he_sessions(plan)
     weight_bits = int(plan.policy.get("weight_bits", 12))
+    # The offline phase's round trips: one per exchange, where the client first
+    # waits for an answer (its first item), one per base-OT set-up.
+    opens = {(ex[0].step, ex[0].term) for ex in offline_exchanges(plan)}
     seen_shapes: set[tuple[int, int, int, bool]] = set()
     steps: list[StepEstimate] = []
     for i, s in enumerate(plan.steps):
         est = StepEstimate(i, s.kind, getattr(s, "output", s.inputs[0]))
         if isinstance(s, LinearStep):
             bits = t[s.output].ring_bits
-            for term in s.terms:
+            for k, term in enumerate(s.terms):
                 if not isinstance(term, (ConvTerm, FCTerm)):
                     continue
                 lay = _term_layout(plan, term)
                 c2s, s2c = _he_term_bytes(plan, s, lay, he_sessions[bits])
                 est.offline_bytes_c2s += c2s
                 est.offline_bytes_s2c += s2c
-                est.offline_round_trips += 1
+                opening = (i, k) in opens
+                est.offline_round_trips += opening
                 limbs = he.he_parameters(bits, max_revealed=he_sessions[bits])["final_limbs"]
                 # Encrypt, send, compute, reply, decrypt: nothing overlaps the transfers.
                 est.offline_seconds += (
                     p.he_per_input_s * lay["num_inputs"] + p.he_per_product_s * lay["num_products"]
                     + (p.he_per_reply_s + p.he_per_reply_limb_s * limbs) * lay["num_outputs"] + p.he_per_term_s
-                    + extra_per_byte * (c2s + s2c) + extra_rtt + wire.round_trip(c2s, s2c)
+                    + extra_per_byte * (c2s + s2c) + wire.transfer(c2s, s2c)
+                    + (extra_rtt + wire.rtt if opening else 0.0)
                 )
                 macs, elements, weights = _limb_work(plan, term, bits, weight_bits)
                 est.online_seconds += (p.linear_per_limb_mac_s * macs + p.linear_per_limb_element_s * elements
@@ -472,13 +484,13 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
             # server garbles: the slower of the two sets the pace. The first
             # step of a circuit shape runs the base OTs (one more round trip).
             garbling = p.gc_offline_per_and_s * n * gates
-            est.offline_round_trips = 2 if first else 1
+            opening = (i, None) in opens
+            est.offline_round_trips = first + opening
             est.offline_seconds = (
                 garbling + p.gc_offline_per_ot_s * n * (l_in + l_out)
                 + p.gc_offline_per_step_s + (p.base_ot_s if first else 0.0)
-                + extra_per_byte * (off_c2s + off_s2c) + extra_rtt
-                + wire.round_trip(off_c2s, 0) + (wire.rtt if first else 0.0)
-                + max(0.0, wire.transfer(0, off_s2c) - garbling)
+                + extra_per_byte * (off_c2s + off_s2c) + (extra_rtt + wire.rtt) * (first + opening)
+                + wire.transfer(off_c2s, 0) + max(0.0, wire.transfer(0, off_s2c) - garbling)
             )
             est.online_seconds = (
                 p.gc_online_per_and_s * n * gates + p.gc_online_per_gate_s * n * _other_gates(*shape)
@@ -499,6 +511,11 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
         first_of_round = next(e for e in gc_steps if e.round == r)
         first_of_round.online_seconds += rtt + wire.rtt
         first_of_round.online_round_trips += 1
+    # The offline phase ends with the transcript check, one round trip,
+    # charged to its last step as the engine's report does.
+    last = steps[_frame_positions(plan)["last"]]
+    last.offline_round_trips += 1
+    last.offline_seconds += rtt + wire.rtt
     # Session frames measured on a tiny inference (handshake, phase checks,
     # finish): charged where the engine's report counts them.
     setup_bytes = frames["setup"] + sum(_he_hello_bytes(bits) for bits in he_sessions)

@@ -81,7 +81,9 @@ __all__ = [
 
 # 2: sealed OFFLINE_DONE/OFFLINE_VERDICT, OUTPUT_SHARE and FINISH (transcript digests).
 # 3: the transcript checks are 16-byte GMAC tags, not SHA-256 digests.
-PROTOCOL_VERSION = 3
+# 4: the offline phase runs in exchanges (pie.protocol.engine.offline_exchanges),
+#    not step by step.
+PROTOCOL_VERSION = 4
 
 # Frame types of the session layer ("PI" + a counter).
 HELLO = 0x50490001  # client -> server: {"protocol", "plan"}
