@@ -43,6 +43,7 @@ import torch
 import pie
 from pie.estimate import Profile, estimate, measure_speed_index
 from pie.models import ResNet, ResNetConfig
+from pie.protocol.engine import offline_exchanges
 
 from benchnets import random_bn, tcp_inference
 
@@ -169,6 +170,7 @@ def test_network(benchmark, name: str, transport: str, link_name: str) -> None: 
         online_bytes=last.online_bytes,
         online_rounds=last.online_rounds,
         offline_round_trips=last.offline_round_trips,
+        offline_exchanges=len(offline_exchanges(plan)),
         online_round_trips=last.online_round_trips,
         torch_float32_forward_seconds=torch_s,
         online_to_torch_ratio=online / torch_s,
