@@ -1,6 +1,6 @@
 """Run the benchmark suites and write the performance report.
 
-    python bench/report.py                 # everything (10-15 minutes on 2 cores)
+    python bench/report.py                 # everything (20-25 minutes on 2 cores)
     python bench/report.py --render-only   # rebuild REPORT.md and the plots from the JSON files
 
 Writes into ``bench/results/`` (``--out``): ``profile.json`` (the machine
