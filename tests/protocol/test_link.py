@@ -4,6 +4,7 @@ traffic control as a reference where this machine allows it."""
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import threading
 import time
@@ -214,7 +215,7 @@ def test_infer_across_a_link_is_bit_exact_and_names_it(plan: pie.Plan) -> None:
 
 
 def _zero_profile() -> Profile:
-    base: dict = {f.name: 0.0 for f in __import__("dataclasses").fields(Profile) if f.name != "machine"}
+    base: dict = {f.name: 0.0 for f in dataclasses.fields(Profile) if f.name != "machine"}
     base.update(threads=2, bandwidth={"memory": 1e30, "tcp": 1e30}, rtt_s={"memory": 0.0, "tcp": 0.0})
     return Profile(**base)
 
