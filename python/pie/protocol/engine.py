@@ -10,6 +10,10 @@ share is fixed in the offline phase, before the input exists:
   circuit subtracts from its output; the client gets the labels of its share
   and of ``r`` by OT, the server garbles.
 
+Offline work runs in exchanges (:func:`offline_exchanges`): the client sends
+every HE input and OT whose share it knows, then receives every answer, one
+round trip per level of the HE dependency chains rather than one per step.
+
 Online, the client sends ``x - r`` (the server's input share); linear steps are
 local on the server (``W(x_s) + s + b``), so chains of them (culled stages) cost
 no messages; each round of garbled steps (:meth:`Plan.rounds`: ReLUs and
@@ -44,7 +48,8 @@ from ..reference import conv2d_ring, fc_ring, mask, prepare_weight, reduce
 from . import wire
 from .report import Report, StepCost
 
-__all__ = ["Client", "ClientSession", "Server", "ServerSession", "infer"]
+__all__ = ["OFFLINE_EXCHANGE_BYTES", "Client", "ClientSession", "OfflineItem", "Server", "ServerSession", "infer",
+           "offline_exchanges"]
 
 
 def _random_ring(shape: tuple[int, ...], bits: int) -> np.ndarray:
