@@ -19,7 +19,12 @@ Which networks (``PIE_BENCH_NET``):
 - a comma-separated list of names from ``pie.models.names()``.
 
 ``PIE_BENCH_TRANSPORT`` (``memory``, ``tcp`` or ``both``, the default) picks
-the transports; ``PIE_BENCH_INPUTS=N`` runs N random inputs per network
+the transports; ``PIE_BENCH_LINK`` (comma-separated ``pie.Link`` presets,
+default ``loopback``) the network links: ``loopback`` runs on every chosen
+transport as it is, an emulated link (``lan``, ``wan``) wraps both parties'
+ends of one transport -- TCP when it is chosen, as a deployment would run,
+else the in-memory pair -- and the cost model predicts for that link.
+``PIE_BENCH_INPUTS=N`` runs N random inputs per network
 (default 1), figures are medians over them. Targets:
 DRD_C100_12K online <= 45 ms, DRD_C100_230K online <= 1 s and offline traffic
 <= 1.3 GB, server online linear compute <= 8x the torch forward pass.
@@ -38,6 +43,7 @@ import torch
 import pie
 from pie.estimate import Profile, estimate, measure_speed_index
 from pie.models import ResNet, ResNetConfig
+from pie.protocol.engine import offline_exchanges
 
 from benchnets import random_bn, tcp_inference
 
@@ -57,6 +63,17 @@ def _networks() -> list[str]:
 def _transports() -> list[str]:
     chosen = os.environ.get("PIE_BENCH_TRANSPORT", "both")
     return ["memory", "tcp"] if chosen == "both" else [chosen]
+
+
+def _runs() -> list[tuple[str, str]]:
+    """(transport, link) pairs: loopback on every transport, an emulated link on one."""
+    links = [n.strip() for n in os.environ.get("PIE_BENCH_LINK", "loopback").split(",") if n.strip()]
+    for name in links:
+        pie.Link.preset(name)  # an unknown name fails here, listing the known ones
+    transports = _transports()
+    over = "tcp" if "tcp" in transports else transports[0]
+    runs = [(t, "loopback") for t in transports] if "loopback" in links else []
+    return runs + [(over, name) for name in links if name != "loopback"]
 
 
 INPUTS = int(os.environ.get("PIE_BENCH_INPUTS", "1"))
@@ -111,10 +128,11 @@ def server_linear_seconds(plan: pie.Plan, repeat: int = 5) -> float:
     return float(np.median(times[1:]))
 
 
-@pytest.mark.parametrize("transport", _transports())
+@pytest.mark.parametrize(("transport", "link_name"), _runs())
 @pytest.mark.parametrize("name", _networks())
-def test_network(benchmark, name: str, transport: str) -> None:  # type: ignore[no-untyped-def]
+def test_network(benchmark, name: str, transport: str, link_name: str) -> None:  # type: ignore[no-untyped-def]
     net, plan = compiled(name)
+    link = pie.Link.preset(link_name)
     profile_path = os.environ.get("PIE_BENCH_PROFILE")
     # The machine's speed around the run (before and after), against the
     # profile's: the load-adjusted prediction rescales the profile by it.
@@ -124,7 +142,7 @@ def test_network(benchmark, name: str, transport: str) -> None:  # type: ignore[
 
     def once() -> None:
         x = rng.random(SHAPE)
-        logits, report = tcp_inference(plan, x) if transport == "tcp" else pie.infer(plan, x)
+        logits, report = tcp_inference(plan, x, link) if transport == "tcp" else pie.infer(plan, x, link=link)
         assert np.array_equal(logits, plan.run_reference(x))
         runs.append(report)
 
@@ -138,6 +156,8 @@ def test_network(benchmark, name: str, transport: str) -> None:  # type: ignore[
     info = dict(  # noqa: C408 - keyword form reads as a record
         network=name,
         transport=transport,
+        link=link_name,
+        link_settings=link.to_dict(),
         inputs_bit_exact=len(runs),
         relus=last.relus,
         gc_cost=plan.gc_cost(),
@@ -149,6 +169,9 @@ def test_network(benchmark, name: str, transport: str) -> None:  # type: ignore[
         online_seconds=online,
         online_bytes=last.online_bytes,
         online_rounds=last.online_rounds,
+        offline_round_trips=last.offline_round_trips,
+        offline_exchanges=len(offline_exchanges(plan)),
+        online_round_trips=last.online_round_trips,
         torch_float32_forward_seconds=torch_s,
         online_to_torch_ratio=online / torch_s,
         server_linear_seconds=linear_s,
@@ -157,11 +180,11 @@ def test_network(benchmark, name: str, transport: str) -> None:  # type: ignore[
     )
     if profile_path:
         profile = Profile.load(profile_path)
-        predicted = estimate(plan, profile, transport)
+        predicted = estimate(plan, profile, transport, link=link)
         info["estimate"] = predicted.totals()
         info["estimate_steps"] = [s.to_dict() for s in predicted.steps]
         if profile.speed_index_s > 0:
             factor = float(np.mean(speed)) / profile.speed_index_s
             info["speed_factor"] = factor
-            info["estimate_load_adjusted"] = estimate(plan, profile.scaled(factor), transport).totals()
+            info["estimate_load_adjusted"] = estimate(plan, profile.scaled(factor), transport, link=link).totals()
     benchmark.extra_info.update(info)

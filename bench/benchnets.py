@@ -1,5 +1,5 @@
 """Helpers the network benchmarks share: random batch-norm statistics for
-untrained networks, and one inference over loopback TCP."""
+untrained networks, and one inference over TCP, optionally across an emulated link."""
 
 from __future__ import annotations
 
@@ -22,26 +22,33 @@ def random_bn(net: torch.nn.Module, seed: int) -> torch.nn.Module:
     return net.eval()
 
 
-def tcp_inference(plan: pie.Plan, x: np.ndarray) -> tuple[np.ndarray, pie.Report]:
-    """One private inference of ``x`` with the server in a thread over loopback TCP."""
+def tcp_inference(plan: pie.Plan, x: np.ndarray, link: pie.Link | None = None,
+                  host: str = "127.0.0.1") -> tuple[np.ndarray, pie.Report]:
+    """One private inference of ``x`` with the server in a thread over loopback
+    TCP (or TCP to ``host``, an address of this machine), both ends wrapped in
+    ``link`` when one is given."""
     server = pie.Server(plan)
     errors: list[BaseException] = []
-    with pie.TcpListener("127.0.0.1", 0) as listener:
+    with pie.TcpListener(host, 0) as listener:
 
         def serve() -> None:
             try:
-                server.serve(listener.accept(timeout=60))
+                ch = listener.accept(timeout=60)
+                server.serve(link.wrap(ch, "server") if link is not None else ch)
             except BaseException as exc:  # re-raised below
                 errors.append(exc)
 
         worker = threading.Thread(target=serve)
         worker.start()
         try:
-            with pie.tcp_connect("127.0.0.1", listener.port) as ch:
-                logits, report = pie.Client(server.public_plan()).infer(ch, x)
+            ch = pie.tcp_connect(host, listener.port)
+            with link.wrap(ch, "client") if link is not None else ch as client_end:
+                logits, report = pie.Client(server.public_plan()).infer(client_end, x)
         finally:
             worker.join()
     if errors:
         raise errors[0]
     report.transport = "tcp"
+    if link is not None and link.emulated:
+        report.link = link.describe()
     return logits, report

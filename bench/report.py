@@ -1,6 +1,6 @@
 """Run the benchmark suites and write the performance report.
 
-    python bench/report.py                 # everything (10-15 minutes on 2 cores)
+    python bench/report.py                 # everything (20-25 minutes on 2 cores)
     python bench/report.py --render-only   # rebuild REPORT.md and the plots from the JSON files
 
 Writes into ``bench/results/`` (``--out``): ``profile.json`` (the machine
@@ -12,7 +12,11 @@ written, ``bench_he.py`` with ``PIE_BENCH_HE=all`` (every linear layer of
 ResNet-18 and DRD_C100_12K at rings 37 and 59), ``bench_network.py`` with
 ``PIE_BENCH_NET=all`` (every DRD_C100 configuration and the ResNet-18 baseline,
 in memory and over loopback TCP, one input each, with the cost model's
-prediction from the fresh profile).
+prediction from the fresh profile) and ``PIE_BENCH_LINK`` from ``--links``
+(default ``loopback,lan,wan``: each emulated link once more over TCP). The
+report has a table per link (offline and online time, bytes and round trips,
+and the cost model's prediction for that link) and a plot of online latency
+against ReLUs with one line per link.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = ["crypto", "channel", "ot", "gc", "he", "network"]
 TOLERANCE = 0.25  # the cost model's target: within 25% of measured time
+LINK_TOLERANCE = 0.20  # on emulated links: within 20%
 
 # Published anchors: Delphi on CIFAR ResNet-18,
 # measured by a third party.
@@ -84,7 +89,7 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def run_all(out: Path, networks: str, profile_seconds: float) -> None:
+def run_all(out: Path, networks: str, profile_seconds: float, links: str = "loopback,lan,wan") -> None:
     from pie.estimate import measure_profile
 
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +100,8 @@ def run_all(out: Path, networks: str, profile_seconds: float) -> None:
     run["profile_seconds"] = round(time.perf_counter() - t0, 1)
     env_extra = {
         "he": {"PIE_BENCH_HE": "all"},
-        "network": {"PIE_BENCH_NET": networks, "PIE_BENCH_PROFILE": str(out / "profile.json")},
+        "network": {"PIE_BENCH_NET": networks, "PIE_BENCH_PROFILE": str(out / "profile.json"),
+                    "PIE_BENCH_LINK": links},
     }
     for suite in SUITES:
         print(f"bench_{suite} ...", flush=True)
@@ -146,11 +152,65 @@ def _status(ok: bool | None) -> str:
 
 
 def _network_runs(out: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(e["network"], e["transport"]): e for e in (b["extra_info"] for b in _benchmarks(out, "network"))}
+    """The runs without an emulated link, by (network, transport)."""
+    return {(e["network"], e["transport"]): e for e in (b["extra_info"] for b in _benchmarks(out, "network"))
+            if e.get("link", "loopback") == "loopback"}
 
 
-def _gc_offline_bytes(steps: list[dict[str, Any]], kinds: tuple[str, ...]) -> int:
-    return sum(s["offline_bytes"] for s in steps if s["kind"] in kinds)
+def _link_runs(out: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """link -> network -> run; loopback's run is the TCP one where there is one
+    (the transport the emulated links wrap)."""
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    for e in (b["extra_info"] for b in _benchmarks(out, "network")):
+        by_net = runs.setdefault(e.get("link", "loopback"), {})
+        if e["network"] not in by_net or e["transport"] == "tcp":
+            by_net[e["network"]] = e
+    order = {"loopback": 0, "lan": 1, "wan": 2}
+    return dict(sorted(runs.items(), key=lambda kv: (order.get(kv[0], 3), kv[0])))
+
+
+def _link_text(e: dict[str, Any]) -> str:
+    link = e.get("link_settings")
+    if not link or (link["c2s_bandwidth"] is None and link["s2c_bandwidth"] is None and link["rtt"] == 0):
+        return f"{e.get('link', 'loopback')} (no emulation)"
+    rate = "unlimited" if link["c2s_bandwidth"] is None else f"{link['c2s_bandwidth'] / 1e6:g} Mbit/s"
+    return f"{link['name']} ({rate}, {link['rtt'] * 1e3:g} ms RTT)"
+
+
+def _link_tables(links: dict[str, dict[str, dict[str, Any]]]) -> tuple[list[str], dict[str, list[str]]]:
+    """One table per link, and per prediction (raw, load-adjusted) the DRD_C100
+    runs on emulated links that it misses by more than the tolerance."""
+    lines: list[str] = []
+    misses: dict[str, list[str]] = {"raw": [], "adjusted": []}
+    for name, by_net in links.items():
+        first = next(iter(by_net.values()))
+        tol = TOLERANCE if name == "loopback" else LINK_TOLERANCE
+        lines += [f"### {_link_text(first)}", "",
+                  "| network | transport | ReLUs | offline time | offline bytes | offline round trips "
+                  "| online time | online bytes | online round trips | predicted offline (raw / load-adj.) "
+                  "| predicted online (raw / load-adj.) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for net, e in sorted(by_net.items(), key=lambda kv: kv[1]["relus"]):
+            cells = []
+            for key in ("offline_seconds", "online_seconds"):
+                parts = []
+                for variant, pred in (("raw", e.get("estimate")), ("adjusted", e.get("estimate_load_adjusted"))):
+                    if pred is None:
+                        parts.append("n/a")
+                        continue
+                    err = pred[key] / e[key] - 1
+                    missed = abs(err) > tol
+                    parts.append(f"{_fmt_s(pred[key])} ({err:+.0%}){' **miss**' if missed else ''}")
+                    if missed and net.startswith("DRD_C100") and name != "loopback":
+                        misses[variant].append(f"{net} on {name} ({key.split('_')[0]})")
+                cells.append(" / ".join(parts))
+            lines.append(
+                f"| {net} | {e['transport']} | {e['relus']:,} | {_fmt_s(e['offline_seconds'])} "
+                f"| {_fmt_bytes(e['offline_bytes'])} | {e.get('offline_round_trips', 'n/a')} "
+                f"| {_fmt_s(e['online_seconds'])} | {_fmt_bytes(e['online_bytes'])} "
+                f"| {e.get('online_round_trips', 'n/a')} | {cells[0]} | {cells[1]} |")
+        lines.append("")
+    return lines, misses
 
 
 def _targets(out: Path, nets: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
@@ -354,6 +414,30 @@ def _plots(out: Path, nets: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         fig.savefig(out / "online_vs_relus.png", dpi=120)
         plt.close(fig)
         made.append("online_vs_relus.png")
+    links = _link_runs(out)
+    if any(n.startswith("DRD_C100") for by_net in links.values() for n in by_net):
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        for (name, by_net), colour in zip(links.items(), ("C0", "C1", "C3", "C2", "C4", "C5")):
+            runs = sorted((e["relus"], e) for n, e in by_net.items() if n.startswith("DRD_C100"))
+            if not runs:
+                continue
+            ax.plot([r for r, _ in runs], [e["online_seconds"] * 1e3 for _, e in runs], marker="o", color=colour,
+                    label=f"measured, {_link_text(runs[0][1])}")
+            pred = [(r, e["estimate"]["online_seconds"]) for r, e in runs if "estimate" in e]
+            if pred:
+                ax.plot([r for r, _ in pred], [t * 1e3 for _, t in pred], linestyle="--", marker="x", color=colour,
+                        label=f"pie.estimate, {name}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("ReLUs")
+        ax.set_ylabel("online latency (ms)")
+        ax.set_title("Online latency vs ReLU count per network link, DRD_C100 configurations")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "online_vs_relus_links.png", dpi=120)
+        plt.close(fig)
+        made.append("online_vs_relus_links.png")
     pick = next((k for k in (("DRD_C100_230K", "tcp"), ("DRD_C100_12K", "tcp")) if k in nets),
                 next(iter(nets), None))
     if pick:
@@ -469,6 +553,26 @@ def render(out: Path) -> None:
     plots = _plots(out, nets)
     for p in plots:
         lines += [f"![{p}]({p})", ""]
+    links = _link_runs(out)
+    if set(links) - {"loopback"}:
+        link_rows, link_misses = _link_tables(links)
+        lines += ["## Network links", "",
+                  "Each network once per link (`PIE_BENCH_LINK`): *loopback* is the transport as it is, the "
+                  "emulated links (`pie.Link` presets, Cheetah's LAN and WAN settings) wrap both ends of the TCP "
+                  "connection. Round trips are the client's waits for an answer after it sent something, the "
+                  "latency a link's RTT multiplies. *predicted* is `pie.estimate(plan, profile, transport, "
+                  "link=...)` with the profile of this run; target on the emulated links: within 20% for every "
+                  "DRD_C100 configuration.", ""]
+        lines += link_rows
+        for variant, key in (("raw", "estimate"), ("adjusted", "estimate_load_adjusted")):
+            drd = [f"{n} on {name}" for name, by_net in links.items() if name != "loopback"
+                   for n, e in by_net.items() if n.startswith("DRD_C100") and key in e]
+            if drd:
+                missed = link_misses[variant]
+                outside = {m.split(" (")[0] for m in missed}
+                lines += [f"DRD_C100 runs on emulated links within 20% on both times ({variant}): "
+                          f"{len(drd) - len(outside)}/{len(drd)}"
+                          + (f"; outside: {', '.join(missed)}." if missed else "."), ""]
     lines += ["## Delphi anchors", "",
               "Ratios above 1 mean pie needs less. Delphi's figures are a third party's measurement on CIFAR "
               "ResNet-18 (557,056 ReLUs, 41-bit prime field); pie's micro figures are at l = 37.", ""]
@@ -514,10 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--networks", default="all",
                         help="PIE_BENCH_NET for bench_network.py: 'all' or comma-separated names")
     parser.add_argument("--profile-seconds", type=float, default=60.0, help="budget of measure_profile")
+    parser.add_argument("--links", default="loopback,lan,wan",
+                        help="PIE_BENCH_LINK for bench_network.py: comma-separated pie.Link presets")
     parser.add_argument("--render-only", action="store_true", help="only rebuild REPORT.md and the plots")
     args = parser.parse_args(argv)
     if not args.render_only:
-        run_all(args.out, args.networks, args.profile_seconds)
+        run_all(args.out, args.networks, args.profile_seconds, args.links)
     render(args.out)
     print(f"wrote {args.out / 'REPORT.md'}")
     return 0

@@ -352,6 +352,12 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
       .def_property_readonly("tweak_prefix", [](const ReluServer& s) { return s.session().tweak_prefix(); },
                              "The high word of this session's garbling tweaks (random per session, even).")
       .def("offline", &ReluServer::offline, py::arg("n"), py::call_guard<py::gil_scoped_release>())
+      .def("announce", &ReluServer::announce, py::arg("n"), py::call_guard<py::gil_scoped_release>(),
+           "First part of offline(): send the header of a batch of n.")
+      .def("receive_ot", &ReluServer::receive_ot, py::arg("material"), py::call_guard<py::gil_scoped_release>(),
+           "Second part of offline(): the OT for the client's inputs.")
+      .def("garble", &ReluServer::garble, py::arg("material"), py::call_guard<py::gil_scoped_release>(),
+           "Third part of offline(): garble the batch and stream its tables.")
       .def(
           "online",
           [](ReluServer& s, ReluServerMaterial& mat, const U64Array& xs) {
@@ -402,6 +408,22 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
             return c.offline(xc.data(), r.data(), static_cast<std::size_t>(xc.shape(0)));
           },
           py::arg("client_share"), py::arg("client_mask"))
+      .def("receive_header", &ReluClient::receive_header, py::arg("n"), py::call_guard<py::gil_scoped_release>(),
+           "First part of offline(): receive the header of the server's next batch, of n.")
+      .def(
+          "request",
+          [](ReluClient& c, ReluClientMaterial& mat, const U64Array& xc, const U64Array& r) {
+            if (xc.ndim() != 1 || r.ndim() != 1 || static_cast<std::size_t>(xc.shape(0)) != mat.size() ||
+                static_cast<std::size_t>(r.shape(0)) != mat.size()) {
+              throw std::invalid_argument("client_share, client_mask: one-dimensional, of the batch's length");
+            }
+            py::gil_scoped_release release;
+            c.request(mat, xc.data(), r.data());
+          },
+          py::arg("material"), py::arg("client_share"), py::arg("client_mask"),
+          "Second part of offline(): the OT for the client's inputs.")
+      .def("receive_tables", &ReluClient::receive_tables, py::arg("material"),
+           py::call_guard<py::gil_scoped_release>(), "Third part of offline(): receive the batch's tables.")
       .def("online", &ReluClient::online, py::arg("material"), py::call_guard<py::gil_scoped_release>())
       .def("evaluate", &ReluClient::evaluate, py::arg("material"), py::call_guard<py::gil_scoped_release>(),
            "First half of online(): consume the material, receive the server's labels and evaluate.")

@@ -164,6 +164,9 @@ void register_he(py::module_& m) {
       "shape = (in_channels, in_height, in_width, out_channels, kernel_h, kernel_w, stride, padding, groups); "
       "returns (client_out, server_mask, stats) as flat arrays.");
 
+  py::class_<he::LinearInputs>(m, "HeLinearInputs", "One step's input ciphertexts, as the server received them.")
+      .def_property_readonly("nbytes", [](const he::LinearInputs& in) { return in.frame.size(); });
+
   using ClientSession = Session<he::LinearClient>;
   using ServerSession = Session<he::LinearServer>;
   py::class_<ClientSession>(m, "HeLinearClient",
@@ -187,6 +190,29 @@ void register_he(py::module_& m) {
           },
           py::arg("client_share"), py::arg("shape"),
           "One linear step: returns W x - s (flat) for the client's share x.")
+      .def(
+          "send",
+          [](ClientSession& self, U64Array x, const std::vector<std::size_t>& shape_v) {
+            const auto shape = make_shape(shape_v);
+            if (static_cast<std::size_t>(x.size()) != shape.input_size()) {
+              throw std::invalid_argument("client_share: size does not match the shape");
+            }
+            py::gil_scoped_release release;
+            self.party->send(shape, x.data());
+          },
+          py::arg("client_share"), py::arg("shape"),
+          "First half of run(): encrypt and send x; receive() returns the step's W x - s later.")
+      .def(
+          "receive",
+          [](ClientSession& self) {
+            std::vector<std::uint64_t> out;
+            {
+              py::gil_scoped_release release;
+              out = self.party->receive();
+            }
+            return to_array(out);
+          },
+          "Second half of run(): W x - s (flat) of the oldest step sent and not yet received.")
       .def_property_readonly("timings", [](const ClientSession& self) { return timings_dict(self.party->timings()); });
 
   py::class_<ServerSession>(m, "HeLinearServer",
@@ -209,6 +235,29 @@ void register_he(py::module_& m) {
             return to_array(out);
           },
           py::arg("weight"), py::arg("shape"), "One linear step: returns the server's mask s (flat).")
+      .def(
+          "receive",
+          [](ServerSession& self, const std::vector<std::size_t>& shape_v) {
+            const auto shape = make_shape(shape_v);
+            py::gil_scoped_release release;
+            return self.party->receive(shape);
+          },
+          py::arg("shape"), "First half of run(): receive one step's input ciphertexts (held until reply()).")
+      .def(
+          "reply",
+          [](ServerSession& self, const he::LinearInputs& inputs, I64Array w) {
+            if (static_cast<std::size_t>(w.size()) != inputs.shape.weight_size()) {
+              throw std::invalid_argument("weight: size does not match the shape");
+            }
+            std::vector<std::uint64_t> out;
+            {
+              py::gil_scoped_release release;
+              out = self.party->reply(inputs, w.data());
+            }
+            return to_array(out);
+          },
+          py::arg("inputs"), py::arg("weight"),
+          "Second half of run(): compute and send the replies; returns the server's mask s (flat).")
       .def_property_readonly("timings", [](const ServerSession& self) { return timings_dict(self.party->timings()); });
 
   m.def(

@@ -2,12 +2,14 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
+#include <cmath>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "buffer.h"
 #include "io/channel.h"
+#include "io/link_channel.h"
 #include "io/memory_channel.h"
 #include "io/tcp_channel.h"
 #include "io/tls_channel.h"
@@ -106,6 +108,9 @@ traffic counters. Blocking calls release the GIL. One thread at a time.)doc")
                              [](const Channel& ch) { return ch.stats().bytes_received; })
       .def_property_readonly("flushes", [](const Channel& ch) { return ch.stats().flushes; },
                              "Flushes that pushed data: the one-way messages this end sent.")
+      .def_property_readonly(
+          "round_trips", [](const Channel& ch) { return ch.stats().round_trips; },
+          "Receives that followed data this end sent: the request/response turns it waited through.")
       .def("reset_stats", &Channel::reset_stats,
            "Zero the counters (the transcript digests keep running).")
       .def(
@@ -137,6 +142,26 @@ It detects transport faults, not an attacker (use TLS). The checks continue.)doc
       },
       py::arg("capacity_bytes") = std::size_t{64} << 20,
       "Two connected in-process channel ends; each direction holds at most capacity_bytes in flight.");
+
+  m.def(
+      "link_channel",
+      [](std::shared_ptr<Channel> inner, double out_bytes_per_second, double out_delay_s,
+         double in_bytes_per_second, double in_delay_s, std::size_t send_buffer_bytes) {
+        const auto delay = [](double seconds, const char* field) {
+          if (!std::isfinite(seconds) || seconds < 0 || seconds > 1e6) {
+            throw std::invalid_argument(std::string(field) + " must be a non-negative number of seconds");
+          }
+          return std::chrono::nanoseconds(static_cast<long long>(std::llround(seconds * 1e9)));
+        };
+        LinkDirection out{out_bytes_per_second, delay(out_delay_s, "out_delay")};
+        LinkDirection in{in_bytes_per_second, delay(in_delay_s, "in_delay")};
+        return std::shared_ptr<Channel>(
+            std::make_shared<LinkChannel>(std::move(inner), out, in, send_buffer_bytes));
+      },
+      py::arg("inner"), py::arg("out_bytes_per_second"), py::arg("out_delay"),
+      py::arg("in_bytes_per_second"), py::arg("in_delay"), py::arg("send_buffer_bytes"),
+      "Wrap a channel end in an emulated link (rates in bytes per second, 0: unlimited; "
+      "delays in seconds); the peer's end must be wrapped with the directions mirrored.");
 
   m.def(
       "tcp_connect",

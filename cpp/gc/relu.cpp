@@ -57,25 +57,46 @@ ReluServer::ReluServer(Channel& ch, ReluShape shape, GcOptions opt)
     : ch_(ch), shape_(shape), circuit_(share_circuit(shape)), session_(ch, opt) {}
 
 ReluServerMaterial ReluServer::offline(std::size_t n) {
-  const std::size_t l_in = shape_.l_in;
-  const std::size_t l_out = shape_.l_out;
+  ReluServerMaterial m = announce(n);
+  receive_ot(m);
+  garble(m);
+  return m;
+}
+
+ReluServerMaterial ReluServer::announce(std::size_t n) {
   ReluServerMaterial m;
   m.owner_ = this;
   m.batch_ = batches_++;
   m.n_ = n;
   consumed_.push_back(false);
   send_ids(ch_, kFrameReluOffline, m.batch_, n);
+  return m;
+}
+
+void ReluServer::receive_ot(ReluServerMaterial& m) {
+  if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
+  if (m.ot_done_) throw std::invalid_argument("material: the OT of this batch already ran");
   // The client's wires (x_c, then r, per ReLU) get their labels by correlated OT.
+  m.q_.resize(m.n_ * (shape_.l_in + shape_.l_out));
+  session_.ot().send_cot(m.q_.data(), m.q_.size());
+  m.ot_done_ = true;
+}
+
+void ReluServer::garble(ReluServerMaterial& m) {
+  if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
+  if (!m.ot_done_ || m.garbled_) throw std::invalid_argument("material: needs its OT first, and garbles once");
+  const std::size_t n = m.n_;
+  const std::size_t l_in = shape_.l_in;
+  const std::size_t l_out = shape_.l_out;
   const std::size_t client_bits = l_in + l_out;
-  std::vector<Block> q(n * client_bits);
-  session_.ot().send_cot(q.data(), q.size());
   m.xs_zero_.resize(n * l_in);
   session_.prg().random_blocks(m.xs_zero_.data(), m.xs_zero_.size());
   // Circuit inputs: x_s (fresh labels), then x_c and r (the OT's 0-labels).
-  const InputView zero{InputPart{m.xs_zero_.data(), l_in, l_in}, InputPart{q.data(), client_bits, client_bits}};
+  const InputView zero{InputPart{m.xs_zero_.data(), l_in, l_in}, InputPart{m.q_.data(), client_bits, client_bits}};
   m.out_colour_.resize(n * l_out);
   session_.garble(circuit_, n, zero, OutputSink{nullptr, m.out_colour_.data()});
-  return m;
+  m.q_ = {};
+  m.garbled_ = true;
 }
 
 std::vector<std::uint64_t> ReluServer::online(ReluServerMaterial& m, const std::uint64_t* xs, std::size_t n) {
@@ -86,6 +107,7 @@ std::vector<std::uint64_t> ReluServer::online(ReluServerMaterial& m, const std::
 void ReluServer::send_labels(ReluServerMaterial& m, const std::uint64_t* xs, std::size_t n) {
   if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
   if (m.consumed_ || consumed_[m.batch_]) throw std::invalid_argument("material: offline batch already consumed");
+  if (!m.garbled_) throw std::invalid_argument("material: the batch is not garbled yet");
   if (n != m.n_) throw std::invalid_argument("server_share: length differs from the offline batch");
   check_ring(xs, n, shape_.l_in, "server_share");
   m.consumed_ = true;
@@ -139,22 +161,39 @@ ReluClient::ReluClient(Channel& ch, ReluShape shape, GcOptions opt)
     : ch_(ch), shape_(shape), circuit_(share_circuit(shape)), session_(ch, opt) {}
 
 ReluClientMaterial ReluClient::offline(const std::uint64_t* xc, const std::uint64_t* r, std::size_t n) {
+  // Inputs are checked before anything is received.
   check_ring(xc, n, shape_.l_in, "client_share");
   check_ring(r, n, shape_.l_out, "client_mask");
+  ReluClientMaterial m = receive_header(n);
+  request(m, xc, r);
+  receive_tables(m);
+  return m;
+}
+
+ReluClientMaterial ReluClient::receive_header(std::size_t n) {
   const auto ids = recv_ids(ch_, kFrameReluOffline);
   if (ids.first != batches_ || ids.second != n) {
     throw ProtocolError("ReLU offline: the server's batch " + std::to_string(ids.first) + " of " +
                         std::to_string(ids.second) + " does not match batch " + std::to_string(batches_) +
                         " of " + std::to_string(n));
   }
-  const std::size_t l_in = shape_.l_in;
-  const std::size_t l_out = shape_.l_out;
-  const std::size_t client_bits = l_in + l_out;
   ReluClientMaterial m;
   m.owner_ = this;
   m.batch_ = batches_++;
   m.n_ = n;
   consumed_.push_back(false);
+  return m;
+}
+
+void ReluClient::request(ReluClientMaterial& m, const std::uint64_t* xc, const std::uint64_t* r) {
+  if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
+  if (m.requested_) throw std::invalid_argument("material: the OT of this batch already ran");
+  const std::size_t n = m.n_;
+  check_ring(xc, n, shape_.l_in, "client_share");
+  check_ring(r, n, shape_.l_out, "client_mask");
+  const std::size_t l_in = shape_.l_in;
+  const std::size_t l_out = shape_.l_out;
+  const std::size_t client_bits = l_in + l_out;
   std::vector<std::uint8_t> choices(n * client_bits);
   for (std::size_t i = 0; i < n; ++i) {
     for (std::size_t w = 0; w < l_in; ++w) choices[i * client_bits + w] = (xc[i] >> w) & 1U;
@@ -162,8 +201,16 @@ ReluClientMaterial ReluClient::offline(const std::uint64_t* xc, const std::uint6
   }
   m.own_labels_.resize(choices.size());
   session_.ot().recv_cot(choices.data(), m.own_labels_.data(), choices.size());
-  m.tables_ = session_.receive(circuit_, n);
-  return m;
+  m.requested_ = true;
+}
+
+void ReluClient::receive_tables(ReluClientMaterial& m) {
+  if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
+  if (!m.requested_ || m.has_tables_ || m.consumed_) {
+    throw std::invalid_argument("material: needs its OT first, and receives its tables once");
+  }
+  m.tables_ = session_.receive(circuit_, m.n_);
+  m.has_tables_ = true;
 }
 
 void ReluClient::online(ReluClientMaterial& m) {
@@ -175,6 +222,7 @@ void ReluClient::online(ReluClientMaterial& m) {
 void ReluClient::evaluate(ReluClientMaterial& m) {
   if (m.owner_ != this) throw std::invalid_argument("material: belongs to another session");
   if (m.consumed_ || consumed_[m.batch_]) throw std::invalid_argument("material: offline batch already consumed");
+  if (!m.has_tables_) throw std::invalid_argument("material: the batch's tables were not received");
   m.consumed_ = true;
   consumed_[m.batch_] = true;
   const std::size_t n = m.n_;

@@ -13,6 +13,15 @@
 // online() exactly once (the session records consumed batch ids, so a copy of
 // the material is refused too); a second use throws before anything is sent.
 //
+// offline() is one round trip (the batch header out, the client's OT matrix
+// back, then the tables), and has parts too, so that batches whose inputs
+// the client already knows can share one: the server announces every batch
+// (announce), then receives every OT (receive_ot), then garbles and streams
+// every batch (garble); the client takes every announcement (receive_header),
+// then runs every OT (request), then receives every batch's tables
+// (receive_tables). As online, the client never writes while the server may
+// still be writing.
+//
 // online() is one round trip. Batches of one round of the Plan can share a
 // round trip through its two halves: the server sends the labels of every
 // batch (send_labels) before decoding any reply (finish); the client
@@ -56,6 +65,9 @@ class ReluServerMaterial {
   std::size_t n_ = 0;
   std::vector<Block> xs_zero_;            // [n][l_in] 0-labels of the server's share
   std::vector<std::uint8_t> out_colour_;  // [n][l_out] colour bits of the output 0-labels
+  std::vector<Block> q_;                  // [n][l_in + l_out] the OT's 0-labels, until garbled
+  bool ot_done_ = false;
+  bool garbled_ = false;
   bool consumed_ = false;
   bool labels_sent_ = false;
 };
@@ -77,6 +89,8 @@ class ReluClientMaterial {
   std::vector<Block> own_labels_;  // [n][l_in + l_out] active labels of x_c and r
   GarbledBatch tables_;
   std::vector<std::uint8_t> reply_;  // packed output colour bits, kept between evaluate() and reply()
+  bool requested_ = false;
+  bool has_tables_ = false;
   bool consumed_ = false;
   bool evaluated_ = false;
 };
@@ -88,8 +102,17 @@ class ReluServer {
   const Circuit& circuit() const { return circuit_; }
   const GarblerSession& session() const { return session_; }
 
-  /// Garbles n ReLUs and runs the OT for the client's inputs.
+  /// Garbles n ReLUs and runs the OT for the client's inputs: announce(),
+  /// receive_ot() and garble() in one.
   ReluServerMaterial offline(std::size_t n);
+  /// First part of offline(): sends the header of a batch of n.
+  ReluServerMaterial announce(std::size_t n);
+  /// Second part: the OT for the client's inputs (their 0-labels are held until garble()).
+  /// @throws std::invalid_argument if the material is foreign or past this part.
+  void receive_ot(ReluServerMaterial& material);
+  /// Third part: garbles the batch and streams its tables.
+  /// @throws std::invalid_argument unless receive_ot() ran on this material and garble() did not.
+  void garble(ReluServerMaterial& material);
   /// Consumes the material; xs holds material.size() server shares < 2^l_in.
   /// Returns the server's output shares.
   /// @throws std::invalid_argument if the material is consumed, foreign or xs is malformed.
@@ -116,9 +139,20 @@ class ReluClient {
   ReluClient(Channel& ch, ReluShape shape, GcOptions opt);
   const Circuit& circuit() const { return circuit_; }
 
-  /// Obtains the labels of x_c and r (n each) and stores the garbled tables.
+  /// Obtains the labels of x_c and r (n each) and stores the garbled tables:
+  /// request() and receive_tables() in one.
   /// @throws std::invalid_argument if a value is out of its ring.
   ReluClientMaterial offline(const std::uint64_t* xc, const std::uint64_t* r, std::size_t n);
+  /// First part of offline(): receives the header of the server's next batch, of n.
+  /// @throws ProtocolError if the server's batch differs.
+  ReluClientMaterial receive_header(std::size_t n);
+  /// Second part: the OT for x_c and r (material.size() each).
+  /// @throws std::invalid_argument if a value is out of its ring, or the
+  ///         material is foreign or past this part.
+  void request(ReluClientMaterial& material, const std::uint64_t* xc, const std::uint64_t* r);
+  /// Third part: receives and stores the batch's garbled tables.
+  /// @throws std::invalid_argument unless request() ran on this material and this part did not.
+  void receive_tables(ReluClientMaterial& material);
   /// Consumes the material: evaluates and returns the output colour bits.
   /// @throws std::invalid_argument if the material is consumed or foreign;
   ///         ProtocolError if the server's batch differs.

@@ -74,6 +74,11 @@ LinearClient::LinearClient(std::shared_ptr<const HeContext> ctx, Channel& channe
 }
 
 std::vector<std::uint64_t> LinearClient::run(const ConvShape& shape, const std::uint64_t* x) {
+  send(shape, x);
+  return receive();
+}
+
+void LinearClient::send(const ConvShape& shape, const std::uint64_t* x) {
   const ConvLayout layout(shape, ctx_->poly_degree());
   const std::uint64_t t = ctx_->plain_modulus();
   for (std::size_t i = 0; i < shape.input_size(); ++i) {
@@ -81,7 +86,7 @@ std::vector<std::uint64_t> LinearClient::run(const ConvShape& shape, const std::
   }
   check_budget(*ctx_, revealed_, layout);
 
-  auto start = Clock::now();
+  const auto start = Clock::now();
   const auto cts = encrypt_inputs(*ctx_, encryptor_, layout, x);
   std::vector<std::uint8_t> msg;
   put_u64(msg, cts.size());
@@ -91,14 +96,21 @@ std::vector<std::uint64_t> LinearClient::run(const ConvShape& shape, const std::
   }
   timings_.encrypt = seconds_since(start);
   channel_.send_frame(kHeInputs, msg.data(), msg.size());
+  revealed_ += step_revealed(layout);
+  pending_.push_back(shape);
+}
 
+std::vector<std::uint64_t> LinearClient::receive() {
+  if (pending_.empty()) throw std::logic_error("he: no step is waiting for its replies");
+  const ConvShape shape = pending_.front();
+  pending_.pop_front();
+  const ConvLayout layout(shape, ctx_->poly_degree());
   std::size_t expected = 0;
   for (std::size_t r = 0; r < layout.num_outputs(); ++r) expected += reply_bytes(*ctx_, layout.slots(r).size());
   const auto reply = channel_.recv_frame(kHeReplies, expected);
   if (reply.size() != expected) throw ProtocolError("he: reply frame has the wrong length");
 
-  start = Clock::now();
-  revealed_ += step_revealed(layout);
+  const auto start = Clock::now();
   const std::size_t n = ctx_->poly_degree(), limbs = ctx_->final_limbs();
   std::vector<std::uint64_t> out(shape.output_size(), 0);
   const auto& moduli = ctx_->seal().get_context_data(ctx_->final_parms_id())->parms().coeff_modulus();
@@ -152,12 +164,29 @@ LinearServer::LinearServer(std::shared_ptr<const HeContext> ctx, Channel& channe
 
 std::vector<std::uint64_t> LinearServer::run(const ConvShape& shape, const std::int64_t* weights) {
   const ConvLayout layout(shape, ctx_->poly_degree());
+  // The weights are checked before anything is received.
   const LinearServerKernel kernel(ctx_, layout, weights);
-  check_budget(*ctx_, revealed_, layout);
+  return respond(layout, kernel, receive(shape).frame);
+}
 
+LinearInputs LinearServer::receive(const ConvShape& shape) {
+  const ConvLayout layout(shape, ctx_->poly_degree());
+  check_budget(*ctx_, revealed_, layout);
   // A seeded ciphertext is c0 plus a seed: bounded by one full ciphertext.
   const std::size_t ct_max = 2 * ctx_->top_limbs() * ctx_->poly_degree() * 8 + 4096;
-  const auto msg = channel_.recv_frame(kHeInputs, 8 + layout.num_inputs() * (8 + ct_max));
+  return LinearInputs{shape, channel_.recv_frame(kHeInputs, 8 + layout.num_inputs() * (8 + ct_max))};
+}
+
+std::vector<std::uint64_t> LinearServer::reply(const LinearInputs& inputs, const std::int64_t* weights) {
+  const ConvLayout layout(inputs.shape, ctx_->poly_degree());
+  const LinearServerKernel kernel(ctx_, layout, weights);
+  return respond(layout, kernel, inputs.frame);
+}
+
+std::vector<std::uint64_t> LinearServer::respond(const ConvLayout& layout, const LinearServerKernel& kernel,
+                                                 const std::vector<std::uint8_t>& msg) {
+  const ConvShape& shape = layout.shape();
+  check_budget(*ctx_, revealed_, layout);
   auto start = Clock::now();
   if (msg.size() < 8 || get_u64(msg.data()) != layout.num_inputs()) {
     throw ProtocolError("he: wrong number of input ciphertexts");

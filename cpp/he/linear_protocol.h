@@ -20,6 +20,7 @@
 #include <seal/seal.h>
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <vector>
 
@@ -28,6 +29,8 @@
 #include "io/channel.h"
 
 namespace pie::he {
+
+class LinearServerKernel;  // he/linear_kernel.h
 
 /// Frame types of the HE linear protocol.
 enum : std::uint32_t { kHeHello = 0x48450001, kHeInputs = 0x48450002, kHeReplies = 0x48450003 };
@@ -53,6 +56,15 @@ class LinearClient {
   ///         ChannelError on transport or framing failures.
   std::vector<std::uint64_t> run(const ConvShape& shape, const std::uint64_t* x);
 
+  /// First half of run(): checks, encrypts and sends x. Several steps may be
+  /// sent before their replies are received (receive(), in the order sent).
+  /// @throws as run().
+  void send(const ConvShape& shape, const std::uint64_t* x);
+  /// Second half of run(): receives and decrypts the replies of the oldest
+  /// step sent and not yet received.
+  /// @throws std::logic_error when no step is pending; ChannelError as run().
+  std::vector<std::uint64_t> receive();
+
   const LinearTimings& timings() const { return timings_; }
 
  private:
@@ -61,8 +73,15 @@ class LinearClient {
   seal::KeyGenerator keygen_;
   seal::Encryptor encryptor_;
   seal::Decryptor decryptor_;
-  std::uint64_t revealed_ = 0;
+  std::uint64_t revealed_ = 0;  // counting the steps sent
+  std::deque<ConvShape> pending_;  // steps sent, replies not yet received
   LinearTimings timings_;
+};
+
+/// The input frame of one step, as the server received it (see LinearServer::receive).
+struct LinearInputs {
+  ConvShape shape;
+  std::vector<std::uint8_t> frame;
 };
 
 class LinearServer {
@@ -81,9 +100,20 @@ class LinearServer {
   ///         exceeded; ChannelError on transport or framing failures.
   std::vector<std::uint64_t> run(const ConvShape& shape, const std::int64_t* weights);
 
+  /// First half of run(): receives one step's input ciphertexts, held as
+  /// received (the frame's bytes) until reply().
+  /// @throws ChannelError on transport or framing failures.
+  LinearInputs receive(const ConvShape& shape);
+  /// Second half of run(): computes and sends the replies to received inputs.
+  /// @throws as run(); ProtocolError on a malformed frame.
+  std::vector<std::uint64_t> reply(const LinearInputs& inputs, const std::int64_t* weights);
+
   const LinearTimings& timings() const { return timings_; }
 
  private:
+  std::vector<std::uint64_t> respond(const ConvLayout& layout, const LinearServerKernel& kernel,
+                                     const std::vector<std::uint8_t>& msg);
+
   std::shared_ptr<const HeContext> ctx_;
   Channel& channel_;
   seal::PublicKey pk_;

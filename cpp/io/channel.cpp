@@ -113,6 +113,7 @@ void Channel::send(const void* data, std::size_t n) {
     return;
   }
   // Large payloads bypass the buffer: one big write instead of many copies.
+  sent_since_recv_ = true;
   if (!out_.empty()) {
     write_all(out_.data(), out_.size());
     out_.clear();
@@ -133,10 +134,15 @@ void Channel::flush() {
   write_all(out_.data(), out_.size());
   out_.clear();
   ++stats_.flushes;
+  sent_since_recv_ = true;
 }
 
 void Channel::recv(void* data, std::size_t n) {
   flush();
+  if (sent_since_recv_) {
+    ++stats_.round_trips;
+    sent_since_recv_ = false;
+  }
   auto* bytes = static_cast<std::uint8_t*>(data);
   // Hashed piece by piece while the piece is still in cache (see send()).
   std::size_t left = n;

@@ -29,6 +29,11 @@ struct ChannelStats {
   /// Flushes that pushed at least one byte: a proxy for the number of
   /// one-way messages (rounds) this end originated.
   std::uint64_t flushes = 0;
+  /// recv() calls that came after this end had sent something since its
+  /// previous recv(): the request/response turns this end waited through.
+  /// On a link each costs up to one round-trip time (less when the peer's
+  /// answer did not depend on the request and was already on its way).
+  std::uint64_t round_trips = 0;
 };
 
 /// Checks (GMAC tags under a fixed public key, see channel.cpp) of the byte
@@ -91,7 +96,8 @@ class Channel {
 
   /// Deadline for every blocking operation (no progress for this long fails).
   std::chrono::milliseconds timeout() const { return timeout_; }
-  void set_timeout(std::chrono::milliseconds t);
+  /// Virtual so that a channel running over another one passes it on.
+  virtual void set_timeout(std::chrono::milliseconds t);
 
  protected:
   /// Delivers n bytes to the transport (blocking until accepted).
@@ -100,6 +106,11 @@ class Channel {
   virtual void read_all(std::uint8_t* data, std::size_t n) = 0;
 
  private:
+  // An emulated link forwards its own transport calls to the transport calls
+  // of the channel it wraps, so the wrapped stream is not hashed, buffered or
+  // counted twice.
+  friend class LinkChannel;
+
   static constexpr std::size_t kBufferBytes = 1 << 20;
   static constexpr std::size_t kHashPieceBytes = 256 << 10;
 
@@ -109,6 +120,7 @@ class Channel {
   ChannelStats stats_;
   std::unique_ptr<Hashes> hashes_;
   std::chrono::milliseconds timeout_{std::chrono::seconds(120)};
+  bool sent_since_recv_ = false;  // for stats_.round_trips
 };
 
 }  // namespace pie

@@ -8,7 +8,7 @@ else, and the server learns nothing about the input.
 
 from __future__ import annotations
 
-from . import channel, crypto, gc, he, models
+from . import channel, crypto, gc, he, link, models
 from ._native import core as _core
 from .channel import (
     Channel,
@@ -34,6 +34,7 @@ from .checkpoint import (
 )
 from .compiler import CompileError, Tolerance, UnsupportedOpError, compile
 from .estimate import Estimate, Profile, estimate
+from .link import Link
 from .plan import Plan, PlanFormatError
 from .protocol import (
     Client,
@@ -61,6 +62,7 @@ __all__ = [
     "CompileError",
     "Estimate",
     "HandshakeError",
+    "Link",
     "MalformedMessageError",
     "Plan",
     "PlanFormatError",
@@ -88,6 +90,7 @@ __all__ = [
     "gc",
     "he",
     "infer",
+    "link",
     "load_calibration",
     "load_checkpoint",
     "memory_pair",

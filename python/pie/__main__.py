@@ -2,7 +2,7 @@
 
   python -m pie selftest [--json]
   python -m pie plan MODEL [--arch NAME] [--calibration FILE] [--profile PROFILE.json]
-                           [--transport memory|tcp] [--json]
+                           [--transport memory|tcp] [--link loopback|lan|wan] [--json]
 
 ``plan`` loads and compiles a checkpoint as ``python -m pie.serve server``
 does, then prints the Plan's steps, the traffic of every step (exact bytes,
@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .link import PRESETS
 from .selftest import run_selftest
 
 RANDOM_IMAGES = 64
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="machine profile (pie.estimate.Profile) for predicted times")
     pl.add_argument("--transport", choices=("memory", "tcp"), default="memory",
                     help="transport the times are predicted for (default memory)")
+    pl.add_argument("--link", choices=list(PRESETS), default=None,
+                    help="network link the times are predicted across (pie.Link presets)")
     pl.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args(argv)
 
@@ -72,7 +75,7 @@ def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)  # one line, no usage text
         raise SystemExit(2) from None
     plan = loaded.plan
-    cost = estimate(plan, profile, args.transport) if profile is not None else traffic(plan)
+    cost = estimate(plan, profile, args.transport, link=args.link) if profile is not None else traffic(plan)
     if loaded.calibration is not None:
         images, images_desc = loaded.calibration, loaded.calibration_source
     else:
@@ -93,7 +96,7 @@ def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             "totals": cost.totals(),
             "times": None if profile is None else {
                 "offline_seconds": cost.offline_seconds, "online_seconds": cost.online_seconds,
-                "transport": args.transport, "profile": str(args.profile)},
+                "transport": args.transport, "link": args.link, "profile": str(args.profile)},
             "calibration": {"source": loaded.calibration_source, "images": images_desc,
                             "agreement": agreement.to_dict()},
             "policy": {k: policy.get(k) for k in ("weight_bits", "act_bits", "tolerance",
@@ -112,13 +115,15 @@ def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     print(f"model: {args.model} ({plan.relu_count():,} ReLUs, {len(plan.steps)} steps)\n")
     print(plan.summary())
     print("\ntraffic per step (exact bytes, both directions)"
-          + ("" if profile is None else f"; predicted times for {args.transport} with {args.profile}"))
+          + ("" if profile is None else f"; predicted times for {args.transport}"
+                                        f"{f' across {args.link}' if args.link else ''} with {args.profile}"))
     print(_traffic_table(plan, cost, with_times=profile is not None))
     if profile is None:
         print("\npredicted times: need --profile (see pie.estimate.measure_profile)")
     else:
         print(f"\npredicted: offline {cost.offline_seconds:.3f} s, online {cost.online_seconds:.3f} s "
-              f"({cost.online_round_trips} online rounds, {args.transport})")
+              f"({cost.online_round_trips} online rounds, {cost.offline_round_trips} offline round trips, "
+              f"{args.transport}{f' across {args.link}' if args.link else ''})")
     tol = policy.get("tolerance", {})
     print(f"\nfloat vs fixed point on {images_desc}: top-1 agreement "
           f"{agreement.top1_agreement:.2%}, relative logit error {agreement.relative_logit_error:.2e}"

@@ -38,7 +38,9 @@ Time (a model, not a measurement): each phase is a sum of its steps.
   encryption, server products, reply re-randomisation and flooding, client
   decryption, transfer), per garbled step ``e*AND + f*OT bits + g`` (garbling,
   table transfer, OT extension), one HE key set-up per ring and one base-OT
-  set-up per circuit shape;
+  set-up per circuit shape; one round-trip time per offline exchange
+  (:func:`pie.protocol.engine.offline_exchanges`), per base-OT set-up and
+  for the closing transcript check;
 * online: the server's ring arithmetic of every linear step
   (``h*limb MACs + i*limb elements + h'*limb weights + j`` per conv/fc term, float64 limbs as
   :func:`pie.reference.conv2d_ring` computes them), per garbled step
@@ -56,6 +58,10 @@ Time (a model, not a measurement): each phase is a sum of its steps.
   online ones, as a session does, so online evaluation reads tables that
   have left the caches. Over TCP the model adds each message's bytes at the measured
   loopback bandwidth minus the in-memory one, and the measured round-trip time.
+* Across a link (``link=``): each round trip above costs the link's RTT too,
+  and each byte its serialisation time beyond the transport's; garbled tables
+  stream while the server garbles, so only the part of their transfer that
+  outlasts the garbling adds.
 
 What it ignores: the Python interpreter's per-step overhead (tens of
 microseconds), contention with other processes, memory-bandwidth effects of
@@ -85,6 +91,7 @@ import numpy as np
 
 from . import gc, he
 from .channel import Channel, TcpListener, memory_pair, tcp_connect
+from .link import Link, resolve_link
 from .plan import (
     ConvTerm,
     FCTerm,
@@ -94,6 +101,7 @@ from .plan import (
     ReluStep,
     TruncateStep,
 )
+from .protocol.engine import offline_exchanges
 from .protocol.report import StepFigures
 
 __all__ = ["Estimate", "Profile", "ProfileError", "StepEstimate", "estimate", "measure_profile",
@@ -281,6 +289,10 @@ class Estimate:
     Totals follow :class:`pie.Report`: ``offline_*`` include the session
     set-up, ``online_*`` include the masked input. ``online_seconds`` is the
     client's wall time from sending the masked input to decoding the output.
+    ``online_round_trips`` counts the online garbled rounds; the steps'
+    ``online_round_trips`` add the output's, as the engine's report counts
+    them, and ``offline_round_trips`` those of the offline phase with the
+    set-up. ``link`` names the link the estimate is for (empty: none).
     """
 
     steps: list[StepEstimate]
@@ -290,6 +302,8 @@ class Estimate:
     input_bytes: int
     input_seconds: float
     online_round_trips: int
+    setup_round_trips: int = 0
+    link: str = ""
 
     def _sum(self, attr: str) -> Any:
         return sum(getattr(s, attr) for s in self.steps)
@@ -314,6 +328,10 @@ class Estimate:
     def online_seconds(self) -> float:
         return float(self._sum("online_seconds")) + self.input_seconds
 
+    @property
+    def offline_round_trips(self) -> int:
+        return int(self._sum("offline_round_trips")) + self.setup_round_trips
+
     def totals(self) -> dict[str, Any]:
         return {
             "relus": self.relus,
@@ -322,9 +340,11 @@ class Estimate:
             "offline_seconds": self.offline_seconds,
             "online_seconds": self.online_seconds,
             "online_round_trips": self.online_round_trips,
+            "offline_round_trips": self.offline_round_trips,
             "setup_bytes": self.setup_bytes,
             "input_bytes": self.input_bytes,
             "transport": self.transport,
+            "link": self.link,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -353,7 +373,8 @@ class Estimate:
         return "\n".join(lines)
 
 
-def estimate(plan: Plan, profile: Profile, transport: str = "memory") -> Estimate:
+def estimate(plan: Plan, profile: Profile, transport: str = "memory",
+             link: Link | str | None = None) -> Estimate:
     """Predict the traffic and time of one private inference of ``plan``.
 
     Args:
@@ -362,6 +383,10 @@ def estimate(plan: Plan, profile: Profile, transport: str = "memory") -> Estimat
         profile: the machine's figures (:func:`measure_profile`, :meth:`Profile.load`).
         transport: ``"memory"`` (:func:`pie.infer`) or ``"tcp"`` (loopback or LAN
             with the profile's TCP bandwidth and round-trip time).
+        link: an emulated or real network link between the parties
+            (:class:`pie.Link` or a preset name) on top of ``transport``: every
+            round trip costs the link's RTT and every byte its serialisation
+            time beyond the transport's own (module docstring).
 
     Returns:
         The :class:`Estimate`. Bytes are exact for the engine in this package
@@ -370,8 +395,8 @@ def estimate(plan: Plan, profile: Profile, transport: str = "memory") -> Estimat
         (about a second).
 
     Raises:
-        ValueError: unknown transport.
-        TypeError: ``plan`` or ``profile`` of the wrong type.
+        ValueError: unknown transport or link name.
+        TypeError: ``plan``, ``profile`` or ``link`` of the wrong type.
     """
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a pie.Plan, got {type(plan).__name__}")
@@ -379,7 +404,7 @@ def estimate(plan: Plan, profile: Profile, transport: str = "memory") -> Estimat
         raise TypeError(f"profile must be a pie.estimate.Profile, got {type(profile).__name__}")
     if transport not in ("memory", "tcp"):
         raise ValueError(f"transport must be 'memory' or 'tcp', got {transport!r}")
-    return _estimate(plan, profile, transport, _session_frames())
+    return _estimate(plan, profile, transport, _session_frames(), resolve_link(link))
 
 
 def traffic(plan: Plan) -> Estimate:
@@ -400,7 +425,8 @@ def traffic(plan: Plan) -> Estimate:
     return _estimate(plan, free, "memory", _session_frames())
 
 
-def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, int]) -> Estimate:
+def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, int],
+              link: Link | None = None) -> Estimate:
     t = plan.tensors
     p = profile
     # Extra seconds per byte and per message on this transport beyond what the
@@ -408,27 +434,35 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
     extra_per_byte = max(0.0, 1.0 / p.bandwidth[transport] - 1.0 / p.bandwidth["memory"])
     extra_rtt = max(0.0, p.rtt_s[transport] - p.rtt_s["memory"]) if transport != "memory" else 0.0
     rtt = p.rtt_s[transport]
+    wire = _LinkTimes(link, p.bandwidth[transport])
     rounds = plan.rounds()
     he_sessions = _he_sessions(plan)
     weight_bits = int(plan.policy.get("weight_bits", 12))
+    # The offline phase's round trips: one per exchange, where the client first
+    # waits for an answer (its first item), one per base-OT set-up.
+    opens = {(ex[0].step, ex[0].term) for ex in offline_exchanges(plan)}
     seen_shapes: set[tuple[int, int, int, bool]] = set()
     steps: list[StepEstimate] = []
     for i, s in enumerate(plan.steps):
         est = StepEstimate(i, s.kind, getattr(s, "output", s.inputs[0]))
         if isinstance(s, LinearStep):
             bits = t[s.output].ring_bits
-            for term in s.terms:
+            for k, term in enumerate(s.terms):
                 if not isinstance(term, (ConvTerm, FCTerm)):
                     continue
                 lay = _term_layout(plan, term)
                 c2s, s2c = _he_term_bytes(plan, s, lay, he_sessions[bits])
                 est.offline_bytes_c2s += c2s
                 est.offline_bytes_s2c += s2c
+                opening = (i, k) in opens
+                est.offline_round_trips += opening
                 limbs = he.he_parameters(bits, max_revealed=he_sessions[bits])["final_limbs"]
+                # Encrypt, send, compute, reply, decrypt: nothing overlaps the transfers.
                 est.offline_seconds += (
                     p.he_per_input_s * lay["num_inputs"] + p.he_per_product_s * lay["num_products"]
                     + (p.he_per_reply_s + p.he_per_reply_limb_s * limbs) * lay["num_outputs"] + p.he_per_term_s
-                    + extra_per_byte * (c2s + s2c) + extra_rtt
+                    + extra_per_byte * (c2s + s2c) + wire.transfer(c2s, s2c)
+                    + (extra_rtt + wire.rtt if opening else 0.0)
                 )
                 macs, elements, weights = _limb_work(plan, term, bits, weight_bits)
                 est.online_seconds += (p.linear_per_limb_mac_s * macs + p.linear_per_limb_element_s * elements
@@ -446,15 +480,22 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
             off_c2s, off_s2c, on_c2s, on_s2c = _gc_step_bytes(n, l_in, l_out, gates, first, frames)
             est.offline_bytes_c2s, est.offline_bytes_s2c = off_c2s, off_s2c
             est.online_bytes_c2s, est.online_bytes_s2c = on_c2s, on_s2c
+            # The OT's matrix goes up, then the tables stream down while the
+            # server garbles: the slower of the two sets the pace. The first
+            # step of a circuit shape runs the base OTs (one more round trip).
+            garbling = p.gc_offline_per_and_s * n * gates
+            opening = (i, None) in opens
+            est.offline_round_trips = first + opening
             est.offline_seconds = (
-                p.gc_offline_per_and_s * n * gates + p.gc_offline_per_ot_s * n * (l_in + l_out)
+                garbling + p.gc_offline_per_ot_s * n * (l_in + l_out)
                 + p.gc_offline_per_step_s + (p.base_ot_s if first else 0.0)
-                + extra_per_byte * (off_c2s + off_s2c) + extra_rtt
+                + extra_per_byte * (off_c2s + off_s2c) + (extra_rtt + wire.rtt) * (first + opening)
+                + wire.transfer(off_c2s, 0) + max(0.0, wire.transfer(0, off_s2c) - garbling)
             )
             est.online_seconds = (
                 p.gc_online_per_and_s * n * gates + p.gc_online_per_gate_s * n * _other_gates(*shape)
                 + p.gc_online_per_label_s * n * l_in
-                + p.gc_online_per_step_s + extra_per_byte * (on_c2s + on_s2c)
+                + p.gc_online_per_step_s + extra_per_byte * (on_c2s + on_s2c) + wire.transfer(on_c2s, on_s2c)
             )
         elif isinstance(s, OutputStep) and s.reveal == "label":
             # The garbled argmax: one instance, its tables, OT of the client's
@@ -476,14 +517,22 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
         elif isinstance(s, OutputStep):
             numel = t[s.input].numel
             est.online_bytes_s2c = FRAME_HEADER_BYTES + SHARE_BYTES * numel
-            est.online_seconds = rtt / 2 + est.online_bytes_s2c / p.bandwidth[transport]
+            est.online_round_trips = 1
+            est.online_seconds = (rtt / 2 + est.online_bytes_s2c / p.bandwidth[transport]
+                                  + wire.one_way(0, est.online_bytes_s2c))
         steps.append(est)
     # One round trip per online round: garbled steps of one round share it.
     n_rounds = len(set(rounds.values()))
     gc_steps = [e for e in steps if e.round]
     for r in sorted(set(rounds.values())):
         first_of_round = next(e for e in gc_steps if e.round == r)
-        first_of_round.online_seconds += rtt
+        first_of_round.online_seconds += rtt + wire.rtt
+        first_of_round.online_round_trips += 1
+    # The offline phase ends with the transcript check, one round trip,
+    # charged to its last step as the engine's report does.
+    last = steps[_frame_positions(plan)["last"]]
+    last.offline_round_trips += 1
+    last.offline_seconds += rtt + wire.rtt
     # Session frames measured on a tiny inference (handshake, phase checks,
     # finish): charged where the engine's report counts them.
     setup_bytes = frames["setup"] + sum(_he_hello_bytes(bits) for bits in he_sessions)
@@ -491,9 +540,37 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
         for key in _BYTE_KEYS:
             setattr(steps[index], key, getattr(steps[index], key) + frames[f"{position}:{key}"])
     input_bytes = FRAME_HEADER_BYTES + SHARE_BYTES * t[plan.input].numel + frames["input"]
-    setup_seconds = p.he_session_s * len(he_sessions) + rtt
-    input_seconds = input_bytes / p.bandwidth[transport]
-    return Estimate(steps, transport, setup_bytes, setup_seconds, input_bytes, input_seconds, n_rounds)
+    # The handshake is one round trip; the key material follows it one way.
+    setup_seconds = p.he_session_s * len(he_sessions) + rtt + wire.round_trip(setup_bytes, 0)
+    input_seconds = input_bytes / p.bandwidth[transport] + wire.one_way(input_bytes, 0)
+    return Estimate(steps, transport, setup_bytes, setup_seconds, input_bytes, input_seconds, n_rounds,
+                    setup_round_trips=1, link=link.name if link is not None else "")
+
+
+class _LinkTimes:
+    """What a link adds to the transport's times (all zero without a link):
+    its delays, and its serialisation beyond the transport's own per-byte time."""
+
+    def __init__(self, link: Link | None, transport_bandwidth: float) -> None:
+        self.link = link
+        self.rtt = link.rtt if link is not None else 0.0
+        base = 1.0 / transport_bandwidth
+        self._per_byte = {d: max(0.0, link.seconds_per_byte(d) - base) if link is not None else 0.0
+                          for d in ("c2s", "s2c")}
+
+    def transfer(self, c2s: int, s2c: int) -> float:
+        """Serialisation of ``c2s`` bytes up and ``s2c`` bytes down, one after the other."""
+        return c2s * self._per_byte["c2s"] + s2c * self._per_byte["s2c"]
+
+    def one_way(self, c2s: int, s2c: int) -> float:
+        """One message each way that is given (only one of the two is non-zero): transfer plus delay."""
+        if self.link is None:
+            return 0.0
+        return self.transfer(c2s, s2c) + self.link.delay("c2s" if c2s else "s2c")
+
+    def round_trip(self, c2s: int, s2c: int) -> float:
+        """A request of ``c2s`` bytes and its answer of ``s2c`` bytes."""
+        return self.transfer(c2s, s2c) + self.rtt
 
 
 # ----------------------------------------------------------------- byte model

@@ -187,6 +187,30 @@ class LinearClient:
         x = _as_share(client_share, 1, self.ring_bits)
         return np.asarray(self._party.run(x, [x.shape[0], 1, 1, out_features, 1, 1, 1, 0, 1]))
 
+    def send_conv2d(
+        self,
+        client_share: npt.ArrayLike,
+        weight_shape: tuple[int, int, int, int],
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+    ) -> None:
+        """First half of :meth:`conv2d`: encrypt and send the share. Several steps
+        may be sent before :meth:`receive` returns their results, in the order sent."""
+        x = _as_share(client_share, 3, self.ring_bits)
+        w = np.empty(weight_shape, dtype=np.int64)  # only the (public) shape is used
+        self._party.send(x, _conv_shape(x, w, stride, padding, groups))
+
+    def send_matmul(self, client_share: npt.ArrayLike, out_features: int) -> None:
+        """First half of :meth:`matmul` (see :meth:`send_conv2d`)."""
+        x = _as_share(client_share, 1, self.ring_bits)
+        self._party.send(x, [x.shape[0], 1, 1, out_features, 1, 1, 1, 0, 1])
+
+    def receive(self) -> npt.NDArray[np.uint64]:
+        """Second half: the client's share ``W x - s`` of the oldest step sent and
+        not yet received, flat (conv outputs in (O, Ho, Wo) order)."""
+        return np.asarray(self._party.receive())
+
     @property
     def timings(self) -> dict[str, float]:
         """Seconds spent encrypting and decrypting in the last step."""
@@ -224,6 +248,31 @@ class LinearServer:
         w = _as_weight(weight, 2)
         m, k = w.shape
         return np.asarray(self._party.run(w, [k, 1, 1, m, 1, 1, 1, 0, 1]))
+
+    def receive_conv2d(
+        self,
+        in_shape: tuple[int, int, int],
+        weight_shape: tuple[int, int, int, int],
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+    ) -> core.HeLinearInputs:
+        """First half of :meth:`conv2d`: receive the step's input ciphertexts,
+        held as received until :meth:`reply`."""
+        x = np.empty(in_shape, dtype=np.uint64)
+        w = np.empty(weight_shape, dtype=np.int64)  # only the (public) shapes are used
+        return self._party.receive(_conv_shape(x, w, stride, padding, groups))
+
+    def receive_matmul(self, weight_shape: tuple[int, int]) -> core.HeLinearInputs:
+        """First half of :meth:`matmul` (see :meth:`receive_conv2d`)."""
+        m, k = weight_shape
+        return self._party.receive([k, 1, 1, m, 1, 1, 1, 0, 1])
+
+    def reply(self, inputs: core.HeLinearInputs, weight: npt.ArrayLike) -> npt.NDArray[np.uint64]:
+        """Second half: compute and send the replies to ``inputs``; returns the
+        server's mask ``s``, flat (conv outputs in (O, Ho, Wo) order)."""
+        w = _as_weight(weight, np.ndim(weight))
+        return np.asarray(self._party.reply(inputs, w))
 
     @property
     def timings(self) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """``python -m pie.serve``: serve a network, query it, or run the embedded demo.
 
-  python -m pie.serve demo
+  python -m pie.serve demo [--link loopback|lan|wan]
   python -m pie.serve server --model model.pt --port 7000 [--calibration FILE] [--tls-cert C --tls-key K] [limits]
   python -m pie.serve client --connect 127.0.0.1:7000 --input image.png [--resize] [--json] [--tls-ca CA]
 
@@ -46,6 +46,7 @@ from .channel import (
     tcp_connect,
     tls_connect,
 )
+from .link import PRESETS
 from .plan import OUTPUT_REVEALS, Plan
 from .protocol import Client, Server, infer, wire
 from .protocol.engine import ClientSession, ServerSession
@@ -486,7 +487,7 @@ def _demo(args: argparse.Namespace) -> int:
     with resources.as_file(files / "demo_input.npy") as input_path:
         x = load_input(input_path, server.plan.input_shape)
     print(f"network: {server.plan.relu_count():,} ReLUs, {len(server.plan.steps)} steps")
-    logits, report = infer(server.plan, x, threads=args.threads)
+    logits, report = infer(server.plan, x, threads=args.threads, link=args.link)
     label_only = server.plan.output.reveal == "label"
     reference = server.plan.reference_label(x) if label_only else server.plan.run_reference(x)
     same = np.array_equal(logits, reference)
@@ -543,6 +544,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=0, help="garbling/evaluation threads (0: all cores)")
     demo.add_argument("--output", choices=OUTPUT_REVEALS, default="logits",
                       help="what the client learns: the logits, or only the top-1 label (default logits)")
+    demo.add_argument("--link", choices=list(PRESETS), default=None,
+                      help="run the two parties across an emulated network link (see pie.Link)")
     defaults = Limits()
     srv = sub.add_parser("server", help="serve a checkpoint over TCP")
     srv.add_argument("--model", required=True, type=Path,

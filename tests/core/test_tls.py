@@ -217,6 +217,28 @@ def test_round_trip_counters_and_transcripts(pki: Pki, mutual: bool) -> None:
     b.close()
 
 
+def test_an_emulated_link_over_tls_keeps_the_stream_and_counters(pki: Pki) -> None:
+    link = pie.Link(bandwidth=1e9, rtt=2e-3)
+    client, server = tls_pair(pki)
+    a, b = link.wrap(client, "client"), link.wrap(server, "server")
+    payload = crypto.secure_random(1 << 20)
+
+    def side_b() -> bytes:
+        got = b.recv(len(payload))
+        b.send_frame(5, got[:8])
+        return got
+
+    peer = Runner(side_b)
+    a.send(payload)
+    assert a.recv_frame(5, max_bytes=8) == payload[:8]
+    assert peer.join() == payload
+    assert a.bytes_sent == b.bytes_received == len(payload)
+    assert (a.flushes, a.round_trips) == (1, 1)
+    assert a.transcript()[0] == b.transcript()[1]
+    a.close()
+    b.close()
+
+
 def test_64_mib_message_intact(pair: Pair) -> None:
     a, b = pair
     n = 64 << 20

@@ -124,9 +124,10 @@ def test_session_material_is_single_use(plan: pie.Plan) -> None:
 
 
 def test_a_session_whose_phase_failed_refuses_to_run_again(plan: pie.Plan) -> None:
-    """The peer vanishes in the middle of the offline phase: both sessions
-    are failed and refuse every later phase with a typed error, before
-    sending anything (so no half-used material is ever reused)."""
+    """The client vanishes before its offline phase completes (instead of its
+    transcript check): both sessions are failed and refuse every later phase
+    with a typed error, before sending anything (so no half-used material is
+    ever reused)."""
     server, client = pie.Server(plan), pie.Client(plan.public())
     s_end, c_end = pie.memory_pair()
     box: dict[str, object] = {}
@@ -150,7 +151,7 @@ def test_a_session_whose_phase_failed_refuses_to_run_again(plan: pie.Plan) -> No
         c_end.close()
         raise pie.PeerClosedError("the client went away")
 
-    next(iter(session._he.values())).conv2d = vanish  # at the first HE step
+    session.wire.client_offline_check = vanish  # type: ignore[method-assign]
     with pytest.raises(pie.ChannelError):
         session.offline()
     assert session.state == "failed"

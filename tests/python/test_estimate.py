@@ -101,7 +101,7 @@ def test_time_model_counts_one_round_trip_per_round(plan: pie.Plan) -> None:
     assert est.online_round_trips == rounds
     # Each round trip, plus half of one for the output share.
     assert est.online_seconds == pytest.approx(rounds + 0.5)
-    assert est.offline_seconds == pytest.approx(1.0)  # the handshake
+    assert est.offline_seconds == pytest.approx(2.0)  # the handshake and the closing transcript check
 
 
 def test_time_model_is_linear_in_the_profile(plan: pie.Plan) -> None:

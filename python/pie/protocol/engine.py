@@ -10,6 +10,10 @@ share is fixed in the offline phase, before the input exists:
   circuit subtracts from its output; the client gets the labels of its share
   and of ``r`` by OT, the server garbles.
 
+Offline work runs in exchanges (:func:`offline_exchanges`): the client sends
+every HE input and OT whose share it knows, then receives every answer, one
+round trip per level of the HE dependency chains rather than one per step.
+
 Online, the client sends ``x - r`` (the server's input share); linear steps are
 local on the server (``W(x_s) + s + b``), so chains of them (culled stages) cost
 no messages; each round of garbled steps (:meth:`Plan.rounds`: ReLUs and
@@ -43,12 +47,14 @@ from .. import gc, he
 from ..channel import Channel, memory_pair
 from ..compiler import compile as compile_plan
 from ..crypto import secure_random
+from ..link import Link, resolve_link
 from ..plan import ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep
 from ..reference import conv2d_ring, fc_ring, mask, prepare_weight, reduce
 from . import wire
 from .report import Report, StepCost
 
-__all__ = ["Client", "ClientSession", "Server", "ServerSession", "SessionStateError", "infer"]
+__all__ = ["OFFLINE_EXCHANGE_BYTES", "Client", "ClientSession", "OfflineItem", "Server", "ServerSession",
+           "SessionStateError", "infer", "offline_exchanges"]
 
 
 class SessionStateError(RuntimeError):
@@ -128,6 +134,82 @@ def _argmax_shape(plan: Plan) -> tuple[int, int] | None:
     return spec.numel, spec.ring_bits
 
 
+# What the server may hold for one offline exchange: the OT blocks of its
+# garbled steps (until garbled) and the HE input frames it received (until
+# answered). A public constant, so both parties split exchanges alike.
+OFFLINE_EXCHANGE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class OfflineItem:
+    """One piece of offline work: a garbled step (``term`` is None) or one HE
+    term of a linear step; ``held_bytes`` is what the server holds for it
+    during its exchange."""
+
+    step: int
+    term: int | None
+    held_bytes: int
+
+
+def offline_exchanges(plan: Plan) -> list[list[OfflineItem]]:
+    """The offline phase as round trips: in each exchange the client sends all
+    it can (the OTs of garbled steps and the HE inputs whose shares it knows),
+    then receives every answer (garbled tables, HE replies), which makes the
+    shares of the next exchange known. Client shares known from the start are
+    the input mask and every garbled step's output mask, so the exchanges are
+    the levels of the HE dependency chains (culled stages, shortcut
+    convolutions), not one per step. An exchange whose held bytes would pass
+    :data:`OFFLINE_EXCHANGE_BYTES` is split. Garbled steps come first within an
+    exchange, then HE terms, each in Plan order."""
+    t = plan.tensors
+    ready: dict[str, int] = {plan.input: 0}
+    for s in plan.steps:
+        if isinstance(s, (ReluStep, TruncateStep)):
+            ready[s.output] = 0
+    levels: dict[int, list[OfflineItem]] = {}
+    for i, s in enumerate(plan.steps):
+        if isinstance(s, LinearStep):
+            known = 0
+            for k, term in enumerate(s.terms):
+                level = ready[term.input]
+                if isinstance(term, (ConvTerm, FCTerm)):
+                    levels.setdefault(level, []).append(OfflineItem(i, k, _he_frame_bytes(plan, s, term)))
+                    level += 1  # its share arrives with the exchange's replies
+                known = max(known, level)
+            ready[s.output] = known
+        elif isinstance(s, (ReluStep, TruncateStep)):
+            held = _LABEL_BYTES * t[s.output].numel * (t[s.input].ring_bits + t[s.output].ring_bits)
+            levels.setdefault(ready[s.input], []).append(OfflineItem(i, None, held))
+    exchanges: list[list[OfflineItem]] = []
+    for level in sorted(levels):
+        current: list[OfflineItem] = []
+        held = 0
+        for item in sorted(levels[level], key=lambda it: (it.term is not None, it.step, it.term or 0)):
+            if current and held + item.held_bytes > OFFLINE_EXCHANGE_BYTES:
+                exchanges.append(current)
+                current, held = [], 0
+            current.append(item)
+            held += item.held_bytes
+        exchanges.append(current)
+    return exchanges
+
+
+_LABEL_BYTES = 16  # one OT block / wire label
+
+
+def _he_frame_bytes(plan: Plan, step: LinearStep, term: ConvTerm | FCTerm) -> int:
+    """A bound on one HE term's input frame: its seeded ciphertexts (one
+    polynomial in every top-level limb each)."""
+    params = he.he_parameters(plan.tensors[step.output].ring_bits)
+    src = plan.tensors[term.input]
+    if isinstance(term, ConvTerm):
+        lay = he.layout(src.shape, term.weight_shape, _square(term.stride, "stride"),
+                        _square(term.padding, "padding"), term.groups)
+    else:
+        lay = he.layout((src.numel, 1, 1), (term.weight_shape[0], src.numel, 1, 1))
+    return lay["num_inputs"] * params["poly_degree"] * params["top_limbs"] * 8
+
+
 class _Meter:
     """Per-step costs from the client's channel counters and clock."""
 
@@ -142,11 +224,12 @@ class _Meter:
         """Charge the time and traffic of the block to step ``index``; steps that
         share a round trip count its messages once (``count_rounds`` on one of them)."""
         ch = self.channel
-        sent, received, flushes = ch.bytes_sent, ch.bytes_received, ch.flushes
+        sent, received, flushes, trips = ch.bytes_sent, ch.bytes_received, ch.flushes, ch.round_trips
         start = time.perf_counter()
         yield
         ch.flush()
         cost = self.costs[index]
+        setattr(cost, f"{phase}_round_trips", getattr(cost, f"{phase}_round_trips") + ch.round_trips - trips)
         setattr(cost, f"{phase}_seconds", getattr(cost, f"{phase}_seconds") + time.perf_counter() - start)
         setattr(cost, f"{phase}_bytes_c2s", getattr(cost, f"{phase}_bytes_c2s") + ch.bytes_sent - sent)
         setattr(cost, f"{phase}_bytes_s2c",
@@ -256,7 +339,11 @@ class ServerSession:
         return self._life.state
 
     def offline(self) -> None:
-        """HE for every linear step (fresh masks s), garbling + OT for every GC step.
+        """HE for every linear step (fresh masks s), garbling + OT for every GC
+        step, in the exchanges of :func:`offline_exchanges`: announce the
+        exchange's garbled batches, receive every OT and HE input of the
+        exchange, then garble and reply (the client never waits on a write of
+        ours while it writes). A label-only output's garbled argmax follows.
 
         Raises:
             SessionStateError: not the session's first phase, or a phase failed.
@@ -265,28 +352,41 @@ class ServerSession:
             self._offline()
 
     def _offline(self) -> None:
-        t = self.plan.tensors
-        for i, step in enumerate(self.plan.steps):
-            if isinstance(step, LinearStep):
-                bits = t[step.output].ring_bits
-                acc = None
-                for term in step.terms:
-                    if isinstance(term, ConvTerm):
-                        s = self._he[bits].conv2d(t[term.input].shape, term.weight,
-                                                  _square(term.stride, "stride"),
-                                                  _square(term.padding, "padding"), term.groups)
-                    elif isinstance(term, FCTerm):
-                        s = self._he[bits].matmul(term.weight)
-                    else:
-                        continue
-                    acc = s if acc is None else acc + s
-                if acc is not None:
-                    self._masks[i] = mask(acc.reshape(t[step.output].shape), bits)
-            elif isinstance(step, (ReluStep, TruncateStep)):
-                self._material[i] = self._gc[_gc_shape(self.plan, step)].offline(t[step.input].numel)
+        plan, t = self.plan, self.plan.tensors
+        masks: dict[int, np.ndarray] = {}
+        for items in offline_exchanges(plan):
+            garbled = [it for it in items if it.term is None]
+            linear = [it for it in items if it.term is not None]
+            for it in garbled:
+                step = plan.steps[it.step]
+                self._material[it.step] = self._gc[_gc_shape(plan, step)].announce(t[step.input].numel)
+            for it in garbled:
+                self._gc[_gc_shape(plan, plan.steps[it.step])].receive_ot(self._material[it.step])
+            received = [self._receive_he(it) for it in linear]
+            for it in garbled:
+                self._gc[_gc_shape(plan, plan.steps[it.step])].garble(self._material[it.step])
+            for it, inputs in zip(linear, received):
+                step = plan.steps[it.step]
+                assert isinstance(step, LinearStep) and it.term is not None
+                s = self._he[t[step.output].ring_bits].reply(inputs, step.terms[it.term].weight)
+                masks[it.step] = s if it.step not in masks else masks[it.step] + s
+        for i, acc in masks.items():
+            out = t[plan.steps[i].output]
+            self._masks[i] = mask(acc.reshape(out.shape), out.ring_bits)
         if self._argmax is not None:
             self._argmax.offline()
         self.wire.server_offline_check()
+
+    def _receive_he(self, item: OfflineItem) -> Any:
+        step = self.plan.steps[item.step]
+        assert isinstance(step, LinearStep) and item.term is not None
+        term = step.terms[item.term]
+        party = self._he[self.plan.tensors[step.output].ring_bits]
+        if isinstance(term, ConvTerm):
+            return party.receive_conv2d(self.plan.tensors[term.input].shape, term.weight.shape,
+                                        _square(term.stride, "stride"), _square(term.padding, "padding"),
+                                        term.groups)
+        return party.receive_matmul(term.weight.shape)
 
     def online(self) -> None:
         """Receive the masked input, evaluate, send the server's share of the output.
@@ -395,6 +495,7 @@ class ClientSession:
         channel.flush()
         self.report = Report()
         self.report.setup_bytes = channel.bytes_sent + channel.bytes_received
+        self.report.setup_round_trips = channel.round_trips
         self.report.setup_seconds = time.perf_counter() - start
         self._meter = _Meter(channel, self.plan)
         self.report.costs = self._meter.costs
@@ -409,8 +510,10 @@ class ClientSession:
         return self._life.state
 
     def offline(self, progress: bool = False) -> None:
-        """Fix every client share: input mask, HE outputs, GC masks (with their labels).
-        ``progress`` shows a progress bar (stderr) over the steps.
+        """Fix every client share: input mask, HE outputs, GC masks (with their
+        labels), in the exchanges of :func:`offline_exchanges` (one round trip
+        each), then a label-only output's garbled argmax. ``progress`` shows a
+        progress bar (stderr) over the exchanges.
 
         Raises:
             SessionStateError: not the session's first phase, or a phase failed.
@@ -423,44 +526,85 @@ class ClientSession:
         spec = t[plan.input]
         self._input_mask = _random_ring(spec.shape, spec.ring_bits)
         shares = {plan.input: self._input_mask}
-        steps: Any = enumerate(plan.steps)
+        for s in plan.steps:  # output masks are chosen up front: they feed HE
+            if isinstance(s, (ReluStep, TruncateStep)):
+                shares[s.output] = _random_ring(t[s.output].shape, t[s.output].ring_bits)
+        he_out: dict[int, np.ndarray] = {}
+        pending = {i: sum(isinstance(term, (ConvTerm, FCTerm)) for term in s.terms)
+                   for i, s in enumerate(plan.steps) if isinstance(s, LinearStep)}
+        exchanges: Any = offline_exchanges(plan)
         if progress:
             from tqdm.auto import tqdm
 
-            steps = tqdm(steps, total=len(plan.steps), desc="offline", unit="step", leave=False)
-        for i, step in steps:
-            with self._meter.measure(i, "offline"):
-                if isinstance(step, LinearStep):
-                    shares[step.output] = self._linear(step, shares)
-                elif isinstance(step, (ReluStep, TruncateStep)):
-                    out = t[step.output]
-                    r = _random_ring(out.shape, out.ring_bits)
+            exchanges = tqdm(exchanges, desc="offline", unit="exchange", leave=False)
+        self._settle(shares, he_out, pending)
+        last = max(i for i, s in enumerate(plan.steps) if not isinstance(s, OutputStep))
+        measure = self._meter.measure
+        for items in exchanges:
+            garbled = [it for it in items if it.term is None]
+            linear = [it for it in items if it.term is not None]
+            for it in garbled:
+                with measure(it.step, "offline"):
+                    step = plan.steps[it.step]
+                    self._material[it.step] = self._gc[_gc_shape(plan, step)].receive_header(t[step.input].numel)
+            for it in garbled:
+                with measure(it.step, "offline"):
+                    step = plan.steps[it.step]
                     x = np.ascontiguousarray(shares[step.input].reshape(-1))
-                    self._material[i] = self._gc[_gc_shape(plan, step)].offline(x, r.reshape(-1))
-                    shares[step.output] = r
+                    self._gc[_gc_shape(plan, step)].request(self._material[it.step], x,
+                                                            shares[step.output].reshape(-1))
+            for it in linear:
+                with measure(it.step, "offline"):
+                    self._send_he(it, shares)
+            for it in garbled:
+                with measure(it.step, "offline"):
+                    self._gc[_gc_shape(plan, plan.steps[it.step])].receive_tables(self._material[it.step])
+            for it in linear:
+                with measure(it.step, "offline"):
+                    step = plan.steps[it.step]
+                    y = self._he[t[step.output].ring_bits].receive()
+                    he_out[it.step] = y if it.step not in he_out else he_out[it.step] + y
+                    pending[it.step] -= 1
+            self._settle(shares, he_out, pending)
         out_share = shares[plan.output.input]
         if self._argmax is not None:
-            with self._meter.measure(plan.steps.index(plan.output), "offline"):
+            with measure(plan.steps.index(plan.output), "offline"):
                 self._argmax.offline(np.ascontiguousarray(out_share.reshape(-1)))
         else:
             self._shares = {plan.output.input: out_share}
-        self.wire.client_offline_check()
+        with measure(last, "offline"):  # the transcript check: the phase's last round trip
+            self.wire.client_offline_check()
 
-    def _linear(self, step: LinearStep, shares: dict[str, np.ndarray]) -> np.ndarray:
+    def _send_he(self, item: OfflineItem, shares: dict[str, np.ndarray]) -> None:
+        step = self.plan.steps[item.step]
+        assert isinstance(step, LinearStep) and item.term is not None
+        term = step.terms[item.term]
+        bits = self.plan.tensors[step.output].ring_bits
+        x = mask(shares[term.input], bits)
+        if isinstance(term, ConvTerm):
+            self._he[bits].send_conv2d(x, term.weight_shape, _square(term.stride, "stride"),
+                                       _square(term.padding, "padding"), term.groups)
+        else:
+            self._he[bits].send_matmul(x.reshape(-1), term.weight_shape[0])
+
+    def _settle(self, shares: dict[str, np.ndarray], he_out: dict[int, np.ndarray],
+                pending: dict[int, int]) -> None:
+        """Fix the client share of every linear step whose HE replies have all
+        arrived and whose other inputs are known (Plan order is topological)."""
         t = self.plan.tensors
-        bits = t[step.output].ring_bits
-        acc = np.zeros(t[step.output].shape, dtype=np.uint64)
-        for term in step.terms:
-            x = shares[term.input]
-            if isinstance(term, ConvTerm):
-                acc = acc + self._he[bits].conv2d(mask(x, bits), term.weight_shape,
-                                                  _square(term.stride, "stride"),
-                                                  _square(term.padding, "padding"), term.groups)
-            elif isinstance(term, FCTerm):
-                acc = acc + self._he[bits].matmul(mask(x, bits).reshape(-1), term.weight_shape[0])
-            else:
-                acc = acc + (x << np.uint64(term.shift))
-        return mask(acc, bits)
+        for i, step in enumerate(self.plan.steps):
+            if not isinstance(step, LinearStep) or step.output in shares or pending[i]:
+                continue
+            if not all(term.input in shares for term in step.terms):
+                continue
+            bits = t[step.output].ring_bits
+            acc = np.zeros(t[step.output].shape, dtype=np.uint64)
+            if i in he_out:
+                acc = acc + he_out.pop(i).reshape(acc.shape)
+            for term in step.terms:
+                if not isinstance(term, (ConvTerm, FCTerm)):
+                    acc = acc + (shares[term.input] << np.uint64(term.shift))
+            shares[step.output] = mask(acc, bits)
 
     def online(self, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, Report]:
         """Run the online phase on image ``x`` ((C, H, W), values in [0, 1]):
@@ -540,18 +684,24 @@ class _Failure:
 
 def infer(model_or_plan: nn.Module | Plan, x: np.ndarray | torch.Tensor,
           input_shape: tuple[int, int, int] | None = None, *, threads: int = 0,
-          **compile_kwargs: Any) -> tuple[np.ndarray, Report]:
+          link: Link | str | None = None, **compile_kwargs: Any) -> tuple[np.ndarray, Report]:
     """Private inference with both parties in this process (threads over the
     in-memory channel). Returns the client's logits and the cost report.
 
     ``x`` is one image (C, H, W) with values in [0, 1]; a model is compiled
-    first (``input_shape`` defaults to ``x``'s shape).
+    first (``input_shape`` defaults to ``x``'s shape). ``link`` (a
+    :class:`pie.Link` or a preset name: ``"loopback"``, ``"lan"``, ``"wan"``)
+    runs the parties across an emulated network link, so the report shows what
+    that deployment would cost; the report's ``link`` names it.
 
     Raises:
         ValueError: ``x`` is not one image of the Plan's input shape with finite
-            values in [0, 1] (checked before either party starts).
+            values in [0, 1] (checked before either party starts); an unknown
+            link name.
     """
     import threading
+
+    emulated = resolve_link(link)
 
     if not isinstance(model_or_plan, Plan):
         shape = input_shape or tuple(np.shape(x))[-3:]
@@ -561,7 +711,7 @@ def infer(model_or_plan: nn.Module | Plan, x: np.ndarray | torch.Tensor,
     if server.plan.encode_input(x).shape[0] != 1:
         raise ValueError("one image per inference: x must have shape (C, H, W) or (1, C, H, W)")
     client = Client(server.public_plan(), threads=threads)
-    server_end, client_end = memory_pair()
+    server_end, client_end = emulated.memory_pair() if emulated is not None else memory_pair()
     failure = _Failure()
 
     def run_server() -> None:
@@ -584,4 +734,6 @@ def infer(model_or_plan: nn.Module | Plan, x: np.ndarray | torch.Tensor,
     worker.join()
     if failure.error is not None:
         raise failure.error
+    if emulated is not None:
+        report.link = emulated.describe()
     return logits, report

@@ -14,7 +14,11 @@ Plan), before a session is admitted:
 - linear steps: the 8-byte mask ``s`` of every output element computed with
   HE (held until online); while a step runs, its input ciphertexts (as
   received and as loaded) and its products and replies;
-- per HE session (one per ring), the client's public key.
+- per HE session (one per ring), the client's public key;
+- while an offline exchange runs (:func:`pie.protocol.engine.offline_exchanges`),
+  the OT blocks of its garbled steps and the HE input frames it received,
+  at most :data:`pie.protocol.engine.OFFLINE_EXCHANGE_BYTES` beyond its
+  largest item.
 
 The client holds more (the garbled tables themselves): the ``tables`` field
 says how much, so that a client can judge a Plan before it starts.
@@ -37,7 +41,7 @@ from ..plan import (
     relu_and_gates,
     truncate_and_gates,
 )
-from .engine import _he_sessions
+from .engine import _he_sessions, offline_exchanges
 from .wire import ServerBusyError
 
 __all__ = ["Admission", "Limits", "MaterialEstimate", "Reservation"]
@@ -105,6 +109,7 @@ class MaterialEstimate:
         he_peak: the largest HE term's ciphertexts while it runs.
         he_keys: the client's public keys (one per HE session).
         tables: garbled-table bytes streamed to the client (what the client holds).
+        exchange: the largest offline exchange's held OT blocks and HE input frames.
     """
 
     gc_held: int
@@ -113,11 +118,12 @@ class MaterialEstimate:
     he_peak: int
     he_keys: int
     tables: int
+    exchange: int = 0
 
     @property
     def server_bytes(self) -> int:
         """The server's peak: everything held plus the larger working set."""
-        return self.gc_held + self.he_held + self.he_keys + max(self.gc_peak, self.he_peak)
+        return self.gc_held + self.he_held + self.he_keys + self.exchange + max(self.gc_peak, self.he_peak)
 
     @classmethod
     def from_plan(cls, plan: Plan) -> MaterialEstimate:
@@ -157,7 +163,8 @@ class MaterialEstimate:
                     lay = he.layout((k, 1, 1), (term.weight_shape[0], k, 1, 1))
                 # inputs as received and as loaded, products and replies
                 he_peak = max(he_peak, 2 * (lay["num_inputs"] + lay["num_outputs"]) * ct_bytes[bits])
-        return cls(gc_held, gc_peak, he_held, he_peak, he_keys, tables)
+        exchange = max((sum(it.held_bytes for it in ex) for ex in offline_exchanges(plan)), default=0)
+        return cls(gc_held, gc_peak, he_held, he_peak, he_keys, tables, exchange)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ class StepFigures:
 
     Bytes are split by direction (``c2s``: client to server, ``s2c``: server
     to client). Seconds are the client's wall time for the phase of this step.
+    Round trips count the client's waits for an answer after it sent
+    something (:attr:`pie.Channel.round_trips`), each of which costs up to one
+    round-trip time on a link.
     """
 
     index: int
@@ -29,6 +32,8 @@ class StepFigures:
     online_bytes_s2c: int = 0
     offline_seconds: float = 0.0
     online_seconds: float = 0.0
+    offline_round_trips: int = 0
+    online_round_trips: int = 0
 
     @property
     def offline_bytes(self) -> int:
@@ -64,15 +69,18 @@ class Report:
     ``offline_seconds``, ``online_seconds`` and the per-direction and round
     counts). ``setup`` covers the handshake and per-session key material;
     ``input`` the masked input that opens the online phase (counted in the
-    online totals, not in any step).
+    online totals, not in any step). ``link`` describes the emulated link the
+    parties ran over (:meth:`pie.Link.describe`; empty for none).
     """
 
     costs: list[StepCost] = field(default_factory=list)
     setup_bytes: int = 0
     setup_seconds: float = 0.0
+    setup_round_trips: int = 0
     input_bytes: int = 0  # the masked input, the first online message
     input_seconds: float = 0.0
     transport: str = "memory"
+    link: str = ""
 
     @property
     def steps(self) -> list[dict[str, Any]]:
@@ -102,6 +110,17 @@ class Report:
         return self._sum("online_rounds") + (1 if self.input_bytes else 0)
 
     @property
+    def offline_round_trips(self) -> int:
+        """Round trips of the offline phase, session set-up included."""
+        return self._sum("offline_round_trips") + self.setup_round_trips
+
+    @property
+    def online_round_trips(self) -> int:
+        """Round trips from the masked input to the output share: the garbled
+        rounds plus the output's (the input rides with the first)."""
+        return self._sum("online_round_trips")
+
+    @property
     def relus(self) -> int:
         return self._sum("relus")
 
@@ -113,10 +132,13 @@ class Report:
             "offline_seconds": self.offline_seconds,
             "online_seconds": self.online_seconds,
             "online_rounds": self.online_rounds,
+            "offline_round_trips": self.offline_round_trips,
+            "online_round_trips": self.online_round_trips,
             "setup_bytes": self.setup_bytes,
             "setup_seconds": self.setup_seconds,
             "input_bytes": self.input_bytes,
             "transport": self.transport,
+            "link": self.link,
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -126,7 +148,8 @@ class Report:
         """A short human-readable table: one line per step, then the totals."""
         head = (f"{'#':>3} {'kind':<8} {'output':<22} {'ReLUs':>8} {'offline':>10} {'off s':>7} "
                 f"{'online':>10} {'on ms':>8} {'rounds':>6}")
-        lines = [head, "-" * len(head)]
+        lines = [f"link: {self.link}"] if self.link else []
+        lines += [head, "-" * len(head)]
         for c in self.costs:
             lines.append(
                 f"{c.index:>3} {c.kind:<8} {c.output[:22]:<22} {c.relus:>8,} "
@@ -141,6 +164,8 @@ class Report:
             f"{self.offline_seconds:>7.2f} {_size(self.online_bytes):>10} "
             f"{1e3 * self.online_seconds:>8.2f} {self.online_rounds:>6}"
         )
+        lines.append(f"round trips: {self.offline_round_trips} offline (set-up included), "
+                     f"{self.online_round_trips} online")
         return "\n".join(lines)
 
 

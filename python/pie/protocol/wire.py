@@ -82,8 +82,10 @@ __all__ = [
 
 # 2: sealed OFFLINE_DONE/OFFLINE_VERDICT, OUTPUT_SHARE and FINISH (transcript digests).
 # 3: the transcript checks are 16-byte GMAC tags, not SHA-256 digests.
-# 4: garbled batch headers carry the session's random tweak prefix.
-PROTOCOL_VERSION = 4
+# 4: the offline phase runs in exchanges (pie.protocol.engine.offline_exchanges),
+#    not step by step.
+# 5: garbled batch headers carry the session's random tweak prefix; label-only output.
+PROTOCOL_VERSION = 5
 
 # Frame types of the session layer ("PI" + a counter).
 HELLO = 0x50490001  # client -> server: {"protocol", "plan"}
