@@ -17,31 +17,39 @@ truncations that do not depend on each other) costs one round trip (labels of
 ``x_s`` out, colour bits back; :meth:`Plan.schedule`); the server finally sends
 its share of the logits.
 
-Offline material is bound to one session and one inference: a session runs
-``offline`` then ``online`` exactly once, and the garbled material refuses a
-second use.
+Offline material is bound to one connection and one query: a session
+prepares any number of sets (:meth:`ClientSession.prepare`), each query
+consumes one set per image, oldest first, and a set leaves the pool before its
+query starts; the garbled material itself refuses a second use. A batch of B
+images runs B sets side by side in the rounds of one image. Each set has
+its own HE keys, so the flooding stays sized for one set's coefficients.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .. import gc, he
-from ..channel import Channel, memory_pair
+from ..channel import Channel, ChannelError, memory_pair
 from ..compiler import compile as compile_plan
 from ..crypto import secure_random
 from ..plan import ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep
 from ..reference import conv2d_ring, fc_ring, mask, prepare_weight, reduce
 from . import wire
 from .report import Report, StepCost
+
+if TYPE_CHECKING:
+    from .limits import SessionBudget
 
 __all__ = ["Client", "ClientSession", "Server", "ServerSession", "infer"]
 
@@ -107,10 +115,16 @@ class _Meter:
         setattr(cost, f"{phase}_bytes_c2s", getattr(cost, f"{phase}_bytes_c2s") + ch.bytes_sent - sent)
         setattr(cost, f"{phase}_bytes_s2c",
                 getattr(cost, f"{phase}_bytes_s2c") + ch.bytes_received - received)
-        # One-way messages: the client's flushes, plus at least one reply for
-        # every exchange in which the server sent something.
+        # One-way messages. Offline: the client's flushes, plus at least one
+        # reply for every exchange in which the server sent something. Online,
+        # a block's sends go out back to back (one per image of a batch, never
+        # waiting for a reply): one message each way at most.
         if count_rounds:
-            rounds = ch.flushes - flushes + (1 if ch.bytes_received > received else 0)
+            replied = 1 if ch.bytes_received > received else 0
+            if phase == "online":
+                rounds = (1 if ch.bytes_sent > sent else 0) + replied
+            else:
+                rounds = ch.flushes - flushes + replied
             setattr(cost, f"{phase}_rounds", getattr(cost, f"{phase}_rounds") + rounds)
 
 
@@ -154,6 +168,13 @@ class Server:
         ``values`` (tensor name -> residues): bias plus every term, mod the output
         ring. The session adds the step's offline HE mask."""
         step = self.plan.steps[index]
+        inputs = {term.input: values[term.input][None] for term in getattr(step, "terms", ())}
+        return self.linear_batch(index, inputs)[0]
+
+    def linear_batch(self, index: int, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """:meth:`linear` on a batch: every tensor of ``values`` has a leading
+        image axis, and so has the result."""
+        step = self.plan.steps[index]
         if not isinstance(step, LinearStep):
             raise ValueError(f"step {index} is a {step.kind} step, not a linear one")
         bits = self.plan.tensors[step.output].ring_bits
@@ -162,10 +183,10 @@ class Server:
         for k, term in enumerate(step.terms):
             x = values[term.input]
             if isinstance(term, ConvTerm):
-                acc = acc + conv2d_ring(x[None], self._weights[index, k], term.stride, term.padding,
-                                        term.groups, bits)[0]
+                acc = acc + conv2d_ring(x, self._weights[index, k], term.stride, term.padding,
+                                        term.groups, bits)
             elif isinstance(term, FCTerm):
-                acc = acc + fc_ring(x[None], self._weights[index, k], bits)[0]
+                acc = acc + fc_ring(x, self._weights[index, k], bits)
             else:
                 acc = acc + (x << np.uint64(term.shift))
         return mask(acc, bits)
@@ -174,74 +195,164 @@ class Server:
         """What a client needs (no weights); its digest equals the server's."""
         return self.plan.public()
 
-    def session(self, channel: Channel) -> ServerSession:
-        """Handshake with one client over ``channel`` and set up the sub-protocols."""
-        return ServerSession(self, channel)
+    def session(self, channel: Channel, *, pool: int = 1) -> ServerSession:
+        """Handshake with one client over ``channel`` and set up the sub-protocols;
+        ``pool``: prepared sets the session offers to keep ready."""
+        return ServerSession(self, channel, pool=pool)
 
-    def serve(self, channel: Channel) -> None:
-        """Run one whole inference (handshake, offline, online) for the client on ``channel``."""
-        session = self.session(channel)
-        session.offline()
-        session.online()
+    def serve(self, channel: Channel, *, pool: int = 1) -> None:
+        """Serve the client on ``channel``: handshake, then its requests
+        (prepared sets and queries) until it says goodbye (see :meth:`ServerSession.serve`)."""
+        session = self.session(channel, pool=pool)
+        try:
+            session.serve()
+        finally:
+            session.close()
+
+
+@dataclass
+class _ServerSet:
+    """One prepared set on the server, for exactly one query (one image): the
+    HE masks ``s`` of the linear steps and the garbled material of the GC steps."""
+
+    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    gc: dict[int, Any] = field(default_factory=dict)
 
 
 class ServerSession:
-    """One client's inference on the server side: offline, then online, once."""
+    """One client's connection on the server side: prepared sets, then queries.
+
+    The client drives it (see :mod:`pie.protocol.wire`): each ``PREPARE``
+    runs the offline phase for that many sets, each query takes one prepared
+    set per image, oldest first, and consumes it. A set is never used twice:
+    it leaves the pool before the query that uses it starts, and its garbled
+    material refuses a second use. After the handshake and after every
+    request the session offers to prepare up to ``pool`` sets (within
+    ``budget``), which a client that refills in the background accepts.
+    """
 
     def __init__(self, server: Server, channel: Channel, *, conversation: wire.Conversation | None = None,
-                 admit: Callable[[], None] | None = None) -> None:
+                 admit: Callable[[], None] | None = None, pool: int = 1,
+                 budget: SessionBudget | None = None) -> None:
         """Handshake on ``channel`` (or continue ``conversation`` on it);
-        ``admit`` may refuse the session by raising :class:`wire.ServerBusyError`."""
+        ``admit`` may refuse the session by raising :class:`wire.ServerBusyError`;
+        ``budget`` (already admitted by ``admit``) bounds the sets held."""
         self.server = server
         self.plan = server.plan
         self.channel = channel
+        self.pool = pool
+        self.budget = budget
+        self.queries = 0  # queries answered
         self.wire = conversation or wire.Conversation(channel, "server")
         self.wire.server_handshake(server.digest, admit)
-        self._he = {bits: he.LinearServer(channel, bits, n) for bits, n in _he_sessions(self.plan).items()}
         self._gc = {shape: gc.ReluServer(channel, shape[0], shape[1], shape[2], server.threads,
                                          truncate=shape[3]) for shape in _gc_shapes(self.plan)}
-        self._masks: dict[int, np.ndarray] = {}
-        self._material: dict[int, Any] = {}
-        self._state = "ready"
+        self._ready: deque[_ServerSet] = deque()
+        self.wire.server_offer(self._offer())
+
+    @property
+    def prepared(self) -> int:
+        """Prepared sets waiting for a query."""
+        return len(self._ready)
+
+    def serve(self) -> None:
+        """Answer the client's requests until it says ``BYE``.
+
+        Raises:
+            PeerClosedError: the client went away without ``BYE`` (its
+                prepared sets are dropped with the session).
+            ChannelError: any other failure of the connection or the protocol.
+        """
+        while self.wire.phase is not wire.Phase.DONE:
+            self._request()
 
     def offline(self) -> None:
-        """HE for every linear step (fresh masks s), garbling + OT for every GC step."""
-        if self._state != "ready":
-            raise RuntimeError("offline() runs once per session")
-        t = self.plan.tensors
+        """Answer the client's next request, which must ask for prepared sets."""
+        self._request(wire.PREPARE)
+
+    def online(self) -> None:
+        """Answer the client's next request, which must be a query."""
+        self._request(wire.MASKED_INPUT)
+
+    def close(self) -> None:
+        """Drop every prepared set (they are bound to this connection and are
+        never used elsewhere) and give back their share of the budget."""
+        self._ready.clear()
+        if self.budget is not None:
+            self.budget.release(self.budget.held)
+
+    def _request(self, expected: int | None = None) -> None:
+        if self.wire.phase is wire.Phase.DONE:
+            raise RuntimeError("the client has ended the session")
+        per_image = 8 * self.plan.tensors[self.plan.input].numel
+        kind, arg = self.wire.server_request(per_image * len(self._ready))
+        if expected is not None and kind != expected:
+            self.wire.failed = True
+            raise wire.ProtocolError(f"server: expected {wire.message_name(expected)}, "
+                                     f"got {wire.message_name(kind)}")
+        if kind == wire.PREPARE:
+            self._prepare(arg)
+        elif kind == wire.MASKED_INPUT:
+            self._query(arg)
+
+    def _offer(self) -> int:
+        want = self.pool - len(self._ready)
+        return max(0, want if self.budget is None else min(want, self.budget.available()))
+
+    def _prepare(self, count: int) -> None:
+        if self.budget is not None:
+            try:
+                self.budget.reserve(count)
+            except wire.ServerBusyError as exc:  # refused; the session goes on
+                self.wire.server_prepared(str(exc))
+                self.wire.server_offer(self._offer())
+                return
+        self.wire.server_prepared()
+        for _ in range(count):
+            self._ready.append(self._prepare_set())
+        self.wire.server_offer(self._offer())
+
+    def _prepare_set(self) -> _ServerSet:
+        """The offline phase of one query: fresh HE keys (their flooding is
+        sized for one set's coefficients), HE for every linear step (fresh
+        masks s), garbling + OT for every GC step."""
+        t, channel = self.plan.tensors, self.channel
+        he_sessions = {bits: he.LinearServer(channel, bits, n) for bits, n in _he_sessions(self.plan).items()}
+        material = _ServerSet()
         for i, step in enumerate(self.plan.steps):
             if isinstance(step, LinearStep):
                 bits = t[step.output].ring_bits
                 acc = None
                 for term in step.terms:
                     if isinstance(term, ConvTerm):
-                        s = self._he[bits].conv2d(t[term.input].shape, term.weight,
-                                                  _square(term.stride, "stride"),
-                                                  _square(term.padding, "padding"), term.groups)
+                        s = he_sessions[bits].conv2d(t[term.input].shape, term.weight,
+                                                     _square(term.stride, "stride"),
+                                                     _square(term.padding, "padding"), term.groups)
                     elif isinstance(term, FCTerm):
-                        s = self._he[bits].matmul(term.weight)
+                        s = he_sessions[bits].matmul(term.weight)
                     else:
                         continue
                     acc = s if acc is None else acc + s
                 if acc is not None:
-                    self._masks[i] = mask(acc.reshape(t[step.output].shape), bits)
+                    material.masks[i] = mask(acc.reshape(t[step.output].shape), bits)
             elif isinstance(step, (ReluStep, TruncateStep)):
-                self._material[i] = self._gc[_gc_shape(self.plan, step)].offline(t[step.input].numel)
+                material.gc[i] = self._gc[_gc_shape(self.plan, step)].offline(t[step.input].numel)
         self.wire.server_offline_check()
-        self._state = "offline"
+        return material
 
-    def online(self) -> None:
-        """Receive the masked input, evaluate, send the server's share of the output."""
-        if self._state != "offline":
-            raise RuntimeError("online() needs offline() first and runs once per session")
-        self._state = "done"
+    def _query(self, raw: bytes) -> None:
+        """One query of B images (B = the masked input's size over one
+        image's): B prepared sets, one online phase, the same rounds as one."""
         plan, t = self.plan, self.plan.tensors
         spec = t[plan.input]
-        raw = self.channel.recv_frame(wire.MASKED_INPUT, 8 * spec.numel)
-        if len(raw) != 8 * spec.numel:
-            raise wire.ProtocolError(f"masked input has {len(raw)} bytes, expected {8 * spec.numel}")
+        per_image = 8 * spec.numel
+        if not raw or len(raw) % per_image:
+            raise wire.MalformedMessageError(f"masked input has {len(raw)} bytes, not a multiple of "
+                                             f"one image's {per_image}")
+        sets = [self._ready.popleft() for _ in range(len(raw) // per_image)]  # one-time material
+        b = len(sets)
         values = {plan.input: mask(np.frombuffer(raw, dtype="<u8").astype(np.uint64), spec.ring_bits)
-                  .reshape(spec.shape)}
+                  .reshape(b, *spec.shape)}
         waves = plan.schedule()
         out_index = plan.steps.index(plan.output)
         order = [i for local, garbled in waves for i in (*local, *garbled)] + [out_index]
@@ -253,29 +364,34 @@ class ServerSession:
 
         for local, garbled in waves:
             for i in local:
-                values[plan.steps[i].output] = self._linear(i, values)
+                values[plan.steps[i].output] = self._linear(i, values, sets)
                 release(i)
-            # One round trip for the whole round: every batch's labels go out
-            # before any reply is read (see gc.ReluServer.send_labels).
+            # One round trip for the whole round, all images together: every
+            # batch's labels go out before any reply is read (gc.ReluServer.send_labels).
             for i in garbled:
                 step = plan.steps[i]
-                self._gc[_gc_shape(plan, step)].send_labels(
-                    self._material[i], np.ascontiguousarray(values[step.input].reshape(-1)))
+                engine = self._gc[_gc_shape(plan, step)]
+                for k, material in enumerate(sets):
+                    engine.send_labels(material.gc[i], np.ascontiguousarray(values[step.input][k].reshape(-1)))
             for i in garbled:
                 step = plan.steps[i]
-                y = self._gc[_gc_shape(plan, step)].finish(self._material.pop(i))
-                values[step.output] = y.reshape(t[step.output].shape)
+                engine = self._gc[_gc_shape(plan, step)]
+                values[step.output] = np.stack([engine.finish(material.gc.pop(i)).reshape(t[step.output].shape)
+                                                for material in sets])
                 release(i)
-        out_step = plan.output
-        out = values[out_step.input].astype("<u8")
-        self.wire.server_output(out.tobytes())
-        self._masks.clear()
+        out = values[plan.output.input].astype("<u8")
+        sets.clear()
+        if self.budget is not None:
+            self.budget.release(b)
+        self.queries += 1
+        self.wire.server_output(out.tobytes(), self._offer())
 
-    def _linear(self, index: int, values: dict[str, np.ndarray]) -> np.ndarray:
-        acc = self.server.linear(index, values)
-        if index not in self._masks:
+    def _linear(self, index: int, values: dict[str, np.ndarray], sets: list[_ServerSet]) -> np.ndarray:
+        acc = self.server.linear_batch(index, values)
+        if index not in sets[0].masks:
             return acc
-        return mask(acc + self._masks.pop(index), self.plan.tensors[self.plan.steps[index].output].ring_bits)
+        masks = np.stack([material.masks.pop(index) for material in sets])
+        return mask(acc + masks, self.plan.tensors[self.plan.steps[index].output].ring_bits)
 
 
 # ------------------------------------------------------------------- client
@@ -294,133 +410,317 @@ class Client:
         self.digest = self.plan.digest()
         self.threads = threads
 
-    def session(self, channel: Channel) -> ClientSession:
-        """Handshake with the server on ``channel`` and set up the sub-protocols."""
-        return ClientSession(self, channel)
+    def session(self, channel: Channel, *, refill: bool = False) -> ClientSession:
+        """Handshake with the server on ``channel`` and set up the sub-protocols
+        (see :class:`ClientSession`; ``refill`` accepts the server's offers to
+        prepare sets in the background)."""
+        return ClientSession(self, channel, refill=refill)
 
     def infer(self, channel: Channel, x: np.ndarray | torch.Tensor,
               progress: bool = False) -> tuple[np.ndarray, Report]:
-        """One whole private inference of image ``x`` ((C, H, W), values in [0, 1]);
-        ``progress`` shows a progress bar (stderr) over the offline steps."""
+        """One whole private inference of image ``x`` ((C, H, W), values in [0, 1];
+        (B, C, H, W) runs B in one online phase) on a session of its own:
+        handshake, offline, online, goodbye. ``progress`` shows a progress bar
+        (stderr) over the offline steps."""
         session = self.session(channel)
-        session.offline(progress)
-        return session.online(x)
+        session.prepare(int(self.plan.encode_input(x).shape[0]), progress)
+        result = session.online(x)
+        session.close()
+        return result
+
+
+@dataclass
+class _ClientSet:
+    """One prepared set on the client, for exactly one query (one image):
+    every client share fixed offline (the input mask, the GC material with its
+    labels, the share of the output) and what preparing it cost."""
+
+    input_mask: np.ndarray
+    gc: dict[int, Any]
+    output_share: np.ndarray
+    costs: list[StepCost]
+    setup_bytes: int
+    setup_seconds: float
 
 
 class ClientSession:
-    """One inference on the client side: offline (no input needed), then online, once."""
+    """A connection on the client side: prepared sets, then any number of queries.
+
+    :meth:`prepare` runs the offline phase (no input needed) for ``k`` future
+    queries; :meth:`online` answers a query of one image or a batch, using
+    (and consuming) one prepared set per image. ``refill=True`` accepts, in a
+    background thread, the server's offers to prepare more sets while the
+    session has no query, and lets :meth:`online` prepare what is missing.
+    :meth:`close` (or leaving a ``with`` block) says goodbye to the server and
+    drops the sets left; they are never used again.
+    """
 
     def __init__(self, client: Client, channel: Channel, *,
-                 conversation: wire.Conversation | None = None) -> None:
+                 conversation: wire.Conversation | None = None, refill: bool = False) -> None:
         """Handshake on ``channel`` (or continue ``conversation`` on it)."""
         self.plan = client.plan
         self.channel = channel
         start = time.perf_counter()
         self.wire = conversation or wire.Conversation(channel, "client")
         self.wire.client_handshake(client.digest)
-        self._he = {bits: he.LinearClient(channel, bits, n) for bits, n in _he_sessions(self.plan).items()}
         self._gc = {shape: gc.ReluClient(channel, shape[0], shape[1], shape[2], client.threads,
                                          truncate=shape[3]) for shape in _gc_shapes(self.plan)}
         channel.flush()
-        self.report = Report()
-        self.report.setup_bytes = channel.bytes_sent + channel.bytes_received
-        self.report.setup_seconds = time.perf_counter() - start
-        self._meter = _Meter(channel, self.plan)
-        self.report.costs = self._meter.costs
-        self._material: dict[int, Any] = {}
-        self._input_mask: np.ndarray | None = None
-        self._shares: dict[str, np.ndarray] = {}
-        self._state = "ready"
+        self.wire.client_offer()
+        # The session's set-up is charged to its first query's report.
+        self._setup_bytes = channel.bytes_sent + channel.bytes_received
+        self._setup_seconds = time.perf_counter() - start
+        #: The latest query's cost report.
+        self.report = Report(costs=_Meter(channel, self.plan).costs)
+        self._ready: deque[_ClientSet] = deque()
+        # The channel belongs to one caller at a time: a user call or the refill thread.
+        self._cond = threading.Condition()
+        self._busy = False
+        self._waiting = 0
+        self._closed = False
+        self._error: BaseException | None = None
+        self._refill = refill
+        self._worker: threading.Thread | None = None
+        if refill:
+            self._worker = threading.Thread(target=self._refill_loop, name="pie-refill", daemon=True)
+            self._worker.start()
+
+    @property
+    def prepared(self) -> int:
+        """Prepared sets waiting for a query."""
+        return len(self._ready)
+
+    @property
+    def offer(self) -> int:
+        """Sets the server offered, at its latest message, to prepare now."""
+        return self.wire.offer
+
+    def prepare(self, k: int = 1, progress: bool = False) -> None:
+        """Run the offline phase for ``k`` future queries (one image each) now.
+
+        Raises:
+            ServerBusyError: the server's memory limits do not allow ``k`` more
+                sets; nothing was prepared and the session goes on.
+            ValueError: ``k`` is not in [1, :data:`wire.MAX_PREPARE`].
+        """
+        with self._turn():
+            self._prepare(k, progress)
 
     def offline(self, progress: bool = False) -> None:
-        """Fix every client share: input mask, HE outputs, GC masks (with their labels).
-        ``progress`` shows a progress bar (stderr) over the steps."""
-        if self._state != "ready":
-            raise RuntimeError("offline() runs once per session")
-        plan, t = self.plan, self.plan.tensors
+        """Prepare one set (:meth:`prepare` with ``k = 1``): fix every client
+        share of the next query: input mask, HE outputs, GC masks (with their
+        labels). ``progress`` shows a progress bar (stderr) over the steps."""
+        self.prepare(1, progress)
+
+    def online(self, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, Report]:
+        """Run the online phase on image ``x`` ((C, H, W), values in [0, 1]),
+        or on a batch (B, C, H, W) in the same rounds as one image: returns
+        the decoded logits ((K,), or (B, K) for a batch) and the report.
+
+        Raises:
+            ValueError: ``x`` is not images of the Plan's shape with values in
+                [0, 1] (nothing is sent).
+            RuntimeError: fewer prepared sets than images (nothing is sent;
+                with ``refill`` the missing sets are prepared first).
+        """
+        pixels = self.plan.encode_input(x)
+        y = self.online_int(pixels)
+        logits = self.plan.decode_output(y)
+        return (logits[0] if np.ndim(x) == len(self.plan.input_shape) else logits), self.report
+
+    def online_int(self, x_int: np.ndarray) -> np.ndarray:
+        """The online phase on integer pixels, (C, H, W) or (B, C, H, W):
+        returns the output residues (with the batch axis if given one)."""
+        spec = self.plan.tensors[self.plan.input]
+        x = np.asarray(x_int)
+        single = x.ndim == len(spec.shape)
+        batch = x[None] if single else x
+        if batch.ndim != len(spec.shape) + 1 or tuple(batch.shape[1:]) != spec.shape or not len(batch):
+            raise ValueError(f"input has shape {np.shape(x_int)}, the plan expects {spec.shape} "
+                             f"or a batch of them")
+        with self._turn():
+            missing = len(batch) - len(self._ready)
+            if missing > 0 and self._refill:
+                self._prepare(missing, False)
+            elif missing > 0:
+                raise RuntimeError(f"online() needs {len(batch)} prepared set(s), {len(self._ready)} "
+                                   f"ready: run offline() or prepare(k) first; each set serves "
+                                   f"one query, once")
+            sets = [self._ready.popleft() for _ in range(len(batch))]  # one-time material
+            y = self._query(batch, sets)
+        return y[0] if single else y
+
+    def close(self) -> None:
+        """Stop refilling, drop the prepared sets left and say goodbye to the
+        server (if the connection is still in order). Idempotent."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join()
+        with self._turn(closing=True):
+            while self._ready:
+                self._free(self._ready.popleft())
+            if self.wire.phase is wire.Phase.IDLE and not self.wire.failed:
+                try:
+                    self.wire.client_bye()
+                except ChannelError:
+                    pass  # the server is gone already: nothing is left to end
+
+    def __enter__(self) -> ClientSession:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------- internals
+    @contextmanager
+    def _turn(self, closing: bool = False) -> Iterator[None]:
+        """Hold the channel for one user call (the refill thread waits)."""
+        with self._cond:
+            if self._closed and not closing:
+                raise RuntimeError("the session is closed")
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._busy)
+            self._waiting -= 1
+            if self._error is not None and not closing:
+                raise self._error
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def _refill_loop(self) -> None:
+        """Accept the server's offers one set at a time while no call waits."""
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or (
+                    not self._busy and not self._waiting and self.wire.offer > 0))
+                if self._closed:
+                    return
+                self._busy = True
+            try:
+                self._prepare(1, False)
+            except wire.ServerBusyError:
+                pass  # the server's memory is taken: its next offer says when to go on
+            except BaseException as exc:  # handed to the next call
+                with self._cond:
+                    self._error = exc
+                    self._busy = False
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def _prepare(self, k: int, progress: bool) -> None:
+        self.wire.client_prepare(k)
+        for j in range(k):
+            self._ready.append(self._prepare_set(f"offline {j + 1}/{k}" if progress else None))
+        self.wire.client_offer()
+
+    def _prepare_set(self, progress: str | None) -> _ClientSet:
+        plan, t, channel = self.plan, self.plan.tensors, self.channel
+        meter = _Meter(channel, plan)
+        start, moved = time.perf_counter(), channel.bytes_sent + channel.bytes_received
+        he_sessions = {bits: he.LinearClient(channel, bits, n) for bits, n in _he_sessions(plan).items()}
+        channel.flush()
+        setup_bytes = channel.bytes_sent + channel.bytes_received - moved
+        setup_seconds = time.perf_counter() - start
         spec = t[plan.input]
-        self._input_mask = _random_ring(spec.shape, spec.ring_bits)
-        shares = {plan.input: self._input_mask}
+        input_mask = _random_ring(spec.shape, spec.ring_bits)
+        shares = {plan.input: input_mask}
+        material: dict[int, Any] = {}
         steps: Any = enumerate(plan.steps)
         if progress:
             from tqdm.auto import tqdm
 
-            steps = tqdm(steps, total=len(plan.steps), desc="offline", unit="step", leave=False)
+            steps = tqdm(steps, total=len(plan.steps), desc=progress, unit="step", leave=False)
         for i, step in steps:
-            with self._meter.measure(i, "offline"):
+            with meter.measure(i, "offline"):
                 if isinstance(step, LinearStep):
-                    shares[step.output] = self._linear(step, shares)
+                    shares[step.output] = self._linear(he_sessions, step, shares)
                 elif isinstance(step, (ReluStep, TruncateStep)):
                     out = t[step.output]
                     r = _random_ring(out.shape, out.ring_bits)
                     x = np.ascontiguousarray(shares[step.input].reshape(-1))
-                    self._material[i] = self._gc[_gc_shape(plan, step)].offline(x, r.reshape(-1))
+                    material[i] = self._gc[_gc_shape(plan, step)].offline(x, r.reshape(-1))
                     shares[step.output] = r
-        self._shares = {plan.output.input: shares[plan.output.input]}
         self.wire.client_offline_check()
-        self._state = "offline"
+        return _ClientSet(input_mask, material, shares[plan.output.input], meter.costs,
+                          setup_bytes, setup_seconds)
 
-    def _linear(self, step: LinearStep, shares: dict[str, np.ndarray]) -> np.ndarray:
+    def _linear(self, he_sessions: dict[int, he.LinearClient], step: LinearStep,
+                shares: dict[str, np.ndarray]) -> np.ndarray:
         t = self.plan.tensors
         bits = t[step.output].ring_bits
         acc = np.zeros(t[step.output].shape, dtype=np.uint64)
         for term in step.terms:
             x = shares[term.input]
             if isinstance(term, ConvTerm):
-                acc = acc + self._he[bits].conv2d(mask(x, bits), term.weight_shape,
-                                                  _square(term.stride, "stride"),
-                                                  _square(term.padding, "padding"), term.groups)
+                acc = acc + he_sessions[bits].conv2d(mask(x, bits), term.weight_shape,
+                                                     _square(term.stride, "stride"),
+                                                     _square(term.padding, "padding"), term.groups)
             elif isinstance(term, FCTerm):
-                acc = acc + self._he[bits].matmul(mask(x, bits).reshape(-1), term.weight_shape[0])
+                acc = acc + he_sessions[bits].matmul(mask(x, bits).reshape(-1), term.weight_shape[0])
             else:
                 acc = acc + (x << np.uint64(term.shift))
         return mask(acc, bits)
 
-    def online(self, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, Report]:
-        """Run the online phase on image ``x`` ((C, H, W), values in [0, 1]):
-        returns the decoded logits and the report."""
-        pixels = self.plan.encode_input(x)
-        if pixels.shape[0] != 1:
-            raise ValueError("one image per inference: x must have shape (C, H, W) or (1, C, H, W)")
-        y = self.online_int(pixels[0])
-        return self.plan.decode_output(y[None])[0], self.report
-
-    def online_int(self, x_int: np.ndarray) -> np.ndarray:
-        """The online phase on integer pixels: returns the output residues."""
-        if self._state != "offline":
-            raise RuntimeError("online() needs offline() first and runs once per session")
-        self._state = "done"
+    def _query(self, batch: np.ndarray, sets: list[_ClientSet]) -> np.ndarray:
+        """One online phase for B images with B prepared sets; fills ``report``."""
         plan, t = self.plan, self.plan.tensors
-        spec = t[plan.input]
-        if tuple(np.shape(x_int)) != spec.shape:
-            raise ValueError(f"input has shape {np.shape(x_int)}, the plan expects {spec.shape}")
-        assert self._input_mask is not None
-        masked = mask(reduce(np.asarray(x_int), spec.ring_bits) - self._input_mask, spec.ring_bits)
-        self._input_mask = None  # one-time material
-        out_spec = t[plan.output.input]
+        spec, out_spec = t[plan.input], t[plan.output.input]
+        meter = _Meter(self.channel, plan)
+        report = Report(costs=meter.costs, batch=len(sets))
+        masked = np.stack([mask(reduce(x, spec.ring_bits) - material.input_mask, spec.ring_bits)
+                           for x, material in zip(batch, sets)])
+        for material in sets:
+            material.input_mask = None  # type: ignore[assignment]  # one-time material
         start, sent = time.perf_counter(), self.channel.bytes_sent
-        self.channel.send_frame(wire.MASKED_INPUT, masked.astype("<u8").tobytes())
-        self.report.input_seconds = time.perf_counter() - start
-        self.report.input_bytes = self.channel.bytes_sent - sent
+        self.wire.client_query(masked.astype("<u8").tobytes())
+        report.input_seconds = time.perf_counter() - start
+        report.input_bytes = self.channel.bytes_sent - sent
         for _, garbled in plan.schedule():
-            # The server sends every batch of the round before reading any reply:
-            # evaluate them all, then reply (one round trip per round).
+            # The server sends every batch of the round, for every image,
+            # before reading any reply: evaluate them all, then reply (one
+            # round trip per round).
             for k, i in enumerate(garbled):
-                with self._meter.measure(i, "online", count_rounds=k == 0):
-                    self._gc[_gc_shape(plan, plan.steps[i])].evaluate(self._material[i])
+                engine = self._gc[_gc_shape(plan, plan.steps[i])]
+                with meter.measure(i, "online", count_rounds=k == 0):
+                    for material in sets:
+                        engine.evaluate(material.gc[i])
             for k, i in enumerate(garbled):
-                with self._meter.measure(i, "online", count_rounds=k == len(garbled) - 1):
-                    self._gc[_gc_shape(plan, plan.steps[i])].reply(self._material[i])
+                engine = self._gc[_gc_shape(plan, plan.steps[i])]
+                with meter.measure(i, "online", count_rounds=k == len(garbled) - 1):
+                    for material in sets:
+                        engine.reply(material.gc[i])
             # Freeing the round's tables waits until every reply is out.
             for i in garbled:
-                self._gc[_gc_shape(plan, plan.steps[i])].release(self._material.pop(i))
-        step = plan.output
-        with self._meter.measure(plan.steps.index(step), "online"):
-            raw = self.wire.client_output(8 * out_spec.numel)  # transcript checked
+                engine = self._gc[_gc_shape(plan, plan.steps[i])]
+                for material in sets:
+                    engine.release(material.gc.pop(i))
+        with meter.measure(plan.steps.index(plan.output), "online"):
+            raw = self.wire.client_output(8 * out_spec.numel * len(sets))  # transcript checked
             server_share = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
-            y = mask(server_share.reshape(out_spec.shape) + self._shares.pop(step.input),
-                     out_spec.ring_bits)
-        return y.reshape(plan.output.shape)
+            y = mask(server_share.reshape(len(sets), *out_spec.shape)
+                     + np.stack([material.output_share for material in sets]), out_spec.ring_bits)
+        for material in sets:
+            report.add_offline(material.costs, material.setup_bytes, material.setup_seconds)
+        report.add_offline([], self._setup_bytes, self._setup_seconds)
+        self._setup_bytes, self._setup_seconds = 0, 0.0
+        self.report = report
+        return y.reshape(len(sets), *plan.output.shape)
+
+    def _free(self, material: _ClientSet) -> None:
+        for i, m in material.gc.items():
+            self._gc[_gc_shape(self.plan, self.plan.steps[i])].release(m)
+        material.gc.clear()
 
 
 # --------------------------------------------------------------- embedded

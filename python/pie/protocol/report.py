@@ -59,7 +59,8 @@ class StepCost(StepFigures):
 class Report:
     """What one inference cost, per step and in total.
 
-    ``steps`` holds one dict per Plan step (see :class:`StepCost`; keys
+    One report covers one online phase (``batch`` images) and the offline
+    work of the prepared sets it used. ``steps`` holds one dict per Plan step (see :class:`StepCost`; keys
     ``kind``, ``relus``, ``offline_bytes``, ``online_bytes``,
     ``offline_seconds``, ``online_seconds`` and the per-direction and round
     counts). ``setup`` covers the handshake and per-session key material;
@@ -73,6 +74,16 @@ class Report:
     input_bytes: int = 0  # the masked input, the first online message
     input_seconds: float = 0.0
     transport: str = "memory"
+    batch: int = 1  # images answered in this online phase, one prepared set each
+
+    def add_offline(self, costs: list[StepCost], setup_bytes: int = 0, setup_seconds: float = 0.0) -> None:
+        """Charge a prepared set's offline costs (per step, and its key set-up)
+        to this report."""
+        for mine, theirs in zip(self.costs, costs):
+            for name in ("offline_bytes_c2s", "offline_bytes_s2c", "offline_seconds", "offline_rounds"):
+                setattr(mine, name, getattr(mine, name) + getattr(theirs, name))
+        self.setup_bytes += setup_bytes
+        self.setup_seconds += setup_seconds
 
     @property
     def steps(self) -> list[dict[str, Any]]:
@@ -117,6 +128,7 @@ class Report:
             "setup_seconds": self.setup_seconds,
             "input_bytes": self.input_bytes,
             "transport": self.transport,
+            "batch": self.batch,
         }
 
     def to_json(self, **kwargs: Any) -> str:
