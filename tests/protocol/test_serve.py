@@ -238,7 +238,7 @@ def test_idle_session_is_dropped_and_its_slot_freed(server: pie.Server) -> None:
         assert log.wait_for(1, 30)  # dropped after two seconds without progress
         record = log.records()[0]
         assert record.outcome == "failed" and issubclass(record.error, pie.ChannelTimeoutError)  # type: ignore[arg-type]
-        assert record.phase == "offline"
+        assert record.phase == "idle"  # admitted, no request yet
         assert record.ended - record.started < limits.idle_timeout + 20  # generous: a shared machine
         with pytest.raises(pie.ChannelError):
             held.offline()  # type: ignore[attr-defined]
@@ -364,7 +364,7 @@ def test_unexpected_and_oversize_messages_end_only_their_connection(server: pie.
         (_frame(wire.HELLO, b"", length=1 << 40), pie.OversizeMessageError, "plan"),
         (_frame(wire.HELLO, b"{not json"), wire.MalformedMessageError, "handshake"),
         (_frame(wire.GET_PLAN, b"{}") + _frame(wire.GET_PLAN, b"{}"), pie.ProtocolError, "handshake"),
-        (_frame(wire.HELLO, hello) + _frame(wire.FINISH, b"\0" * 64), pie.ProtocolError, "offline"),
+        (_frame(wire.HELLO, hello) + _frame(wire.FINISH, b"\0" * 64), pie.ProtocolError, "idle"),
         (os.urandom(64), pie.ChannelError, "plan"),
     ]
     x = np.random.default_rng(6).random(SHAPE)
@@ -444,9 +444,11 @@ def test_sealed_output_share_detects_either_direction(fault: str) -> None:
         client_end.flush()
     _sealed(server_end, wire.OUTPUT_SHARE, share, stale=fault == "server-to-client")
     if fault == "none":
+        server_end.send_frame(wire.OFFER, b'{"count": 2}')
         assert conv.client_output(len(share)) == share
-        assert conv.phase is wire.Phase.DONE
-        # FINISH carries the client's digests, matching the server's view.
+        assert conv.phase is wire.Phase.IDLE and conv.offer == 2  # ready for the next query
+        # FINISH carries the client's digests, matching the server's view
+        # (the OFFER it read included).
         header = server_end.recv(12)
         assert struct.unpack("<IQ", header) == (wire.FINISH, 32)
         mine = server_end.transcript()
@@ -473,7 +475,7 @@ def test_verified_output_survives_a_server_gone_before_finish() -> None:
 
 def test_whole_session_over_tcp_checks_both_transcripts(server: pie.Server) -> None:
     """A normal session ends with both ends in phase done (OFFLINE_DONE,
-    OFFLINE_VERDICT, OUTPUT_SHARE and FINISH all checked)."""
+    OFFLINE_VERDICT, OUTPUT_SHARE and FINISH all checked, then BYE)."""
     x = np.random.default_rng(8).random(SHAPE)
     with serving(server, serve.Limits()) as (port, log):
         with pie.tcp_connect("127.0.0.1", port) as ch:

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Report", "StepCost", "StepFigures"]
+__all__ = ["Report", "StepCost", "StepFigures", "format_size"]
 
 
 @dataclass
@@ -142,21 +142,22 @@ class Report:
         for c in self.costs:
             lines.append(
                 f"{c.index:>3} {c.kind:<8} {c.output[:22]:<22} {c.relus:>8,} "
-                f"{_size(c.offline_bytes):>10} {c.offline_seconds:>7.2f} "
-                f"{_size(c.online_bytes):>10} {1e3 * c.online_seconds:>8.2f} {c.online_rounds:>6}"
+                f"{format_size(c.offline_bytes):>10} {c.offline_seconds:>7.2f} "
+                f"{format_size(c.online_bytes):>10} {1e3 * c.online_seconds:>8.2f} {c.online_rounds:>6}"
             )
         lines.append("-" * len(head))
         lines.append(f"{'':>3} {'input':<8} {'(masked input)':<22} {'':>8} {'':>10} {'':>7} "
-                     f"{_size(self.input_bytes):>10} {1e3 * self.input_seconds:>8.2f} {1:>6}")
+                     f"{format_size(self.input_bytes):>10} {1e3 * self.input_seconds:>8.2f} {1:>6}")
         lines.append(
-            f"{'':>3} {'total':<8} {'':<22} {self.relus:>8,} {_size(self.offline_bytes):>10} "
-            f"{self.offline_seconds:>7.2f} {_size(self.online_bytes):>10} "
+            f"{'':>3} {'total':<8} {'':<22} {self.relus:>8,} {format_size(self.offline_bytes):>10} "
+            f"{self.offline_seconds:>7.2f} {format_size(self.online_bytes):>10} "
             f"{1e3 * self.online_seconds:>8.2f} {self.online_rounds:>6}"
         )
         return "\n".join(lines)
 
 
-def _size(n: int) -> str:
+def format_size(n: int) -> str:
+    """A byte count for people: 1.23 MB (decimal units)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if n >= scale:
             return f"{n / scale:.2f} {unit}"
