@@ -668,3 +668,79 @@ def test_server_compiles_with_a_calibration_file_or_the_stored_sample(
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert "error: " in err and message in err
+
+
+# --------------------------------------------------- many queries, pools
+
+
+def test_client_cli_many_inputs_and_a_folder(running, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    server, port = running
+    rng = np.random.default_rng(11)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pngs = []
+    for name in ("b.png", "a.png"):
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(folder / name)
+        pngs.append(folder / name)
+    (folder / "notes.txt").write_text("not an input")
+    x = rng.random(SHAPE)
+    np.save(tmp_path / "x.npy", x)
+    expected = {str(folder / "a.png"): serve.load_input(folder / "a.png", SHAPE),
+                str(folder / "b.png"): serve.load_input(folder / "b.png", SHAPE),
+                str(tmp_path / "x.npy"): x}
+    for extra in ([], ["--prepare", "3"], ["--batch", "2"]):
+        args = ["client", "--connect", f"127.0.0.1:{port}", "--input", str(folder),
+                str(tmp_path / "x.npy"), "--json", *extra]
+        assert serve.main(args) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [line["input"] for line in lines] == sorted(expected)[:2] + [str(tmp_path / "x.npy")]
+        for line in lines:
+            assert np.array_equal(np.array(line["logits"]), server.plan.run_reference(expected[line["input"]]))
+            assert line["offline_seconds"] > 0 and line["online_seconds"] > 0
+        assert [line["batch"] for line in lines] == ([2, 2, 1] if "--batch" in extra else [1, 1, 1])
+    # The tables: one line per image, then the total.
+    assert serve.main(["client", "--connect", f"127.0.0.1:{port}", "--input", *map(str, pngs)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{pngs[0]}: class ") and "offline" in out[0] and "online" in out[0]
+    assert out[-1].startswith("2 images in")
+
+
+def test_pool_refuses_past_its_memory_limit_without_harming_others(server: pie.Server) -> None:
+    est = MaterialEstimate.from_plan(server.plan)
+    plan = server.public_plan()
+    rng = np.random.default_rng(12)
+    # Two sessions fit, with half a set to spare: a second set for either is refused.
+    limits = serve.Limits(max_sessions=4, max_total_bytes=2 * est.server_bytes + est.set_bytes // 2, pool=0)
+    with serving(server, limits) as (port, log):
+        a_ch, a = _hold_session(port, plan)
+        b_ch, b = _hold_session(port, plan)
+        with pytest.raises(wire.ServerBusyError, match="would exceed"):
+            a.prepare(2)  # type: ignore[attr-defined]
+        assert a.prepared == 0  # type: ignore[attr-defined]  # all or nothing
+        for session in (a, b):  # both go on unharmed
+            x = rng.random(SHAPE)
+            session.prepare(1)  # type: ignore[attr-defined]
+            assert np.array_equal(session.online(x)[0], server.plan.run_reference(x))  # type: ignore[attr-defined]
+        b.prepare(1)  # type: ignore[attr-defined]
+        b_ch.close()  # b vanishes with a prepared set left: the server drops it
+        assert log.wait_for(1, 30)
+        a.prepare(2)  # type: ignore[attr-defined]  # b's share is free again
+        for _ in range(2):
+            x = rng.random(SHAPE)
+            assert np.array_equal(a.online(x)[0], server.plan.run_reference(x))  # type: ignore[attr-defined]
+        a.close()  # type: ignore[attr-defined]
+        a_ch.close()
+        assert log.wait_for(2, 30)
+    assert log.counts() == {"ok": 2, "refused": 0, "failed": 0}
+    # The per-session limit bounds one session's pool, and the server's offer with it.
+    limits = serve.Limits(max_session_bytes=est.server_bytes + est.set_bytes, pool=3)
+    with serving(server, limits) as (port, _):
+        ch, held = _hold_session(port, plan)
+        assert held.offer == 2  # type: ignore[attr-defined]
+        with pytest.raises(wire.ServerBusyError, match="per-session limit"):
+            held.prepare(3)  # type: ignore[attr-defined]
+        held.prepare(2)  # type: ignore[attr-defined]
+        assert held.offer == 0  # type: ignore[attr-defined]
+        held.close()  # type: ignore[attr-defined]
+        ch.close()
