@@ -275,7 +275,6 @@ def serve_forever(server: Server, listener: Listener, limits: Limits | None = No
         finally:
             if session is not None:
                 session.close()  # its prepared sets go with it, never used elsewhere
-                del session
             ch.close()
             budget.close()
             connections.release()
