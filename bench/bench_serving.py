@@ -13,8 +13,10 @@ Every result is checked bit for bit against the Plan's reference.
   whose set one long-lived connection prepared ahead (``prepare(k)``); the
   online times of both in the same run, and the single query's time from
   connecting to its result (time to first result).
-- ``test_batch``: ``online(x)`` with x of shape (B, C, H, W) for B = 1, 2, 4:
-  online time, bytes and messages against B.
+- ``test_batch``: ``online(x)`` with x of shape (B, C, H, W) for B = 1, 2, 4
+  (twice each, alternating, medians; once each at the smoke size): online time, bytes and messages against B.
+
+Each test records the machine's load averages before and after it.
 
 ``PIE_BENCH_NET`` names the network (default: a small DeepReDuce-style one,
 the smoke run, a few seconds; e.g. ``DRD_C100_12K``).
@@ -70,6 +72,10 @@ def serving(plan: pie.Plan) -> Iterator[int]:
         listener.close()
 
 
+def _load() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
 def _connect(port: int) -> tuple[pie.Channel, pie.protocol.ClientSession]:
     ch = pie.tcp_connect("127.0.0.1", port)
     return ch, pie.Client(serve.fetch_public_plan(ch)).session(ch)
@@ -111,6 +117,7 @@ def test_throughput(benchmark, clients: int) -> None:  # type: ignore[no-untyped
         if errors:
             raise errors[0]
 
+    load = _load()
     with serving(plan) as port:
         benchmark.pedantic(run, rounds=1, iterations=1)
     total = clients * QUERIES
@@ -119,6 +126,7 @@ def test_throughput(benchmark, clients: int) -> None:  # type: ignore[no-untyped
         wall_seconds=wall[0], inferences_per_minute=60.0 * total / wall[0],
         time_to_first_result_seconds=float(np.median(first)),
         online_seconds_median=float(np.median(online)), cpus=os.cpu_count(),
+        load_before=load, load_after=_load(),
     )
 
 
@@ -149,10 +157,11 @@ def test_prepared_vs_single(benchmark) -> None:  # type: ignore[no-untyped-def]
                 assert np.array_equal(logits, plan.run_reference(x))
                 prepared.append(report.online_seconds)
 
+    load = _load()
     with serving(plan) as port:
         benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(
-        network=NET, queries=QUERIES,
+        network=NET, queries=QUERIES, load_before=load, load_after=_load(),
         single_online_seconds=float(np.median(single)),
         prepared_online_seconds=float(np.median(prepared)),
         prepared_to_single_ratio=float(np.median(prepared) / np.median(single)),
@@ -164,22 +173,25 @@ def test_prepared_vs_single(benchmark) -> None:  # type: ignore[no-untyped-def]
 def test_batch(benchmark) -> None:  # type: ignore[no-untyped-def]
     plan = compiled()
     rng = np.random.default_rng(9)
-    rows: list[dict[str, float]] = []
+    runs: dict[int, list[pie.Report]] = {1: [], 2: [], 4: []}
 
     def run() -> None:
         ch, session = _connect(port)
         with ch, session:
-            for b in (1, 2, 4):
+            for b in list(runs) * (1 if NET == "smoke" else 2):
                 xs = rng.random((b, *SHAPE))
                 session.prepare(b)
                 logits, report = session.online(xs)
                 for x, row in zip(xs, logits):
                     assert np.array_equal(row, plan.run_reference(x))
-                rows.append({"batch": b, "online_seconds": report.online_seconds,
-                             "online_bytes": report.online_bytes, "online_rounds": report.online_rounds,
-                             "offline_seconds": report.offline_seconds})
+                runs[b].append(report)
 
+    load = _load()
     with serving(plan) as port:
         benchmark.pedantic(run, rounds=1, iterations=1)
+    rows = [{"batch": b, "online_seconds": float(np.median([r.online_seconds for r in reports])),
+             "online_bytes": reports[0].online_bytes, "online_rounds": reports[0].online_rounds,
+             "offline_seconds": float(np.median([r.offline_seconds for r in reports]))}
+            for b, reports in runs.items()]
     assert len({r["online_rounds"] for r in rows}) == 1  # B images in the rounds of one
-    benchmark.extra_info.update(network=NET, batches=rows)
+    benchmark.extra_info.update(network=NET, batches=rows, load_before=load, load_after=_load())

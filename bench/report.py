@@ -431,6 +431,12 @@ def _network_stages(steps: list[dict[str, Any]]) -> list[str]:
     return stages
 
 
+def _load_range(info: dict[str, Any]) -> str:
+    """The 1-minute load average before -> after a benchmark."""
+    before, after = info.get("load_before") or ["?"], info.get("load_after") or ["?"]
+    return f"{before[0]} -> {after[0]}"
+
+
 def _serving(out: Path) -> list[str]:
     """The serving section: throughput, prepared vs single latency, batches."""
     benches = _benchmarks(out, "serving")
@@ -453,15 +459,18 @@ def _serving(out: Path) -> list[str]:
                          f"({e['queries_per_client']} queries each, offline included) | "
                          f"{e['inferences_per_minute']:.1f} inferences/minute ({e['inferences']} in "
                          f"{_fmt_s(e['wall_seconds'])}); first result after "
-                         f"{_fmt_s(e['time_to_first_result_seconds'])} (median) |")
+                         f"{_fmt_s(e['time_to_first_result_seconds'])} (median); load "
+                         f"{_load_range(e)} |")
     if pvs:
         lines.append(f"| online latency, prepared query vs single query (same run, median of "
                      f"{pvs['queries']}) | {_fmt_s(pvs['prepared_online_seconds'])} vs "
-                     f"{_fmt_s(pvs['single_online_seconds'])} ({pvs['prepared_to_single_ratio']:.2f}x) |")
+                     f"{_fmt_s(pvs['single_online_seconds'])} ({pvs['prepared_to_single_ratio']:.2f}x); "
+                     f"load {_load_range(pvs)} |")
         lines.append(f"| time to first result (fresh connection: plan, handshake, offline, online) | "
                      f"{_fmt_s(pvs['time_to_first_result_seconds'])} |")
     if batch:
-        lines += ["", "Batches: `online(x)` with x of shape (B, C, H, W), B prepared sets, one connection.", "",
+        lines += ["", "Batches: `online(x)` with x of shape (B, C, H, W), B prepared sets, one connection "
+                  f"(medians of two runs; load {_load_range(batch)}).", "",
                   "| B | online time | online time per image | online bytes | messages | offline (B sets) |",
                   "|---|---|---|---|---|---|"]
         for r in batch["batches"]:
