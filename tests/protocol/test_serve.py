@@ -442,13 +442,12 @@ def test_sealed_output_share_detects_either_direction(fault: str) -> None:
     if fault == "client-to-server":
         client_end.send(b"?")  # never read by the server: its received digest differs
         client_end.flush()
-    _sealed(server_end, wire.OUTPUT_SHARE, share, stale=fault == "server-to-client")
+    # The share, then the server's next offer (sealed with it).
+    _sealed(server_end, wire.OUTPUT_SHARE, share + struct.pack("<I", 2), stale=fault == "server-to-client")
     if fault == "none":
-        server_end.send_frame(wire.OFFER, b'{"count": 2}')
         assert conv.client_output(len(share)) == share
         assert conv.phase is wire.Phase.IDLE and conv.offer == 2  # ready for the next query
-        # FINISH carries the client's digests, matching the server's view
-        # (the OFFER it read included).
+        # FINISH carries the client's digests, matching the server's view.
         header = server_end.recv(12)
         assert struct.unpack("<IQ", header) == (wire.FINISH, 32)
         mine = server_end.transcript()
@@ -467,7 +466,7 @@ def test_verified_output_survives_a_server_gone_before_finish() -> None:
     server_end, client_end = pie.memory_pair()
     conv = wire.Conversation(client_end, "client")
     conv.phase = wire.Phase.ONLINE
-    _sealed(server_end, wire.OUTPUT_SHARE, share)
+    _sealed(server_end, wire.OUTPUT_SHARE, share + struct.pack("<I", 0))
     server_end.close()  # sending FINISH fails: the checked share still counts
     assert conv.client_output(len(share)) == share
     assert conv.phase is wire.Phase.DONE

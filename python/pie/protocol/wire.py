@@ -22,15 +22,16 @@ phase                 messages (c: client -> server, s: server -> client)
                       or c ``BYE`` (done)
 ``online``            c ``MASKED_INPUT`` (B images, one prepared set each,
                       read with the size limit of the sets ready), GC rounds,
-                      s ``OUTPUT_SHARE``, s ``OFFER``
+                      s ``OUTPUT_SHARE`` (the share, then the next offer)
 ``finish``            c ``FINISH``, then back to ``idle``
 ====================  ==========================================================
 
 ``OFFER`` tells the client how many more sets the server would prepare now
 (its pool target less the sets held, within its memory limits); a client
 that refills in the background accepts it one set at a time while it has no
-query. The server sends exactly one ``OFFER`` before each request it reads,
-so the client always knows it when it is idle.
+query. The server states an offer exactly once before each request it reads
+(after a query inside the sealed ``OUTPUT_SHARE``, as a 4-byte count after
+the share), so the client always knows it when it is idle.
 
 Anything else raises a :class:`ProtocolError` naming the phase, what was
 expected and what arrived. Oversized length headers raise
@@ -107,7 +108,7 @@ PROTOCOL_VERSION = 4
 HELLO = 0x50490001  # client -> server: {"protocol", "plan"}
 WELCOME = 0x50490002  # server -> client: {"ok": true} or {"ok": false, "error", "busy"}
 MASKED_INPUT = 0x50490003  # client -> server: (x - r) mod 2^l, uint64 little endian
-OUTPUT_SHARE = 0x50490004  # server -> client, sealed: the server's share of the logits
+OUTPUT_SHARE = 0x50490004  # server -> client, sealed: the server's share of the logits, the offer (<u32)
 GET_PLAN = 0x50490005  # client -> server: {} (asks for the public Plan)
 PUBLIC_PLAN = 0x50490006  # server -> client: Plan.to_bytes() of the public Plan
 OFFLINE_DONE = 0x50490007  # client -> server, sealed, empty: the client's offline transcript
@@ -133,6 +134,7 @@ MAX_CONTROL_BYTES = 4096
 MAX_PREPARE = 1024
 
 _HEADER = struct.Struct("<IQ")
+_OFFER = struct.Struct("<I")  # the offer at the end of OUTPUT_SHARE
 _CHECK = 16  # one transcript check (Channel.transcript: GMAC tag)
 _DIGESTS = 2 * _CHECK  # the check of the bytes sent, then of the bytes received
 
@@ -208,7 +210,7 @@ class Conversation:
         self.role = role
         self.phase = Phase.PLAN
         self.failed = False
-        #: The server's latest ``OFFER``: sets it would prepare now.
+        #: The server's latest offer: sets it would prepare now.
         self.offer = 0
         # time.monotonic() by which every read of this conversation must be
         # done (None: only the channel's per-read timeout applies).
@@ -286,18 +288,19 @@ class Conversation:
             self.phase = Phase.ONLINE
 
     def client_output(self, nbytes: int) -> bytes:
-        """Client, online: receive the server's output share (exactly ``nbytes``),
-        check the transcript before it is used, read the ``OFFER`` that
-        follows, then send ``FINISH`` and go idle."""
+        """Client, online: receive the server's output share (exactly ``nbytes``)
+        and its next offer, check the transcript before either is used, then
+        send ``FINISH`` and go idle."""
         with self._step("client", Phase.ONLINE):
-            share, mismatch = self._recv_sealed(OUTPUT_SHARE, nbytes)
-            if len(share) != nbytes:
-                raise MalformedMessageError(f"OUTPUT_SHARE has {len(share)} bytes, expected {nbytes}")
+            body, mismatch = self._recv_sealed(OUTPUT_SHARE, nbytes + _OFFER.size)
+            if len(body) != nbytes + _OFFER.size:
+                raise MalformedMessageError(f"OUTPUT_SHARE has {len(body)} bytes, expected "
+                                            f"{nbytes + _OFFER.size}")
             if mismatch:
                 raise TranscriptError(f"online phase: {mismatch}")
+            share, (self.offer,) = body[:nbytes], _OFFER.unpack(body[nbytes:])
             self.phase = Phase.FINISH
             try:
-                self.offer = self._recv_offer()
                 self._send_sealed(FINISH, b"")
             except ChannelError:
                 # The share is verified and counts; the connection takes no more queries.
@@ -398,13 +401,11 @@ class Conversation:
                 raise TranscriptError(f"offline phase: {mismatch}")
 
     def server_output(self, share: bytes, offer: int) -> None:
-        """Server, online: send the output share (sealed) and the next ``OFFER``,
+        """Server, online: send the output share and the next offer (sealed),
         then check the client's transcript in ``FINISH`` and go idle."""
         with self._step("server", Phase.ONLINE):
-            self._send_sealed(OUTPUT_SHARE, share)
+            self._send_sealed(OUTPUT_SHARE, share + _OFFER.pack(max(0, int(offer))))
             self.phase = Phase.FINISH
-            _send_json(self.channel, OFFER, {"count": max(0, int(offer))})
-            self.channel.flush()
             _, mismatch = self._recv_sealed(FINISH, 0)
             if mismatch:
                 raise TranscriptError(f"finish: {mismatch}")
