@@ -115,6 +115,16 @@ def test_cli_reports_missing_dataset(tmp_path: Path) -> None:
                      "--out", str(tmp_path / "o")])
 
 
+def test_search_counts_equal_the_traced_networks() -> None:
+    """The search counts ReLUs from the configuration's shapes; the built
+    networks have exactly those (odd sizes, rho down to 1/8, both thinnings)."""
+    base = ResNetConfig(stem_relu=True, num_classes=10, blocks=(2, 1, 1, 2))
+    for shape in ((3, 32, 32), (3, 17, 23)):
+        pool = candidates(base, RANKING, shape, alphas=(0.125, 0.0625), rhos=(1.0, 0.25, 0.125))
+        for c in pool[::5]:
+            assert c.relus == pie.relu_count(pie.models.from_config(c.config), shape), c.config
+
+
 def test_budget_below_the_released_configurations_extends_reshaping() -> None:
     base = ResNetConfig(stem_relu=True, num_classes=10)
     pool = candidates(base, RANKING, (3, 32, 32))
