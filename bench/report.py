@@ -13,10 +13,12 @@ ResNet-18 and DRD_C100_12K at rings 37 and 59), ``bench_network.py`` with
 ``PIE_BENCH_NET=all`` (every DRD_C100 configuration and the ResNet-18 baseline,
 in memory and over loopback TCP, one input each, with the cost model's
 prediction from the fresh profile) and ``PIE_BENCH_LINK`` from ``--links``
-(default ``loopback,lan,wan``: each emulated link once more over TCP). The
-report has a table per link (offline and online time, bytes and round trips,
-and the cost model's prediction for that link) and a plot of online latency
-against ReLUs with one line per link.
+(default ``loopback,lan,wan``: each emulated link once more over TCP), and
+``bench_serving.py`` with ``PIE_BENCH_NET=DRD_C100_12K`` (throughput with 1
+and 4 clients, prepared vs single-query online latency, time to first result,
+batches). The report has a table per link (offline and online time, bytes and
+round trips, and the cost model's prediction for that link) and a plot of
+online latency against ReLUs with one line per link.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITES = ["crypto", "channel", "ot", "gc", "he", "network"]
+SUITES = ["crypto", "channel", "ot", "gc", "he", "network", "serving"]
+SERVING_NET = "DRD_C100_12K"
 TOLERANCE = 0.25  # the cost model's target: within 25% of measured time
 LINK_TOLERANCE = 0.20  # on emulated links: within 20%
 
@@ -102,6 +105,7 @@ def run_all(out: Path, networks: str, profile_seconds: float, links: str = "loop
         "he": {"PIE_BENCH_HE": "all"},
         "network": {"PIE_BENCH_NET": networks, "PIE_BENCH_PROFILE": str(out / "profile.json"),
                     "PIE_BENCH_LINK": links},
+        "serving": {"PIE_BENCH_NET": SERVING_NET},
     }
     for suite in SUITES:
         print(f"bench_{suite} ...", flush=True)
@@ -511,6 +515,55 @@ def _network_stages(steps: list[dict[str, Any]]) -> list[str]:
     return stages
 
 
+def _load_range(info: dict[str, Any]) -> str:
+    """The 1-minute load average before -> after a benchmark."""
+    before, after = info.get("load_before") or ["?"], info.get("load_after") or ["?"]
+    return f"{before[0]} -> {after[0]}"
+
+
+def _serving(out: Path) -> list[str]:
+    """The serving section: throughput, prepared vs single latency, batches."""
+    benches = _benchmarks(out, "serving")
+    if not benches:
+        return []
+    lines = ["## Serving", ""]
+    one, four = _find(benches, "test_throughput[1]"), _find(benches, "test_throughput[4]")
+    pvs, batch = _find(benches, "test_prepared_vs_single"), _find(benches, "test_batch")
+    net = next((e["network"] for e in (one, four, pvs, batch) if e), "?")
+    meta = json.loads((out / "serving.json").read_text())
+    commit = str(meta.get("commit_info", {}).get("id", "?"))[:7]
+    lines += [f"{net} over loopback TCP against `pie.serve.serve_forever` on the machine above (all "
+              "parties on its CPUs), every result bit-exact (`bench_serving.py`, run "
+              f"{str(meta.get('datetime', '?'))[:19].replace('T', ' ')} UTC at commit `{commit}`). A query "
+              "whose set was prepared ahead costs its online phase only.", "",
+              "| what | measured |", "|---|---|"]
+    for e in (one, four):
+        if e:
+            lines.append(f"| throughput, {e['clients']} concurrent client{'s' if e['clients'] > 1 else ''} "
+                         f"({e['queries_per_client']} queries each, offline included) | "
+                         f"{e['inferences_per_minute']:.1f} inferences/minute ({e['inferences']} in "
+                         f"{_fmt_s(e['wall_seconds'])}); first result after "
+                         f"{_fmt_s(e['time_to_first_result_seconds'])} (median); load "
+                         f"{_load_range(e)} |")
+    if pvs:
+        lines.append(f"| online latency, prepared query vs single query (same run, median of "
+                     f"{pvs['queries']}) | {_fmt_s(pvs['prepared_online_seconds'])} vs "
+                     f"{_fmt_s(pvs['single_online_seconds'])} ({pvs['prepared_to_single_ratio']:.2f}x); "
+                     f"load {_load_range(pvs)} |")
+        lines.append(f"| time to first result (fresh connection: plan, handshake, offline, online) | "
+                     f"{_fmt_s(pvs['time_to_first_result_seconds'])} |")
+    if batch:
+        lines += ["", "Batches: `online(x)` with x of shape (B, C, H, W), B prepared sets, one connection "
+                  f"(medians of two runs; load {_load_range(batch)}).", "",
+                  "| B | online time | online time per image | online bytes | messages | offline (B sets) |",
+                  "|---|---|---|---|---|---|"]
+        for r in batch["batches"]:
+            lines.append(f"| {r['batch']} | {_fmt_s(r['online_seconds'])} | "
+                         f"{_fmt_s(r['online_seconds'] / r['batch'])} | {_fmt_bytes(r['online_bytes'])} | "
+                         f"{r['online_rounds']} | {_fmt_s(r['offline_seconds'])} |")
+    return lines + [""]
+
+
 def render(out: Path) -> None:
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     nets = _network_runs(out)
@@ -577,6 +630,7 @@ def render(out: Path) -> None:
               "Ratios above 1 mean pie needs less. Delphi's figures are a third party's measurement on CIFAR "
               "ResNet-18 (557,056 ReLUs, 41-bit prime field); pie's micro figures are at l = 37.", ""]
     lines += _delphi(out, nets) + [""]
+    lines += _serving(out)
     model_rows, misses = _model_table(nets)
     lines += ["## Cost model: predicted vs measured", "",
               "`pie.estimate(plan, Profile.load('profile.json'), transport)` with the profile measured at the "

@@ -2,13 +2,15 @@
 
   python -m pie.serve demo [--link loopback|lan|wan]
   python -m pie.serve server --model model.pt --port 7000 [--calibration FILE] [--tls-cert C --tls-key K] [limits]
-  python -m pie.serve client --connect 127.0.0.1:7000 --input image.png [--resize] [--json] [--tls-ca CA]
+  python -m pie.serve client --connect 127.0.0.1:7000 --input a.png [b.png ... | FOLDER] [--prepare K] [--batch B] [--resize] [--json] [--tls-ca CA]
 
 The server sends its public Plan (architecture, shapes, scales, rings; no
-weights) to each client, then both run the protocol; the client prints the
-prediction and the latency/traffic of the offline and online phases. The
-server admits at most --max-sessions sessions and --max-total-memory of
-offline material at a time (more clients are refused as busy), gives a new
+weights) to each client, then both run the protocol; the client answers
+every image on one connection and prints, per image, the prediction and the
+latency/traffic of the offline and online phases (--json: one JSON line per
+image). The server admits at most --max-sessions sessions and
+--max-total-memory of offline material at a time (more clients are refused
+as busy), keeps up to --pool prepared sets per connection, gives a new
 connection --handshake-timeout seconds to say HELLO and drops a session idle
 for --idle-timeout seconds.
 """
@@ -40,6 +42,7 @@ from .channel import (
     ChannelError,
     ChannelTimeoutError,
     OversizeMessageError,
+    PeerClosedError,
     ProtocolError,
     TcpListener,
     TlsListener,
@@ -50,8 +53,8 @@ from .link import PRESETS
 from .plan import OUTPUT_REVEALS, Plan
 from .protocol import Client, Server, infer, wire
 from .protocol.engine import ClientSession, ServerSession
-from .protocol.limits import Admission, Limits, MaterialEstimate, Reservation
-from .protocol.report import Report
+from .protocol.limits import Admission, Limits, MaterialEstimate, SessionBudget
+from .protocol.report import Report, format_size
 from .reduce.data import CIFAR100_STATS, TINY_IMAGENET_STATS
 
 __all__ = [
@@ -61,6 +64,7 @@ __all__ = [
     "SessionRecord",
     "fetch_public_plan",
     "fit_input",
+    "input_files",
     "load_input",
     "load_model",
     "load_server",
@@ -151,9 +155,11 @@ class SessionRecord:
 
     Attributes:
         number: the connection's number, in order of acceptance (from 1).
-        outcome: ``"ok"`` (inference served), ``"refused"`` (busy: a limit
-            was reached) or ``"failed"`` (anything else: the peer went away,
-            timed out, sent something unexpected or malformed, or a mismatch).
+        outcome: ``"ok"`` (queries served: the client said goodbye, or went
+            away between queries after at least one), ``"refused"`` (busy: a
+            limit was reached at the handshake) or ``"failed"`` (anything else:
+            the peer went away, timed out, sent something unexpected or
+            malformed, or a mismatch).
         phase: the session phase it ended in (see :class:`pie.protocol.wire.Phase`).
         error: the exception's class (``None`` when ``ok``).
         message: the exception's message.
@@ -211,7 +217,10 @@ def serve_forever(server: Server, listener: Listener, limits: Limits | None = No
     session slot and enough offline-material budget are free (else it is
     refused with a busy ``WELCOME``, :class:`ServerBusyError` on the client),
     and from then on it may go ``limits.idle_timeout`` seconds without
-    progress before it is dropped. A failing connection (closed, stalled,
+    progress before it is dropped. An admitted session may hold more
+    prepared sets (up to ``limits.pool`` offered, or what the client asks
+    for) while the memory limits allow; a request past them is refused as
+    busy and the session goes on. A failing connection (closed, stalled,
     malformed, corrupted) ends its own session only: it is logged and
     recorded in ``log``, its material and socket are released, and the other
     sessions go on. Returns after ``stop`` (or raises KeyboardInterrupt) once
@@ -221,10 +230,10 @@ def serve_forever(server: Server, listener: Listener, limits: Limits | None = No
     stop = stop or threading.Event()
     log = log if log is not None else SessionLog()
     public = server.public_plan().to_bytes()
-    material = MaterialEstimate.from_plan(server.plan).server_bytes
-    if material > limits.max_session_bytes:
+    estimate = MaterialEstimate.from_plan(server.plan)
+    if estimate.server_bytes > limits.max_session_bytes:
         _log.warning("a session of this plan needs %.1f MiB of offline material, over the "
-                     "per-session limit: every session will be refused", material / (1 << 20))
+                     "per-session limit: every session will be refused", estimate.server_bytes / (1 << 20))
     admission = Admission(limits)
     connections = threading.BoundedSemaphore(limits.max_connections)
     workers: set[threading.Thread] = set()
@@ -234,25 +243,31 @@ def serve_forever(server: Server, listener: Listener, limits: Limits | None = No
     def run(ch: Channel, number: int) -> None:
         started = time.monotonic()
         conv = wire.Conversation(ch, "server", public_plan=public)
-        reservation: Reservation | None = None
+        budget = SessionBudget(admission, estimate)
 
         def admit() -> None:
-            nonlocal reservation
-            reservation = admission.admit(material)
+            budget.admit()
             conv.deadline = None
             ch.timeout = limits.idle_timeout
 
         outcome, error, message = "ok", None, ""
+        session: ServerSession | None = None
         try:
             ch.timeout = limits.handshake_timeout
             conv.deadline = started + limits.handshake_timeout
-            session = ServerSession(server, ch, conversation=conv, admit=admit)
-            session.offline()
-            session.online()
-            del session  # the material goes with it
+            session = ServerSession(server, ch, conversation=conv, admit=admit, pool=limits.pool,
+                                    budget=budget)
+            session.serve()
         except wire.ServerBusyError as exc:
             outcome, error, message = "refused", type(exc), str(exc)
             _log.info("connection %d refused: %s", number, exc)
+        except PeerClosedError as exc:
+            if session is not None and session.queries and conv.phase is wire.Phase.IDLE:
+                pass  # the client took its results and left between queries
+            else:
+                outcome, error, message = "failed", type(exc), str(exc)
+                _log.warning("connection %d failed in phase %s: %s: %s", number, conv.phase.value,
+                             type(exc).__name__, exc)
         except ChannelError as exc:
             outcome, error, message = "failed", type(exc), str(exc)
             _log.warning("connection %d failed in phase %s: %s: %s", number, conv.phase.value,
@@ -261,9 +276,10 @@ def serve_forever(server: Server, listener: Listener, limits: Limits | None = No
             outcome, error, message = "failed", type(exc), str(exc)
             _log.exception("connection %d: internal error in phase %s", number, conv.phase.value)
         finally:
+            if session is not None:
+                session.close()  # its prepared sets go with it, never used elsewhere
             ch.close()
-            if reservation is not None:
-                admission.release(reservation)
+            budget.close()
             connections.release()
             log.add(SessionRecord(number, outcome, conv.phase.value, error, message, started,
                                   time.monotonic()))
@@ -335,9 +351,31 @@ def query(channel: Channel, x: np.ndarray | str | Path, *, threads: int = 0,
 
 def _infer(channel: Channel, conv: wire.Conversation, plan: Plan, image: Any, threads: int,
            progress: bool) -> tuple[np.ndarray, Report]:
-    session = ClientSession(Client(plan, threads=threads), channel, conversation=conv)
-    session.offline(progress)
-    return session.online(image)
+    with ClientSession(Client(plan, threads=threads), channel, conversation=conv) as session:
+        session.offline(progress)
+        return session.online(image)
+
+
+def input_files(paths: list[Path]) -> list[Path]:
+    """The input files named by ``paths``: files as given, and each folder's
+    images and ``.npy`` arrays in name order (not recursive).
+
+    Raises:
+        ValueError: a folder without inputs, or no inputs at all.
+    """
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, ".npy"))
+            if not found:
+                raise ValueError(f"{path}: a folder with no images or .npy files")
+            out += found
+        else:
+            out.append(path)
+    if not out:
+        raise ValueError("no input given")
+    return out
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -584,23 +622,37 @@ def _parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-session-memory", type=_size, default=defaults.max_session_bytes, metavar="SIZE",
                      help="offline material one session may need, e.g. 512M "
                      f"(default {defaults.max_session_bytes >> 20} MiB)")
+    lim.add_argument("--pool", type=int, default=defaults.pool, metavar="K",
+                     help="prepared sets the server offers to keep ready per connection, refilled "
+                     "while the connection is idle by clients that accept (within the memory "
+                     f"limits; 0: only what clients ask for; default {defaults.pool})")
     lim.add_argument("--max-total-memory", type=_size, default=defaults.max_total_bytes, metavar="SIZE",
                      help="offline material of all sessions together; more are refused as busy "
                      "(default half the physical memory)")
-    cli = sub.add_parser("client", help="run one private inference against a server",
-                         epilog="The input file is read and checked before connecting. Exit "
-                         "status: 0 done; 1 connection or protocol failure (a peer that does not "
-                         "answer as a pie server within --plan-timeout included); 2 bad arguments "
-                         "or an unusable input; 75 the server is busy (try again later).")
+    cli = sub.add_parser("client", help="run private inferences of one or more images against a server",
+                         epilog="Every input file is read and checked before connecting; all "
+                         "images are answered on one connection. Exit status: 0 done; 1 connection "
+                         "or protocol failure (a peer that does not answer as a pie server within "
+                         "--plan-timeout included); 2 bad arguments or an unusable input; 75 the "
+                         "server is busy (try again later).")
     cli.add_argument("--connect", required=True, type=_address, metavar="HOST:PORT",
                      help="the server's address")
-    cli.add_argument("--input", required=True, type=Path,
-                     help="image: .npy (C,H,W in [0,1]) or .png/.jpg, of the served network's "
-                     "input size (else refused, with the size expected)")
+    cli.add_argument("--input", required=True, type=Path, nargs="+", metavar="PATH",
+                     help="images: .npy (C,H,W in [0,1]) or .png/.jpg, of the served network's "
+                     "input size (else refused, with the size expected), or folders of them "
+                     "(their images and .npy files in name order)")
+    cli.add_argument("--prepare", type=_positive(int), default=1, metavar="K",
+                     help="prepared sets (offline phases) to run ahead, up to K images' worth at "
+                     "a time; 1 (the default) prepares each query's set just before it, which "
+                     "gives the first result soonest")
+    cli.add_argument("--batch", type=_positive(int), default=1, metavar="B",
+                     help="images per online phase: B images go in the rounds of one (default 1)")
     cli.add_argument("--resize", action="store_true",
                      help="resize an image file (.png/.jpg) of another size to the network's input "
                      "size; .npy arrays are never resized (resizing is for image files only)")
-    cli.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    cli.add_argument("--json", action="store_true",
+                     help="print one JSON line per image (logits, prediction, the query's "
+                     "offline and online totals) instead of tables")
     cli.add_argument("--timeout", type=_positive(float), default=10.0, metavar="SECONDS",
                      help="connect timeout (default 10)")
     cli.add_argument("--plan-timeout", type=_positive(float), default=10.0, metavar="SECONDS",
@@ -646,7 +698,8 @@ def _server(args: argparse.Namespace) -> int:
     try:
         limits = Limits(max_sessions=args.max_sessions, max_connections=args.max_connections,
                         handshake_timeout=args.handshake_timeout, idle_timeout=args.idle_timeout,
-                        max_session_bytes=args.max_session_memory, max_total_bytes=args.max_total_memory)
+                        max_session_bytes=args.max_session_memory, max_total_bytes=args.max_total_memory,
+                        pool=args.pool)
     except ValueError as exc:
         _fail(str(exc))
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -727,10 +780,12 @@ def _connect(args: argparse.Namespace) -> Channel:
 def _client(args: argparse.Namespace) -> int:
     host, port = args.connect
     try:  # before connecting: a bad file costs the server nothing
-        raw = read_input(args.input)
+        paths = input_files(args.input)
+        raws = [read_input(path) for path in paths]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    transport = "tls" if args.tls_ca is not None else "tcp"
     try:
         with _connect(args) as channel:
             conv = wire.Conversation(channel, "client")
@@ -747,12 +802,13 @@ def _client(args: argparse.Namespace) -> int:
                 return 1
             channel.timeout = args.io_timeout
             try:
-                image = fit_input(raw, plan.input_shape, resize=args.resize, source=args.input)
+                images = [fit_input(raw, plan.input_shape, resize=args.resize, source=path)
+                          for raw, path in zip(raws, paths)]
             except ValueError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-            logits, report = _infer(channel, conv, plan, image, args.threads, not args.json)
-            report.transport = "tls" if args.tls_ca is not None else "tcp"
+            with ClientSession(Client(plan, threads=args.threads), channel, conversation=conv) as session:
+                _answer(session, plan, paths, images, args, transport)
     except wire.ServerBusyError as exc:
         print(f"error: {exc} (try again later)", file=sys.stderr)
         return 75  # EX_TEMPFAIL
@@ -762,13 +818,41 @@ def _client(args: argparse.Namespace) -> int:
     except ValueError as exc:  # an input the plan refuses
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        result = ({"prediction": int(logits)} if np.ndim(logits) == 0 else
-                  {"logits": logits.tolist(), "prediction": int(np.argmax(logits))})
-        print(json.dumps({**result, "output": plan.output.reveal, "plan": plan.digest(), **report.totals()}))
-    else:
-        print(_summary(logits, report, None))
     return 0
+
+
+def _answer(session: ClientSession, plan: Plan, paths: list[Path], images: list[np.ndarray],
+            args: argparse.Namespace, transport: str) -> None:
+    """Answer ``images`` on ``session``, ``args.batch`` per online phase, with
+    up to ``args.prepare`` images' sets prepared ahead; print each result as
+    soon as it is known."""
+    started = time.perf_counter()
+    ahead = max(args.prepare, args.batch)
+    many = len(images) > 1
+    for first in range(0, len(images), args.batch):
+        chunk = images[first:first + args.batch]
+        if session.prepared < len(chunk):
+            session.prepare(min(ahead, len(images) - first), progress=not args.json)
+        logits, report = session.online(np.stack(chunk))
+        report.transport = transport
+        for k, row in enumerate(logits):
+            path = paths[first + k]
+            # A label-only Plan answers with the class itself (a scalar per image).
+            label = int(row) if np.ndim(row) == 0 else int(np.argmax(row))
+            if args.json:
+                result = {"prediction": label} if np.ndim(row) == 0 else {"logits": row.tolist(), "prediction": label}
+                print(json.dumps({"input": str(path), **result, "output": plan.output.reveal,
+                                  "plan": plan.digest(), **report.totals(),
+                                  "elapsed_seconds": time.perf_counter() - started}), flush=True)
+            elif many:
+                print(f"{path}: class {label}  offline {report.offline_seconds:.2f} s "
+                      f"({format_size(report.offline_bytes)}), online {1e3 * report.online_seconds:.1f} ms "
+                      f"({format_size(report.online_bytes)}, {report.online_rounds} messages)"
+                      f"{f', batch of {report.batch}' if report.batch > 1 else ''}", flush=True)
+            else:
+                print(_summary(row, report, None))
+    if many and not args.json:
+        print(f"{len(images)} images in {time.perf_counter() - started:.2f} s on one connection")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -96,31 +97,113 @@ def test_report_and_culled_stage_costs_no_online_messages(plan: pie.Plan) -> Non
     assert "total" in report.table()
 
 
-def test_session_material_is_single_use(plan: pie.Plan) -> None:
+def test_k_queries_over_one_connection_each_bit_exact(plan: pie.Plan) -> None:
+    """prepare(k), then k queries on one session: each bit-exact, each set used
+    once; a (k+1)-th query finds no set and sends nothing; BYE ends the server."""
     server, client = pie.Server(plan), pie.Client(plan.public())
     s_end, c_end = pie.memory_pair()
     box: dict[str, object] = {}
 
     def serve() -> None:
-        session = server.session(s_end)
-        session.offline()
-        session.online()
-        with pytest.raises(pie.SessionStateError, match="once"):
+        session = server.session(s_end, pool=0)
+        session.serve()
+        box["queries"], box["left"] = session.queries, session.prepared
+        with pytest.raises(RuntimeError, match="ended"):
             session.online()
-        box["ok"] = True
 
     worker = threading.Thread(target=serve)
     worker.start()
     session = client.session(c_end)
-    session.offline()
-    with pytest.raises(pie.SessionStateError, match="once"):
-        session.offline()
-    x = _images()[2]
-    logits, _ = session.online(x)
-    with pytest.raises(pie.SessionStateError, match="once"):
-        session.online(x)
+    assert session.prepared == 0 and session.offer == 0  # pool=0: the server offers nothing
+    session.prepare(3)
+    assert session.prepared == 3
+    xs = _images()
+    for k, x in enumerate(xs):
+        logits, report = session.online(x)
+        assert np.array_equal(logits, plan.run_reference(x)), k
+        assert session.prepared == 2 - k and report.batch == 1 and report.offline_bytes > 0
+    sent = c_end.bytes_sent
+    with pytest.raises(RuntimeError, match="prepared set.*once"):
+        session.online(xs[0])
+    assert c_end.bytes_sent == sent  # refused before anything was sent
+    session.close()
     worker.join(60)
-    assert box.get("ok") and np.array_equal(logits, plan.run_reference(x))
+    assert box == {"queries": 3, "left": 0}
+
+
+def test_batch_of_images_in_the_rounds_of_one(plan: pie.Plan) -> None:
+    server, client = pie.Server(plan), pie.Client(plan.public())
+    s_end, c_end = pie.memory_pair()
+    worker = threading.Thread(target=lambda: server.serve(s_end, pool=0))
+    worker.start()
+    xs = np.stack(_images())
+    with client.session(c_end) as session:
+        session.prepare(1)
+        one, single = session.online(xs[2])
+        with pytest.raises(RuntimeError, match="needs 3 prepared"):
+            session.online(xs)
+        session.prepare(3)
+        logits, batch = session.online(xs)
+    worker.join(60)
+    assert logits.shape == (3, *plan.output.shape)
+    for x, row in zip(xs, logits):
+        assert np.array_equal(row, plan.run_reference(x))
+    assert np.array_equal(one, logits[2])
+    assert batch.batch == 3 and batch.online_rounds == single.online_rounds
+    gc_bytes = sum(s["online_bytes"] for s in single.steps if s["kind"] in ("relu", "truncate"))
+    gc_batch = sum(s["online_bytes"] for s in batch.steps if s["kind"] in ("relu", "truncate"))
+    assert gc_batch == 3 * gc_bytes
+    assert batch.input_bytes == 12 + 3 * 8 * plan.tensors[plan.input].numel
+
+
+def test_refill_prepares_in_the_background(plan: pie.Plan) -> None:
+    """The server offers its pool; a refilling client accepts while idle, so a
+    query finds its set ready and the pool is topped up again after it."""
+    server, client = pie.Server(plan), pie.Client(plan.public())
+    s_end, c_end = pie.memory_pair()
+    worker = threading.Thread(target=lambda: server.serve(s_end, pool=2))
+    worker.start()
+    x = _images()[2]
+    with client.session(c_end, refill=True) as session:
+        for _ in range(2):
+            deadline = time.monotonic() + 120
+            while session.prepared < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert session.prepared == 2 and session.offer == 0
+            logits, _ = session.online(x)
+            assert np.array_equal(logits, plan.run_reference(x))
+    worker.join(60)
+    assert not worker.is_alive()
+
+
+def test_disconnect_with_prepared_sets_frees_them(plan: pie.Plan) -> None:
+    server, client = pie.Server(plan), pie.Client(plan.public())
+    s_end, c_end = pie.memory_pair()
+    box: dict[str, object] = {}
+
+    def serve() -> None:
+        session = server.session(s_end, pool=0)
+        try:
+            session.serve()
+        except pie.PeerClosedError as exc:
+            box["error"], box["held"] = exc, session.prepared
+        finally:
+            session.close()
+        box["after"] = session.prepared
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    session = client.session(c_end)
+    session.prepare(3)
+    x = _images()[1]
+    assert np.array_equal(session.online(x)[0], plan.run_reference(x))
+    held = list(session._ready)  # the client's two sets left
+    c_end.close()  # gone without BYE
+    worker.join(60)
+    assert isinstance(box["error"], pie.PeerClosedError) and box["held"] == 2 and box["after"] == 0
+    session.close()  # drops the client's sets: their garbled tables are freed for good
+    assert session.prepared == 0
+    assert all(m.consumed for s in held for m in s.gc.values()) and held[0].gc == {}
 
 
 def test_a_session_whose_phase_failed_refuses_to_run_again(plan: pie.Plan) -> None:
@@ -138,7 +221,7 @@ def test_a_session_whose_phase_failed_refuses_to_run_again(plan: pie.Plan) -> No
             session.offline()
         except pie.ChannelError as exc:
             box["offline"] = exc
-        box["state"] = session.state
+        box["failed"] = session.failed
         for phase in (session.offline, session.online):
             with pytest.raises(pie.SessionStateError, match="failed"):
                 phase()
@@ -154,7 +237,7 @@ def test_a_session_whose_phase_failed_refuses_to_run_again(plan: pie.Plan) -> No
     session.wire.client_offline_check = vanish  # type: ignore[method-assign]
     with pytest.raises(pie.ChannelError):
         session.offline()
-    assert session.state == "failed"
+    assert session.failed
     sent = c_end.bytes_sent
     with pytest.raises(pie.SessionStateError, match="failed"):
         session.offline()
@@ -162,7 +245,7 @@ def test_a_session_whose_phase_failed_refuses_to_run_again(plan: pie.Plan) -> No
         session.online(_images()[0])
     assert c_end.bytes_sent == sent
     worker.join(60)
-    assert isinstance(box.get("offline"), pie.ChannelError) and box["state"] == "failed"
+    assert isinstance(box.get("offline"), pie.ChannelError) and box["failed"]
 
 
 def test_a_wrong_shape_leaves_the_session_usable(plan: pie.Plan) -> None:
@@ -174,9 +257,10 @@ def test_a_wrong_shape_leaves_the_session_usable(plan: pie.Plan) -> None:
     session.offline()
     with pytest.raises(ValueError, match="shape"):
         session.online_int(np.zeros((1, 2, 3), dtype=np.uint64))
-    assert session.state == "offline"
+    assert session.prepared == 1 and not session.failed
     x = _images()[1]
     logits, _ = session.online(x)
+    session.close()
     worker.join(60)
     assert np.array_equal(logits, plan.run_reference(x))
 
@@ -258,18 +342,19 @@ def test_label_only_output_in_memory_and_over_tcp(plan: pie.Plan) -> None:
         assert label == label_plan.reference_label(x) == int(np.argmax(plan.run_reference(x)))
     out = report.costs[label_plan.steps.index(label_plan.output)]
     classes, bits = 10, label_plan.tensors[label_plan.output.input].ring_bits
-    frame, seal = 12, 32
-    # Online, the server sends the labels of its logit share and an empty sealed frame.
-    assert out.online_bytes_s2c == frame + 16 * classes * bits + frame + seal
+    frame, offer, seal = 12, 4, 32
+    # Online, the server sends the labels of its logit share and a sealed
+    # output frame holding no share (only the next offer).
+    assert out.online_bytes_s2c == frame + 16 * classes * bits + frame + offer + seal
 
     server = pie.Server(label_plan)
     x = _images()[2]
 
     def client_side(ch: pie.Channel) -> np.ndarray:
-        session = pie.Client(server.public_plan()).session(ch)
-        session.offline()
-        assert not session._shares  # the client's logit share went into the garbled argmax only
-        return session.online(x)[0]
+        with pie.Client(server.public_plan()).session(ch) as session:
+            session.offline()
+            assert session._ready[0].output_share is None  # it went into the garbled argmax only
+            return session.online(x)[0]
 
     assert _over_tcp(server, client_side) == label_plan.reference_label(x)
 

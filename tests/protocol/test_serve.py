@@ -243,7 +243,7 @@ def test_idle_session_is_dropped_and_its_slot_freed(server: pie.Server) -> None:
         assert log.wait_for(1, 30)  # dropped after two seconds without progress
         record = log.records()[0]
         assert record.outcome == "failed" and issubclass(record.error, pie.ChannelTimeoutError)  # type: ignore[arg-type]
-        assert record.phase == "offline"
+        assert record.phase == "idle"  # admitted, no request yet
         assert record.ended - record.started < limits.idle_timeout + 20  # generous: a shared machine
         with pytest.raises(pie.ChannelError):
             held.offline()  # type: ignore[attr-defined]
@@ -369,7 +369,7 @@ def test_unexpected_and_oversize_messages_end_only_their_connection(server: pie.
         (_frame(wire.HELLO, b"", length=1 << 40), pie.OversizeMessageError, "plan"),
         (_frame(wire.HELLO, b"{not json"), wire.MalformedMessageError, "handshake"),
         (_frame(wire.GET_PLAN, b"{}") + _frame(wire.GET_PLAN, b"{}"), pie.ProtocolError, "handshake"),
-        (_frame(wire.HELLO, hello) + _frame(wire.FINISH, b"\0" * 64), pie.ProtocolError, "offline"),
+        (_frame(wire.HELLO, hello) + _frame(wire.FINISH, b"\0" * 64), pie.ProtocolError, "idle"),
         (os.urandom(64), pie.ChannelError, "plan"),
     ]
     x = np.random.default_rng(6).random(SHAPE)
@@ -447,10 +447,11 @@ def test_sealed_output_share_detects_either_direction(fault: str) -> None:
     if fault == "client-to-server":
         client_end.send(b"?")  # never read by the server: its received digest differs
         client_end.flush()
-    _sealed(server_end, wire.OUTPUT_SHARE, share, stale=fault == "server-to-client")
+    # The share, then the server's next offer (sealed with it).
+    _sealed(server_end, wire.OUTPUT_SHARE, share + struct.pack("<I", 2), stale=fault == "server-to-client")
     if fault == "none":
         assert conv.client_output(len(share)) == share
-        assert conv.phase is wire.Phase.DONE
+        assert conv.phase is wire.Phase.IDLE and conv.offer == 2  # ready for the next query
         # FINISH carries the client's digests, matching the server's view.
         header = server_end.recv(12)
         assert struct.unpack("<IQ", header) == (wire.FINISH, 32)
@@ -470,7 +471,7 @@ def test_verified_output_survives_a_server_gone_before_finish() -> None:
     server_end, client_end = pie.memory_pair()
     conv = wire.Conversation(client_end, "client")
     conv.phase = wire.Phase.ONLINE
-    _sealed(server_end, wire.OUTPUT_SHARE, share)
+    _sealed(server_end, wire.OUTPUT_SHARE, share + struct.pack("<I", 0))
     server_end.close()  # sending FINISH fails: the checked share still counts
     assert conv.client_output(len(share)) == share
     assert conv.phase is wire.Phase.DONE
@@ -478,7 +479,7 @@ def test_verified_output_survives_a_server_gone_before_finish() -> None:
 
 def test_whole_session_over_tcp_checks_both_transcripts(server: pie.Server) -> None:
     """A normal session ends with both ends in phase done (OFFLINE_DONE,
-    OFFLINE_VERDICT, OUTPUT_SHARE and FINISH all checked)."""
+    OFFLINE_VERDICT, OUTPUT_SHARE and FINISH all checked, then BYE)."""
     x = np.random.default_rng(8).random(SHAPE)
     with serving(server, serve.Limits()) as (port, log):
         with pie.tcp_connect("127.0.0.1", port) as ch:
@@ -671,3 +672,79 @@ def test_server_compiles_with_a_calibration_file_or_the_stored_sample(
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert "error: " in err and message in err
+
+
+# --------------------------------------------------- many queries, pools
+
+
+def test_client_cli_many_inputs_and_a_folder(running, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    server, port = running
+    rng = np.random.default_rng(11)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pngs = []
+    for name in ("b.png", "a.png"):
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(folder / name)
+        pngs.append(folder / name)
+    (folder / "notes.txt").write_text("not an input")
+    x = rng.random(SHAPE)
+    np.save(tmp_path / "x.npy", x)
+    expected = {str(folder / "a.png"): serve.load_input(folder / "a.png", SHAPE),
+                str(folder / "b.png"): serve.load_input(folder / "b.png", SHAPE),
+                str(tmp_path / "x.npy"): x}
+    for extra in ([], ["--prepare", "3"], ["--batch", "2"]):
+        args = ["client", "--connect", f"127.0.0.1:{port}", "--input", str(folder),
+                str(tmp_path / "x.npy"), "--json", *extra]
+        assert serve.main(args) == 0
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [line["input"] for line in lines] == sorted(expected)[:2] + [str(tmp_path / "x.npy")]
+        for line in lines:
+            assert np.array_equal(np.array(line["logits"]), server.plan.run_reference(expected[line["input"]]))
+            assert line["offline_seconds"] > 0 and line["online_seconds"] > 0
+        assert [line["batch"] for line in lines] == ([2, 2, 1] if "--batch" in extra else [1, 1, 1])
+    # The tables: one line per image, then the total.
+    assert serve.main(["client", "--connect", f"127.0.0.1:{port}", "--input", *map(str, pngs)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{pngs[0]}: class ") and "offline" in out[0] and "online" in out[0]
+    assert out[-1].startswith("2 images in")
+
+
+def test_pool_refuses_past_its_memory_limit_without_harming_others(server: pie.Server) -> None:
+    est = MaterialEstimate.from_plan(server.plan)
+    plan = server.public_plan()
+    rng = np.random.default_rng(12)
+    # Two sessions fit, with half a set to spare: a second set for either is refused.
+    limits = serve.Limits(max_sessions=4, max_total_bytes=2 * est.server_bytes + est.set_bytes // 2, pool=0)
+    with serving(server, limits) as (port, log):
+        a_ch, a = _hold_session(port, plan)
+        b_ch, b = _hold_session(port, plan)
+        with pytest.raises(wire.ServerBusyError, match="would exceed"):
+            a.prepare(2)  # type: ignore[attr-defined]
+        assert a.prepared == 0  # type: ignore[attr-defined]  # all or nothing
+        for session in (a, b):  # both go on unharmed
+            x = rng.random(SHAPE)
+            session.prepare(1)  # type: ignore[attr-defined]
+            assert np.array_equal(session.online(x)[0], server.plan.run_reference(x))  # type: ignore[attr-defined]
+        b.prepare(1)  # type: ignore[attr-defined]
+        b_ch.close()  # b vanishes with a prepared set left: the server drops it
+        assert log.wait_for(1, 30)
+        a.prepare(2)  # type: ignore[attr-defined]  # b's share is free again
+        for _ in range(2):
+            x = rng.random(SHAPE)
+            assert np.array_equal(a.online(x)[0], server.plan.run_reference(x))  # type: ignore[attr-defined]
+        a.close()  # type: ignore[attr-defined]
+        a_ch.close()
+        assert log.wait_for(2, 30)
+    assert log.counts() == {"ok": 2, "refused": 0, "failed": 0}
+    # The per-session limit bounds one session's pool, and the server's offer with it.
+    limits = serve.Limits(max_session_bytes=est.server_bytes + est.set_bytes, pool=3)
+    with serving(server, limits) as (port, _):
+        ch, held = _hold_session(port, plan)
+        assert held.offer == 2  # type: ignore[attr-defined]
+        with pytest.raises(wire.ServerBusyError, match="per-session limit"):
+            held.prepare(3)  # type: ignore[attr-defined]
+        held.prepare(2)  # type: ignore[attr-defined]
+        assert held.offer == 0  # type: ignore[attr-defined]
+        held.close()  # type: ignore[attr-defined]
+        ch.close()

@@ -10,7 +10,7 @@ import pytest
 
 import pie
 from pie.models import ResNetConfig
-from pie.reduce import candidates, choose_config, load_dataset, stage_only
+from pie.reduce import candidates, choose_config, load_dataset, reduce_to_budget, stage_only
 from pie.reduce.__main__ import main as reduce_main
 
 # DeepReDuce's CIFAR-100 criticality order (most to least critical) makes the
@@ -113,3 +113,34 @@ def test_cli_reports_missing_dataset(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         reduce_main(["run", "--dataset", "cifar100", "--data", str(tmp_path), "--relu-budget", "1",
                      "--out", str(tmp_path / "o")])
+
+
+def test_search_counts_equal_the_traced_networks() -> None:
+    """The search counts ReLUs from the configuration's shapes; the built
+    networks have exactly those (odd sizes, rho down to 1/8, both thinnings)."""
+    base = ResNetConfig(stem_relu=True, num_classes=10, blocks=(2, 1, 1, 2))
+    for shape in ((3, 32, 32), (3, 17, 23)):
+        pool = candidates(base, RANKING, shape, alphas=(0.125, 0.0625), rhos=(1.0, 0.25, 0.125))
+        for c in pool[::5]:
+            assert c.relus == pie.relu_count(pie.models.from_config(c.config), shape), c.config
+
+
+def test_budget_below_the_released_configurations_extends_reshaping() -> None:
+    base = ResNetConfig(stem_relu=True, num_classes=10)
+    pool = candidates(base, RANKING, (3, 32, 32))
+    assert min(c.relus for c in pool) > 3000
+    c = reduce_to_budget(base, RANKING, (3, 32, 32), 3000)
+    assert c.relus <= 3000 and c.config.alpha < 0.5 and c.config.stem_width >= 8
+    assert pie.relu_count(pie.models.from_config(c.config), (3, 32, 32)) == c.relus
+    # A budget the released configurations meet picks what choose_config picks.
+    assert reduce_to_budget(base, RANKING, (3, 32, 32), 13_000) == choose_config(pool, 13_000)
+
+
+def test_reshaping_stops_at_the_minimum_and_names_the_smallest() -> None:
+    # A narrow 16x16 base: no alpha step is left above the minimum width, so
+    # rho halves until 4x4 pixels remain after the stem.
+    base = ResNetConfig(alpha=0.125, stem_relu=True, num_classes=10, input_size=16)
+    c = reduce_to_budget(base, RANKING, (3, 16, 16), 100)
+    assert c.relus <= 100 and c.config.rho == 0.25
+    with pytest.raises(ValueError, match=r"smallest reachable has 32 \(alpha 0.0625, rho 0.25"):
+        reduce_to_budget(base, RANKING, (3, 16, 16), 20)

@@ -214,20 +214,17 @@ class _Decoded:
         return y
 
 
-class _Received:
-    """The server's channel, recording the masked input it receives."""
+def _record_masked_input(session: Any, trace: Trace) -> None:
+    """Let the server session hand the masked input it receives to the trace."""
+    receive = session.wire.server_request
 
-    def __init__(self, inner: pie.Channel, trace: Trace) -> None:
-        self._inner, self._trace = inner, trace
+    def recorded(limit: int) -> tuple[int, Any]:
+        kind, arg = receive(limit)
+        if kind == wire.MASKED_INPUT:
+            trace.masked_input = np.frombuffer(arg, dtype="<u8").copy()
+        return kind, arg
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def recv_frame(self, frame_type: int, limit: int) -> bytes:
-        raw = self._inner.recv_frame(frame_type, limit)
-        if frame_type == wire.MASKED_INPUT:
-            self._trace.masked_input = np.frombuffer(raw, dtype="<u8").copy()
-        return raw
+    session.wire.server_request = recorded
 
 
 Draw = Callable[[tuple[int, ...], int], np.ndarray]
@@ -253,9 +250,9 @@ def run_traced(server: pie.Server, client: pie.Client, x: np.ndarray,
         try:
             session = server.session(s_end)
             session._gc = {k: _Decoded(v, trace.y_s) for k, v in session._gc.items()}
-            session.channel = _Received(session.channel, trace)
+            _record_masked_input(session, trace)
             session.offline()
-            trace.he_masks = {i: m.copy() for i, m in session._masks.items()}
+            trace.he_masks = {i: m.copy() for i, m in session._ready[0].masks.items()}
             session.online()
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             errors.append(exc)

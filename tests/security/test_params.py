@@ -154,6 +154,7 @@ def test_sessions_run_once_and_refuse_reuse_before_sending() -> None:
         session.offline()
         session.online()
         box["session"] = session
+        session.serve()  # until the client's BYE
 
     worker = threading.Thread(target=serve)
     worker.start()
@@ -161,17 +162,16 @@ def test_sessions_run_once_and_refuse_reuse_before_sending() -> None:
     with pytest.raises(RuntimeError, match="offline"):
         session.online(np.zeros((3, 4, 4)))  # no material yet
     session.offline()
-    with pytest.raises(RuntimeError, match="once"):
-        session.offline()
     logits, _ = session.online(np.zeros((3, 4, 4)))
-    worker.join()
     assert np.array_equal(logits, plan.run_reference(np.zeros((3, 4, 4))))
     sent = client_end.bytes_sent
     with pytest.raises(RuntimeError, match="once"):
-        session.online(np.ones((3, 4, 4)))  # the input mask was used: nothing is sent
+        session.online(np.ones((3, 4, 4)))  # the set was used: nothing is sent
     assert client_end.bytes_sent == sent
+    session.close()
+    worker.join()
     server_session = box["session"]
-    with pytest.raises(RuntimeError, match="once"):
+    with pytest.raises(RuntimeError, match="ended"):
         server_session.offline()  # type: ignore[attr-defined]
-    with pytest.raises(RuntimeError, match="once"):
+    with pytest.raises(RuntimeError, match="ended"):
         server_session.online()  # type: ignore[attr-defined]

@@ -1,7 +1,11 @@
 """A server's resource limits: sessions, offline material in memory, deadlines.
 
 Offline material is what a server session holds between its offline and
-online phases plus what its largest step needs while it runs. It is
+online phases (per prepared set) plus what its largest step needs while it
+runs. An admitted session reserves the working peak and one set; each
+further set it holds at the same time (a client's ``prepare(k)`` or the
+server's refill, :class:`SessionBudget`) reserves one set more, and a set
+used by a query gives its share back. The estimate is
 estimated from the public Plan alone (the same for every session of a
 Plan), before a session is admitted:
 
@@ -14,7 +18,7 @@ Plan), before a session is admitted:
 - linear steps: the 8-byte mask ``s`` of every output element computed with
   HE (held until online); while a step runs, its input ciphertexts (as
   received and as loaded) and its products and replies;
-- per HE session (one per ring), the client's public key;
+- per HE session (one per ring and prepared set), the client's public key;
 - while an offline exchange runs (:func:`pie.protocol.engine.offline_exchanges`),
   the OT blocks of its garbled steps and the HE input frames it received,
   at most :data:`pie.protocol.engine.OFFLINE_EXCHANGE_BYTES` beyond its
@@ -44,7 +48,7 @@ from ..plan import (
 from .engine import _he_sessions, offline_exchanges
 from .wire import ServerBusyError
 
-__all__ = ["Admission", "Limits", "MaterialEstimate", "Reservation"]
+__all__ = ["Admission", "Limits", "MaterialEstimate", "Reservation", "SessionBudget"]
 
 _LABEL = 16  # bytes of one wire label / OT block
 
@@ -75,6 +79,9 @@ class Limits:
             (``--max-session-memory``); a Plan over it is refused.
         max_total_bytes: offline material of all admitted sessions together
             (``--max-total-memory``; default half the physical memory).
+        pool: prepared sets the server offers to keep ready per connection
+            (``--pool``), refilled while the connection is idle, within the
+            two memory limits.
     """
 
     max_sessions: int = 4
@@ -83,8 +90,11 @@ class Limits:
     idle_timeout: float = 60.0
     max_session_bytes: int = 4 << 30
     max_total_bytes: int = _default_total_bytes()
+    pool: int = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pool, int) or isinstance(self.pool, bool) or self.pool < 0:
+            raise ValueError(f"pool must be a non-negative integer, got {self.pool!r}")
         for name in ("max_sessions", "max_connections", "max_session_bytes", "max_total_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -122,8 +132,20 @@ class MaterialEstimate:
 
     @property
     def server_bytes(self) -> int:
-        """The server's peak: everything held plus the larger working set."""
-        return self.gc_held + self.he_held + self.he_keys + self.exchange + max(self.gc_peak, self.he_peak)
+        """The server's peak with one prepared set: everything held plus the
+        larger working set."""
+        return self.set_bytes + self.peak_bytes
+
+    @property
+    def set_bytes(self) -> int:
+        """What one prepared set holds until its query: labels, masks, keys."""
+        return self.gc_held + self.he_held + self.he_keys
+
+    @property
+    def peak_bytes(self) -> int:
+        """The working set while a set is prepared: an offline exchange's
+        held items plus the larger of the GC and HE working sets."""
+        return self.exchange + max(self.gc_peak, self.he_peak)
 
     @classmethod
     def from_plan(cls, plan: Plan) -> MaterialEstimate:
@@ -167,10 +189,10 @@ class MaterialEstimate:
         return cls(gc_held, gc_peak, he_held, he_peak, he_keys, tables, exchange)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Reservation:
-    """An admitted session's share of the limits; give it back with
-    :meth:`Admission.release`."""
+    """An admitted session's share of the limits (it grows and shrinks with
+    the sets it holds); give it back with :meth:`Admission.release`."""
 
     bytes: int
 
@@ -213,11 +235,96 @@ class Admission:
             self._bytes += material_bytes
         return Reservation(material_bytes)
 
+    def grow(self, reservation: Reservation, nbytes: int, what: str = "more material") -> None:
+        """Add ``nbytes`` to an admitted session's share, or raise
+        :class:`ServerBusyError` (``what`` names them) if a limit would be crossed."""
+        lim = self.limits
+        with self._lock:
+            if reservation.bytes + nbytes > lim.max_session_bytes:
+                raise ServerBusyError(f"{what} ({_mib(nbytes)}) would take this session's material "
+                                      f"to {_mib(reservation.bytes + nbytes)}, over the per-session "
+                                      f"limit of {_mib(lim.max_session_bytes)}")
+            if self._bytes + nbytes > lim.max_total_bytes:
+                raise ServerBusyError(f"offline material in use ({_mib(self._bytes)}) plus {what} "
+                                      f"({_mib(nbytes)}) would exceed {_mib(lim.max_total_bytes)}")
+            self._bytes += nbytes
+            reservation.bytes += nbytes
+
+    def shrink(self, reservation: Reservation, nbytes: int) -> None:
+        """Give back ``nbytes`` of an admitted session's share."""
+        with self._lock:
+            nbytes = min(nbytes, reservation.bytes)
+            self._bytes -= nbytes
+            reservation.bytes -= nbytes
+
+    def room(self, reservation: Reservation) -> int:
+        """Bytes the session's share could still grow by."""
+        lim = self.limits
+        with self._lock:
+            return max(0, min(lim.max_session_bytes - reservation.bytes, lim.max_total_bytes - self._bytes))
+
     def release(self, reservation: Reservation) -> None:
         """Give back an admitted session's share."""
         with self._lock:
             self._sessions -= 1
             self._bytes -= reservation.bytes
+            reservation.bytes = 0
+
+
+class SessionBudget:
+    """One session's prepared sets against the server's limits.
+
+    :meth:`admit` admits the session with the working peak and one set (what
+    a single query needs); every set held beyond the first reserves
+    ``estimate.set_bytes`` more (:meth:`reserve`, all-or-nothing), and a set
+    that a query used or the session dropped gives it back (:meth:`release`).
+    Thread-safe through the :class:`Admission`.
+    """
+
+    def __init__(self, admission: Admission, estimate: MaterialEstimate) -> None:
+        self.admission = admission
+        self.estimate = estimate
+        self.held = 0
+        self._reservation: Reservation | None = None
+
+    def admit(self) -> None:
+        """Admit the session, or raise :class:`ServerBusyError`."""
+        self._reservation = self.admission.admit(self.estimate.server_bytes)
+
+    def reserve(self, count: int) -> None:
+        """Reserve ``count`` more sets, or raise :class:`ServerBusyError` and reserve none."""
+        res = self._admitted()
+        extra = max(0, self.held + count - 1) - max(0, self.held - 1)
+        if extra:
+            self.admission.grow(res, extra * self.estimate.set_bytes,
+                                f"{count} more prepared set{'s' if count > 1 else ''}")
+        self.held += count
+
+    def release(self, count: int = 1) -> None:
+        """Give back ``count`` held sets."""
+        res = self._admitted()
+        count = min(count, self.held)
+        freed = max(0, self.held - 1) - max(0, self.held - count - 1)
+        self.held -= count
+        self.admission.shrink(res, freed * self.estimate.set_bytes)
+
+    def available(self) -> int:
+        """How many more sets could be reserved now."""
+        res = self._admitted()
+        spare = 1 if self.held == 0 else 0  # the admission covers one set
+        return spare + self.admission.room(res) // max(self.estimate.set_bytes, 1)
+
+    def close(self) -> None:
+        """Give back the whole session's share (if it was admitted)."""
+        if self._reservation is not None:
+            self.admission.release(self._reservation)
+            self._reservation = None
+            self.held = 0
+
+    def _admitted(self) -> Reservation:
+        if self._reservation is None:
+            raise RuntimeError("the session was not admitted")
+        return self._reservation
 
 
 def _mib(n: int) -> str:

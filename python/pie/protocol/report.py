@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Report", "StepCost", "StepFigures"]
+__all__ = ["Report", "StepCost", "StepFigures", "format_size"]
 
 
 @dataclass
@@ -64,7 +64,8 @@ class StepCost(StepFigures):
 class Report:
     """What one inference cost, per step and in total.
 
-    ``steps`` holds one dict per Plan step (see :class:`StepCost`; keys
+    One report covers one online phase (``batch`` images) and the offline
+    work of the prepared sets it used. ``steps`` holds one dict per Plan step (see :class:`StepCost`; keys
     ``kind``, ``relus``, ``offline_bytes``, ``online_bytes``,
     ``offline_seconds``, ``online_seconds`` and the per-direction and round
     counts). ``setup`` covers the handshake and per-session key material;
@@ -81,6 +82,19 @@ class Report:
     input_seconds: float = 0.0
     transport: str = "memory"
     link: str = ""
+    batch: int = 1  # images answered in this online phase, one prepared set each
+
+    def add_offline(self, costs: list[StepCost], setup_bytes: int = 0, setup_seconds: float = 0.0,
+                    setup_round_trips: int = 0) -> None:
+        """Charge a prepared set's offline costs (per step, and its key set-up)
+        to this report."""
+        for mine, theirs in zip(self.costs, costs):
+            for name in ("offline_bytes_c2s", "offline_bytes_s2c", "offline_seconds", "offline_rounds",
+                         "offline_round_trips"):
+                setattr(mine, name, getattr(mine, name) + getattr(theirs, name))
+        self.setup_bytes += setup_bytes
+        self.setup_seconds += setup_seconds
+        self.setup_round_trips += setup_round_trips
 
     @property
     def steps(self) -> list[dict[str, Any]]:
@@ -139,6 +153,7 @@ class Report:
             "input_bytes": self.input_bytes,
             "transport": self.transport,
             "link": self.link,
+            "batch": self.batch,
         }
 
     def to_json(self, **kwargs: Any) -> str:
@@ -153,15 +168,15 @@ class Report:
         for c in self.costs:
             lines.append(
                 f"{c.index:>3} {c.kind:<8} {c.output[:22]:<22} {c.relus:>8,} "
-                f"{_size(c.offline_bytes):>10} {c.offline_seconds:>7.2f} "
-                f"{_size(c.online_bytes):>10} {1e3 * c.online_seconds:>8.2f} {c.online_rounds:>6}"
+                f"{format_size(c.offline_bytes):>10} {c.offline_seconds:>7.2f} "
+                f"{format_size(c.online_bytes):>10} {1e3 * c.online_seconds:>8.2f} {c.online_rounds:>6}"
             )
         lines.append("-" * len(head))
         lines.append(f"{'':>3} {'input':<8} {'(masked input)':<22} {'':>8} {'':>10} {'':>7} "
-                     f"{_size(self.input_bytes):>10} {1e3 * self.input_seconds:>8.2f} {1:>6}")
+                     f"{format_size(self.input_bytes):>10} {1e3 * self.input_seconds:>8.2f} {1:>6}")
         lines.append(
-            f"{'':>3} {'total':<8} {'':<22} {self.relus:>8,} {_size(self.offline_bytes):>10} "
-            f"{self.offline_seconds:>7.2f} {_size(self.online_bytes):>10} "
+            f"{'':>3} {'total':<8} {'':<22} {self.relus:>8,} {format_size(self.offline_bytes):>10} "
+            f"{self.offline_seconds:>7.2f} {format_size(self.online_bytes):>10} "
             f"{1e3 * self.online_seconds:>8.2f} {self.online_rounds:>6}"
         )
         lines.append(f"round trips: {self.offline_round_trips} offline (set-up included), "
@@ -169,7 +184,8 @@ class Report:
         return "\n".join(lines)
 
 
-def _size(n: int) -> str:
+def format_size(n: int) -> str:
+    """A byte count for people: 1.23 MB (decimal units)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if n >= scale:
             return f"{n / scale:.2f} {unit}"

@@ -11,28 +11,45 @@ phase                 messages (c: client -> server, s: server -> client)
 ``plan``              c ``GET_PLAN``, s ``PUBLIC_PLAN`` (optional)
 ``handshake``         c ``HELLO`` (version, Plan digest), s ``WELCOME`` (ok, or
                       a refusal: mismatch, or busy)
-``offline``           HE and GC sub-protocols (they frame and bound their own
-                      messages), then c ``OFFLINE_DONE``, s ``OFFLINE_VERDICT``
-``online``            c ``MASKED_INPUT`` (read by the engine, exact size), GC
-                      rounds, s ``OUTPUT_SHARE`` (under a label-only Plan: the
-                      garbled argmax's labels first, and an empty share)
-``finish``            c ``FINISH``
+``offline``           set-up of the GC sub-protocols, then s ``OFFER``; after a
+                      granted ``PREPARE``, per prepared set: the HE and GC
+                      sub-protocols in exchanges (they frame and bound their
+                      own messages), a label-only output's garbled argmax,
+                      c ``OFFLINE_DONE``, s ``OFFLINE_VERDICT``; after the last
+                      set s ``OFFER``
+``idle``              between queries, one request of the client: c ``PREPARE``
+                      (k sets), s ``PREPARED`` (granted: offline; or refused as
+                      busy, then s ``OFFER``); or c ``MASKED_INPUT`` (online);
+                      or c ``BYE`` (done)
+``online``            c ``MASKED_INPUT`` (B images, one prepared set each,
+                      read with the size limit of the sets ready), GC rounds,
+                      s ``OUTPUT_SHARE`` (the share, then the next offer; under
+                      a label-only Plan the garbled argmax's labels first and
+                      an empty share)
+``finish``            c ``FINISH``, then back to ``idle``
 ====================  ==========================================================
+
+``OFFER`` tells the client how many more sets the server would prepare now
+(its pool target less the sets held, within its memory limits); a client
+that refills in the background accepts it one set at a time while it has no
+query. The server states an offer exactly once before each request it reads
+(after a query inside the sealed ``OUTPUT_SHARE``, as a 4-byte count after
+the share), so the client always knows it when it is idle.
 
 Anything else raises a :class:`ProtocolError` naming the phase, what was
 expected and what arrived. Oversized length headers raise
 :class:`~pie.channel.OversizeMessageError` before any payload is read.
 
 End-to-end integrity: ``OFFLINE_DONE``, ``OFFLINE_VERDICT``, ``OUTPUT_SHARE``
-and ``FINISH`` are *sealed*: after the payload, the sender appends the
+and ``FINISH`` (once per query) are *sealed*: after the payload, the sender appends the
 transcript checks (16-byte GMAC tags under a fixed public key) of everything it
 has sent (this frame's header and payload included) and received on the
 connection (:meth:`pie.Channel.transcript`); the receiver compares them with
 its own received/sent checks. So a changed, lost or
 inserted byte anywhere in the session is detected by the server at the end of
-the offline phase, by the client before it decodes the output, and by the
-server on the client's final ``FINISH`` (which the client sends after it has
-its result, adding no latency). The key is public: the checks detect faults
+the offline phase, by the client before it decodes each output, and by the
+server on the client's ``FINISH`` after each query (which the client sends
+after it has its result, adding no latency). The key is public: the checks detect faults
 of the transport, not an active attacker on the wire, who can recompute them;
 TLS (:func:`pie.channel.tls_connect`) authenticates the stream.
 """
@@ -57,15 +74,20 @@ from ..channel import (
 from ..plan import Plan, PlanFormatError
 
 __all__ = [
+    "BYE",
     "FINISH",
     "GET_PLAN",
     "HELLO",
     "MASKED_INPUT",
     "MAX_CONTROL_BYTES",
     "MAX_PLAN_BYTES",
+    "MAX_PREPARE",
+    "OFFER",
     "OFFLINE_DONE",
     "OFFLINE_VERDICT",
     "OUTPUT_SHARE",
+    "PREPARE",
+    "PREPARED",
     "PROTOCOL_VERSION",
     "PUBLIC_PLAN",
     "WELCOME",
@@ -82,33 +104,42 @@ __all__ = [
 
 # 2: sealed OFFLINE_DONE/OFFLINE_VERDICT, OUTPUT_SHARE and FINISH (transcript digests).
 # 3: the transcript checks are 16-byte GMAC tags, not SHA-256 digests.
-# 4: the offline phase runs in exchanges (pie.protocol.engine.offline_exchanges),
-#    not step by step.
-# 5: garbled batch headers carry the session's random tweak prefix; label-only output.
-PROTOCOL_VERSION = 5
+# 4: many queries per connection: OFFER, PREPARE/PREPARED, BYE; batched MASKED_INPUT;
+#    the offline phase runs in exchanges (pie.protocol.engine.offline_exchanges);
+#    garbled batch headers carry the session's random tweak prefix; label-only output.
+PROTOCOL_VERSION = 4
 
 # Frame types of the session layer ("PI" + a counter).
 HELLO = 0x50490001  # client -> server: {"protocol", "plan"}
 WELCOME = 0x50490002  # server -> client: {"ok": true} or {"ok": false, "error", "busy"}
 MASKED_INPUT = 0x50490003  # client -> server: (x - r) mod 2^l, uint64 little endian
-OUTPUT_SHARE = 0x50490004  # server -> client, sealed: the server's share of the logits
+OUTPUT_SHARE = 0x50490004  # server -> client, sealed: the server's share of the logits, the offer (<u32)
 GET_PLAN = 0x50490005  # client -> server: {} (asks for the public Plan)
 PUBLIC_PLAN = 0x50490006  # server -> client: Plan.to_bytes() of the public Plan
 OFFLINE_DONE = 0x50490007  # client -> server, sealed, empty: the client's offline transcript
 OFFLINE_VERDICT = 0x50490008  # server -> client, sealed: empty if the transcripts agree, else why not
-FINISH = 0x50490009  # client -> server, sealed, empty: the client's final transcript
+FINISH = 0x50490009  # client -> server, sealed, empty: the client's transcript after a query
+OFFER = 0x5049000A  # server -> client: {"count": sets the server would prepare now}
+PREPARE = 0x5049000B  # client -> server: {"count": k} (prepare k sets now)
+PREPARED = 0x5049000C  # server -> client: {"ok": true} or {"ok": false, "busy": true, "error"}
+BYE = 0x5049000D  # client -> server, empty: no more requests
 
 _NAMES = {
     HELLO: "HELLO", WELCOME: "WELCOME", MASKED_INPUT: "MASKED_INPUT", OUTPUT_SHARE: "OUTPUT_SHARE",
     GET_PLAN: "GET_PLAN", PUBLIC_PLAN: "PUBLIC_PLAN", OFFLINE_DONE: "OFFLINE_DONE",
-    OFFLINE_VERDICT: "OFFLINE_VERDICT", FINISH: "FINISH",
+    OFFLINE_VERDICT: "OFFLINE_VERDICT", FINISH: "FINISH", OFFER: "OFFER", PREPARE: "PREPARE",
+    PREPARED: "PREPARED", BYE: "BYE",
 }
 
 MAX_PLAN_BYTES = 64 << 20
-# HELLO, WELCOME, GET_PLAN and OFFLINE_VERDICT's reason: small JSON objects or text.
+# HELLO, WELCOME, GET_PLAN, OFFER, PREPARE(D) and OFFLINE_VERDICT's reason:
+# small JSON objects or text.
 MAX_CONTROL_BYTES = 4096
+#: The most sets one PREPARE may ask for (memory limits usually bind first).
+MAX_PREPARE = 1024
 
 _HEADER = struct.Struct("<IQ")
+_OFFER = struct.Struct("<I")  # the offer at the end of OUTPUT_SHARE
 _CHECK = 16  # one transcript check (Channel.transcript: GMAC tag)
 _DIGESTS = 2 * _CHECK  # the check of the bytes sent, then of the bytes received
 
@@ -148,6 +179,7 @@ class Phase(enum.Enum):
     PLAN = "plan"
     HANDSHAKE = "handshake"
     OFFLINE = "offline"
+    IDLE = "idle"
     ONLINE = "online"
     FINISH = "finish"
     DONE = "done"
@@ -183,6 +215,8 @@ class Conversation:
         self.role = role
         self.phase = Phase.PLAN
         self.failed = False
+        #: The server's latest offer: sets it would prepare now.
+        self.offer = 0
         # time.monotonic() by which every read of this conversation must be
         # done (None: only the channel's per-read timeout applies).
         self.deadline: float | None = None
@@ -214,8 +248,34 @@ class Conversation:
                 _raise_refusal(reply)
             self.phase = Phase.OFFLINE
 
+    def client_offer(self) -> int:
+        """Client, end of the set-up or of a ``PREPARE``'s last set: read the
+        server's ``OFFER`` (also kept in ``offer``) and go idle."""
+        with self._step("client", Phase.OFFLINE):
+            self.offer = self._recv_offer()
+            self.phase = Phase.IDLE
+            return self.offer
+
+    def client_prepare(self, count: int) -> None:
+        """Client, idle: ask for ``count`` prepared sets. Granted, the phase is
+        ``offline`` (run the sets, then :meth:`client_offer`); refused, raise
+        :class:`ServerBusyError` and stay idle (the session goes on)."""
+        if not isinstance(count, int) or not 1 <= count <= MAX_PREPARE:
+            raise ValueError(f"count must be an integer in [1, {MAX_PREPARE}], got {count!r}")
+        with self._step("client", Phase.IDLE):
+            _send_json(self.channel, PREPARE, {"count": count})
+            _, payload = self._recv({PREPARED: MAX_CONTROL_BYTES})
+            reply = _parse_json(payload, "PREPARED")
+            if reply.get("ok") is not True:
+                self.offer = self._recv_offer()
+                reason = str(reply.get("error", "no reason given"))
+                if reply.get("busy") is True:
+                    raise _Refused(ServerBusyError(f"server busy: {reason}"))
+                raise MalformedMessageError(f"malformed PREPARED: {reason}")
+            self.phase = Phase.OFFLINE
+
     def client_offline_check(self) -> None:
-        """Client, end of the offline phase: send the transcript, get the
+        """Client, end of one prepared set: send the transcript, get the
         server's verdict; :class:`TranscriptError` if the streams differ."""
         with self._step("client", Phase.OFFLINE):
             self._send_sealed(OFFLINE_DONE, b"")
@@ -225,24 +285,41 @@ class Conversation:
             if verdict:
                 reason = verdict.decode("utf-8", "replace")
                 raise TranscriptError(f"offline phase: the server reports: {reason}")
+
+    def client_query(self, masked: bytes) -> None:
+        """Client, idle: send the masked input of a query (B images)."""
+        with self._step("client", Phase.IDLE):
+            self.channel.send_frame(MASKED_INPUT, masked)
             self.phase = Phase.ONLINE
 
     def client_output(self, nbytes: int) -> bytes:
-        """Client, online: receive the server's output share (exactly ``nbytes``),
-        check the transcript before it is used, then send ``FINISH``."""
+        """Client, online: receive the server's output share (exactly ``nbytes``)
+        and its next offer, check the transcript before either is used, then
+        send ``FINISH`` and go idle."""
         with self._step("client", Phase.ONLINE):
-            share, mismatch = self._recv_sealed(OUTPUT_SHARE, nbytes)
-            if len(share) != nbytes:
-                raise MalformedMessageError(f"OUTPUT_SHARE has {len(share)} bytes, expected {nbytes}")
+            body, mismatch = self._recv_sealed(OUTPUT_SHARE, nbytes + _OFFER.size)
+            if len(body) != nbytes + _OFFER.size:
+                raise MalformedMessageError(f"OUTPUT_SHARE has {len(body)} bytes, expected "
+                                            f"{nbytes + _OFFER.size}")
             if mismatch:
                 raise TranscriptError(f"online phase: {mismatch}")
+            share, (self.offer,) = body[:nbytes], _OFFER.unpack(body[nbytes:])
             self.phase = Phase.FINISH
             try:
                 self._send_sealed(FINISH, b"")
             except ChannelError:
-                pass  # the share is verified: FINISH only lets the server check its side
-            self.phase = Phase.DONE
+                # The share is verified and counts; the connection takes no more queries.
+                self.phase = Phase.DONE
+                return share
+            self.phase = Phase.IDLE
             return share
+
+    def client_bye(self) -> None:
+        """Client, idle: tell the server there are no more requests."""
+        with self._step("client", Phase.IDLE):
+            self.channel.send_frame(BYE, b"")
+            self.channel.flush()
+            self.phase = Phase.DONE
 
     # ---------------------------------------------------------------- server
     def server_handshake(self, digest: str, admit: Callable[[], None] | None = None) -> None:
@@ -280,26 +357,64 @@ class Conversation:
             _send_json(self.channel, WELCOME, {"ok": True})
             self.phase = Phase.OFFLINE
 
+    def server_offer(self, count: int) -> None:
+        """Server, after the set-up, a request or a query's output: tell the
+        client how many sets it would prepare now, and go idle."""
+        with self._step("server", Phase.OFFLINE, Phase.IDLE):
+            _send_json(self.channel, OFFER, {"count": max(0, int(count))})
+            self.channel.flush()
+            self.phase = Phase.IDLE
+
+    def server_request(self, max_input_bytes: int) -> tuple[int, Any]:
+        """Server, idle: the client's next request, as ``(PREPARE, count)``,
+        ``(MASKED_INPUT, payload)`` (at most ``max_input_bytes``: the sets
+        ready) or ``(BYE, None)``. A query moves to phase ``online``, ``BYE``
+        ends the conversation; for ``PREPARE`` answer with :meth:`server_prepared`."""
+        with self._step("server", Phase.IDLE):
+            kind, payload = self._recv({PREPARE: MAX_CONTROL_BYTES, BYE: 0,
+                                        MASKED_INPUT: max_input_bytes})
+            if kind == BYE:
+                self.phase = Phase.DONE
+                return kind, None
+            if kind == MASKED_INPUT:
+                self.phase = Phase.ONLINE
+                return kind, payload
+            count = _parse_json(payload, "PREPARE").get("count")
+            if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_PREPARE:
+                raise MalformedMessageError(f"malformed PREPARE: count must be an integer in "
+                                            f"[1, {MAX_PREPARE}], got {count!r}")
+            return kind, count
+
+    def server_prepared(self, refusal: str | None = None) -> None:
+        """Server, idle, answering ``PREPARE``: grant it (phase ``offline``:
+        run the sets, then :meth:`server_offer`) or refuse it as busy with
+        the reason ``refusal`` (then send an :meth:`server_offer`)."""
+        with self._step("server", Phase.IDLE):
+            if refusal is None:
+                _send_json(self.channel, PREPARED, {"ok": True})
+                self.phase = Phase.OFFLINE
+            else:
+                _send_json(self.channel, PREPARED, {"ok": False, "busy": True, "error": refusal})
+
     def server_offline_check(self) -> None:
-        """Server, end of the offline phase: compare the client's transcript
+        """Server, end of one prepared set: compare the client's transcript
         with ours and tell the client; :class:`TranscriptError` if they differ."""
         with self._step("server", Phase.OFFLINE):
             _, mismatch = self._recv_sealed(OFFLINE_DONE, 0)
             self._send_sealed(OFFLINE_VERDICT, mismatch.encode()[:MAX_CONTROL_BYTES])
             if mismatch:
                 raise TranscriptError(f"offline phase: {mismatch}")
-            self.phase = Phase.ONLINE
 
-    def server_output(self, share: bytes) -> None:
-        """Server, online: send the output share (sealed), then check the
-        client's final transcript in ``FINISH``."""
+    def server_output(self, share: bytes, offer: int) -> None:
+        """Server, online: send the output share and the next offer (sealed),
+        then check the client's transcript in ``FINISH`` and go idle."""
         with self._step("server", Phase.ONLINE):
-            self._send_sealed(OUTPUT_SHARE, share)
+            self._send_sealed(OUTPUT_SHARE, share + _OFFER.pack(max(0, int(offer))))
             self.phase = Phase.FINISH
             _, mismatch = self._recv_sealed(FINISH, 0)
             if mismatch:
                 raise TranscriptError(f"finish: {mismatch}")
-            self.phase = Phase.DONE
+            self.phase = Phase.IDLE
 
     # -------------------------------------------------------------- framing
     def _step(self, role: str, *phases: Phase) -> _Step:
@@ -311,6 +426,13 @@ class Conversation:
             raise RuntimeError(f"called in phase {self.phase.value}, needs "
                                + " or ".join(p.value for p in phases))
         return _Step(self)
+
+    def _recv_offer(self) -> int:
+        _, payload = self._recv({OFFER: MAX_CONTROL_BYTES})
+        count = _parse_json(payload, "OFFER").get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise MalformedMessageError(f"malformed OFFER: count {count!r}")
+        return count
 
     def _recv(self, allowed: Mapping[int, int]) -> tuple[int, bytes]:
         """One frame whose type is in ``allowed`` (type -> payload limit)."""
@@ -385,9 +507,20 @@ class _Step:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 _tb: object) -> None:
+        if isinstance(exc, _Refused):  # a refusal leaves the conversation usable
+            raise exc.error from None
         if exc_type is not None:
             self.conversation.failed = True
+
+
+class _Refused(Exception):
+    """Carries an error that does not fail the conversation (a busy PREPARED)."""
+
+    def __init__(self, error: ProtocolError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _send_json(channel: Channel, frame_type: int, obj: dict[str, Any]) -> None:

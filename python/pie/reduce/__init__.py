@@ -15,6 +15,7 @@ from .pipeline import (
     candidates,
     choose_config,
     criticality,
+    reduce_to_budget,
     run,
     stage_only,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "evaluate",
     "fit",
     "load_dataset",
+    "reduce_to_budget",
     "run",
     "stage_only",
 ]

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from .data import DATASETS, DatasetNotFoundError, load_dataset
-from .pipeline import base_config, criticality, run
+from .pipeline import MIN_WIDTH, base_config, criticality, run
 from .train import TrainConfig
 
 
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="stages from most to least critical, e.g. 3,2,4,1 (skips criticality)")
     r.add_argument("--thin", choices=["bottom", "top"], default="bottom",
                    help="which alternate ReLU layer thinning drops (default: bottom, post-add)")
+    r.add_argument("--min-width", type=int, default=MIN_WIDTH,
+                   help="narrowest stem (channels) that reshaping may reach for a small budget; "
+                   f"stage widths follow (default {MIN_WIDTH})")
     r.add_argument("--compare-kd", action="store_true",
                    help="also train the reduced network without distillation, for comparison")
     a = parser.parse_args(argv)
@@ -106,10 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     ranking = [int(s) for s in a.ranking.split(",")] if a.ranking else None
-    report = run(splits, a.relu_budget, a.out, _train_cfg(a),
-                 criticality_cfg=_train_cfg(a, a.criticality_epochs), base_alpha=a.base_alpha,
-                 teacher_path=a.teacher, ranking=ranking, thin=a.thin, compare_kd=a.compare_kd,
-                 device=a.device, progress=not a.quiet)
+    if a.min_width < 1:
+        parser.error("--min-width must be positive")
+    try:
+        report = run(splits, a.relu_budget, a.out, _train_cfg(a),
+                     criticality_cfg=_train_cfg(a, a.criticality_epochs), base_alpha=a.base_alpha,
+                     teacher_path=a.teacher, ranking=ranking, thin=a.thin, compare_kd=a.compare_kd,
+                     min_width=a.min_width, device=a.device, progress=not a.quiet)
+    except ValueError as exc:  # a budget no configuration reaches, a bad ranking
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"baseline: {report.baseline['relus']:,} ReLUs, accuracy {report.baseline['accuracy']:.4f}")
     if "accuracy" in report.criticality:
         print("criticality (stage: accuracy alone): " + ", ".join(

@@ -11,7 +11,10 @@
 4. Reshaping: channel multiplier alpha and resolution multiplier rho.
 Among the configurations these steps produce, :func:`choose_config` takes the
 one with the most ReLUs within the budget (culling in criticality order), and
-the result is distilled from the baseline.
+the result is distilled from the baseline. A budget below every released
+configuration extends the reshaping (:func:`reduce_to_budget`): alpha halves
+down to a minimum stem width (:data:`MIN_WIDTH` channels), then rho halves
+down to a minimum feature map after the stem (:data:`MIN_RESOLUTION` pixels).
 
 The checkpoints written (``baseline.pt``, ``model.pt``) carry the input
 normalisation and a calibration sample of 64 training images (uint8), so
@@ -20,6 +23,7 @@ normalisation and a calibration sample of 64 training images (uint8), so
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -32,6 +36,7 @@ from torch import nn
 from .. import models
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..models import ResNetConfig
+from ..models.resnet import _STAGE_STRIDES
 from ..relu_count import relu_count
 from .data import Splits
 from .train import TrainConfig, fit, pick_device
@@ -43,6 +48,7 @@ __all__ = [
     "candidates",
     "choose_config",
     "criticality",
+    "reduce_to_budget",
     "run",
     "stage_only",
 ]
@@ -51,6 +57,12 @@ _log = logging.getLogger(__name__)
 STAGES = (1, 2, 3, 4)
 CALIBRATION_IMAGES = 64  # training images stored in model.pt for calibrating the compiler
 THINNING = {"none": (False, False), "top": (True, False), "bottom": (False, True)}
+#: The narrowest stem (channels) the extended reshaping search goes down to;
+#: stage widths follow it (8, 16, 32, 64 at the minimum).
+MIN_WIDTH = 8
+#: The smallest feature map side (pixels) after the stem that the extended
+#: search allows (a CIFAR image at rho 1/8).
+MIN_RESOLUTION = 4
 
 
 def base_config(splits: Splits, alpha: float = 1.0) -> ResNetConfig:
@@ -146,9 +158,75 @@ def candidates(
                     cfg = replace(base, stem_relu=False, alpha=base.alpha * alpha, rho=rho,
                                   culled=tuple(s in culled for s in STAGES),
                                   thinned=THINNING[thinning])
-                    count = relu_count(models.from_config(cfg), input_shape)
-                    out.append(Candidate(cfg, count, culled, thinning))
+                    out.append(Candidate(cfg, _relu_count(cfg, input_shape), culled, thinning))
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _relu_count(cfg: ResNetConfig, input_shape: tuple[int, int, int]) -> int:
+    """The ReLUs of ``cfg`` on ``input_shape``, from its shapes alone (a search
+    visits many configurations; building and tracing each would dominate).
+    Equal to :func:`pie.relu_count` of the built network (tested)."""
+
+    def down(n: int, stride: int) -> int:  # a 3x3 convolution with padding 1
+        return (n - 1) // stride + 1
+
+    h, w = down(input_shape[1], cfg.stem_stride), down(input_shape[2], cfg.stem_stride)
+    total = cfg.stem_width * h * w if cfg.stem_relu else 0
+    for stage, blocks in enumerate(cfg.blocks):
+        for b in range(blocks):
+            stride = _STAGE_STRIDES[stage] if b == 0 else 1
+            h, w = down(h, stride), down(w, stride)
+            if not cfg.culled[stage]:
+                total += cfg.widths[stage] * h * w * ((not cfg.thinned[0]) + (not cfg.thinned[1]))
+    return total
+
+
+def reduce_to_budget(
+    base: ResNetConfig,
+    ranking: Sequence[int],
+    input_shape: tuple[int, int, int],
+    relu_budget: int,
+    *,
+    thin: str = "bottom",
+    min_width: int = MIN_WIDTH,
+    min_resolution: int = MIN_RESOLUTION,
+) -> Candidate:
+    """The configuration :func:`choose_config` picks for ``relu_budget``,
+    searching further when no released configuration fits: alpha halves
+    (below 0.5) while the stem keeps at least ``min_width`` channels, then rho
+    halves (below 0.5) while the feature map after the stem keeps at least
+    ``min_resolution`` pixels a side; every step adds its alpha (or rho) for
+    every culling and thinning, and the first step with a fitting candidate
+    decides (most ReLUs within the budget among all candidates so far).
+
+    Raises:
+        ValueError: even the smallest reachable configuration is over the
+            budget (its ReLU count is named), or ``min_width`` /
+            ``min_resolution`` are not positive.
+    """
+    if min_width < 1 or min_resolution < 1:
+        raise ValueError("min_width and min_resolution must be positive")
+    alphas, rhos = [1.0, 0.5], [1.0, 0.5]
+    pool = candidates(base, ranking, input_shape, thin=thin, alphas=alphas, rhos=rhos)
+    side = input_shape[1]
+    while not any(c.relus <= relu_budget for c in pool):
+        if int(64 * base.alpha * alphas[-1] / 2) >= min_width:
+            alphas.append(alphas[-1] / 2)
+            new_alphas, new_rhos = alphas[-1:], rhos
+        elif side // int(1 // (rhos[-1] / 2)) >= min_resolution:
+            rhos.append(rhos[-1] / 2)
+            new_alphas, new_rhos = alphas, rhos[-1:]
+        else:
+            smallest = min(pool, key=lambda c: c.relus)
+            raise ValueError(
+                f"no configuration fits a budget of {relu_budget:,} ReLUs: the smallest reachable "
+                f"has {smallest.relus:,} (alpha {smallest.config.alpha:g}, rho "
+                f"{smallest.config.rho:g}; reshaping stops at {min_width} stem channels and "
+                f"{min_resolution}x{min_resolution} pixels after the stem)")
+        pool += candidates(base, ranking, input_shape, thin=thin, alphas=new_alphas, rhos=new_rhos)
+        _log.info("reshaping extended to alpha %s, rho %s", alphas, rhos)
+    return choose_config(pool, relu_budget)
 
 
 def choose_config(pool: Sequence[Candidate], relu_budget: int) -> Candidate:
@@ -158,7 +236,7 @@ def choose_config(pool: Sequence[Candidate], relu_budget: int) -> Candidate:
     if not fitting:
         smallest = min(pool, key=lambda c: c.relus)
         raise ValueError(f"no configuration fits a budget of {relu_budget:,} ReLUs; the smallest "
-                         f"has {smallest.relus:,} (lower alpha or rho further)")
+                         f"has {smallest.relus:,} (lower alpha or rho further: reduce_to_budget)")
     return max(fitting, key=lambda c: c.relus)  # max() keeps the first of equals
 
 
@@ -196,10 +274,14 @@ def run(
     ranking: Sequence[int] | None = None,
     thin: str = "bottom",
     compare_kd: bool = False,
+    min_width: int = MIN_WIDTH,
     device: str | None = None,
     progress: bool = False,
 ) -> RunReport:
     """The whole pipeline; writes ``model.pt``, ``report.json`` and ``pareto.png`` into ``out``.
+    The configuration is :func:`reduce_to_budget`'s (``min_width``: its
+    narrowest stem); a budget it cannot reach raises ``ValueError`` (before
+    any training when ``ranking`` is given).
 
     Intermediate training state lives in ``out`` too, so an interrupted run
     resumes where it stopped when started again with the same settings.
@@ -209,6 +291,8 @@ def run(
     shape = splits.image_shape
     dev = str(pick_device(device))
     base = base_config(splits, base_alpha)
+    if ranking is not None:  # refuse an unreachable budget before any training
+        reduce_to_budget(base, ranking, shape, relu_budget, thin=thin, min_width=min_width)
 
     if teacher_path is not None:
         teacher = load_checkpoint(teacher_path)
@@ -230,7 +314,7 @@ def run(
     else:
         crit_info = {"ranking": list(ranking), "given": True}
 
-    chosen = choose_config(candidates(base, ranking, shape, thin=thin), relu_budget)
+    chosen = reduce_to_budget(base, ranking, shape, relu_budget, thin=thin, min_width=min_width)
     reduced = models.from_config(chosen.config)
     red_acc = _train_or_resume(reduced, splits, train_cfg, out, "reduced", teacher, dev, progress)
     save_checkpoint(reduced, out / "model.pt", meta=_model_meta(splits),
@@ -247,7 +331,8 @@ def run(
         baseline={"accuracy": base_acc, "relus": base_relus, "config": base.to_dict()},
         criticality=crit_info,
         chosen={"config": chosen.config.to_dict(), "relus": chosen.relus,
-                "culled_stages": list(chosen.culled_stages), "thinning": chosen.thinning},
+                "culled_stages": list(chosen.culled_stages), "thinning": chosen.thinning,
+                "min_width": min_width},
         reduced={"accuracy": red_acc, "relus": chosen.relus, "checkpoint": "model.pt"},
         reduced_without_kd=no_kd,
         normalization={"mean": list(splits.mean), "std": list(splits.std),
