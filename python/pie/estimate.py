@@ -60,14 +60,14 @@ Time (a model, not a measurement): each phase is a sum of its steps.
   loopback bandwidth minus the in-memory one, and the measured round-trip time.
 * Across a link (``link=``): each round trip above costs the link's RTT too,
   and each byte its serialisation time beyond the transport's; garbled tables
-  stream while the server garbles, so only the part of their transfer that
-  outlasts the garbling adds.
+  stream while the server garbles and HE replies while it computes, so only
+  the part of their transfer that outlasts that work adds.
 
 What it ignores: the Python interpreter's per-step overhead (tens of
 microseconds), contention with other processes, memory-bandwidth effects of
 very large batches beyond what the fit saw, and work that overlaps across the
-two parties beyond the critical path above (offline garbling and table
-transfer are treated as sequential). Times scale with the profile's machine;
+two parties beyond the critical path above (over the transport alone,
+offline garbling and table transfer are treated as sequential). Times scale with the profile's machine;
 a profile measured under load predicts loaded times. On a shared machine,
 ``profile.scaled(measure_speed_index() / profile.speed_index_s)`` adjusts the
 profile to the load of the moment.
@@ -457,11 +457,16 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
                 opening = (i, k) in opens
                 est.offline_round_trips += opening
                 limbs = he.he_parameters(bits, max_revealed=he_sessions[bits])["final_limbs"]
-                # Encrypt, send, compute, reply, decrypt: nothing overlaps the transfers.
+                # Encrypt, send, compute, reply, decrypt. Across a link the
+                # replies drain while the server computes (the exchange's
+                # later terms), so only the part of their transfer that
+                # outlasts the server's work adds, as for garbled tables.
+                server = (p.he_per_product_s * lay["num_products"]
+                          + (p.he_per_reply_s + p.he_per_reply_limb_s * limbs) * lay["num_outputs"])
                 est.offline_seconds += (
-                    p.he_per_input_s * lay["num_inputs"] + p.he_per_product_s * lay["num_products"]
-                    + (p.he_per_reply_s + p.he_per_reply_limb_s * limbs) * lay["num_outputs"] + p.he_per_term_s
-                    + extra_per_byte * (c2s + s2c) + wire.transfer(c2s, s2c)
+                    p.he_per_input_s * lay["num_inputs"] + server + p.he_per_term_s
+                    + extra_per_byte * (c2s + s2c) + wire.transfer(c2s, 0)
+                    + max(0.0, wire.transfer(0, s2c) - server)
                     + (extra_rtt + wire.rtt if opening else 0.0)
                 )
                 macs, elements, weights = _limb_work(plan, term, bits, weight_bits)
