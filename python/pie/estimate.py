@@ -435,6 +435,9 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
     extra_rtt = max(0.0, p.rtt_s[transport] - p.rtt_s["memory"]) if transport != "memory" else 0.0
     rtt = p.rtt_s[transport]
     wire = _LinkTimes(link, p.bandwidth[transport])
+    # Online, the receiving end's per-byte work (copies, transcript) follows
+    # each byte's emulated arrival, so the link's serialisation adds in full.
+    wire_online = _LinkTimes(link, math.inf)
     rounds = plan.rounds()
     he_sessions = _he_sessions(plan)
     weight_bits = int(plan.policy.get("weight_bits", 12))
@@ -500,7 +503,7 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
             est.online_seconds = (
                 p.gc_online_per_and_s * n * gates + p.gc_online_per_gate_s * n * _other_gates(*shape)
                 + p.gc_online_per_label_s * n * l_in
-                + p.gc_online_per_step_s + extra_per_byte * (on_c2s + on_s2c) + wire.transfer(on_c2s, on_s2c)
+                + p.gc_online_per_step_s + extra_per_byte * (on_c2s + on_s2c) + wire_online.transfer(on_c2s, on_s2c)
             )
         elif isinstance(s, OutputStep) and s.reveal == "label":
             # The garbled argmax: one instance, its tables, OT of the client's
@@ -513,18 +516,24 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
             est.offline_bytes_s2c = (FRAME_HEADER_BYTES + GC_BATCH_HEADER_BYTES + TABLE_BYTES_PER_AND * gates
                                      + FRAME_HEADER_BYTES + -(-circuit.output_widths[0] // 8)
                                      + frames["base_ot_s2c"])
+            # Two round trips: the base-OT set-up, then the OT with the tables and decoding bits.
+            est.offline_round_trips = 2
             est.offline_seconds = (p.gc_offline_per_and_s * gates + p.gc_offline_per_ot_s * numel * bits
                                    + p.gc_offline_per_step_s + p.base_ot_s
-                                   + extra_per_byte * (est.offline_bytes_c2s + est.offline_bytes_s2c) + extra_rtt)
+                                   + extra_per_byte * (est.offline_bytes_c2s + est.offline_bytes_s2c)
+                                   + 2 * (extra_rtt + wire.rtt)
+                                   + wire.transfer(est.offline_bytes_c2s, est.offline_bytes_s2c))
             est.online_bytes_s2c = 2 * FRAME_HEADER_BYTES + LABEL_BYTES * numel * bits
+            est.online_round_trips = 1
             est.online_seconds = (rtt / 2 + p.gc_online_per_and_s * gates + p.gc_online_per_label_s * numel * bits
-                                  + est.online_bytes_s2c / p.bandwidth[transport])
+                                  + est.online_bytes_s2c / p.bandwidth[transport]
+                                  + wire_online.one_way(0, est.online_bytes_s2c))
         elif isinstance(s, OutputStep):
             numel = t[s.input].numel
             est.online_bytes_s2c = FRAME_HEADER_BYTES + SHARE_BYTES * numel
             est.online_round_trips = 1
             est.online_seconds = (rtt / 2 + est.online_bytes_s2c / p.bandwidth[transport]
-                                  + wire.one_way(0, est.online_bytes_s2c))
+                                  + wire_online.one_way(0, est.online_bytes_s2c))
         steps.append(est)
     # One round trip per online round: garbled steps of one round share it.
     n_rounds = len(set(rounds.values()))
@@ -547,7 +556,7 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
     input_bytes = FRAME_HEADER_BYTES + SHARE_BYTES * t[plan.input].numel + frames["input"]
     # The handshake is one round trip; the key material follows it one way.
     setup_seconds = p.he_session_s * len(he_sessions) + rtt + wire.round_trip(setup_bytes, 0)
-    input_seconds = input_bytes / p.bandwidth[transport] + wire.one_way(input_bytes, 0)
+    input_seconds = input_bytes / p.bandwidth[transport] + wire_online.one_way(input_bytes, 0)
     return Estimate(steps, transport, setup_bytes, setup_seconds, input_bytes, input_seconds, n_rounds,
                     setup_round_trips=1, link=link.name if link is not None else "")
 
