@@ -177,15 +177,22 @@ class LinearClient:
         groups: int = 1,
     ) -> npt.NDArray[np.uint64]:
         """One convolution step: returns the client's share ``W x - s`` of shape (O, Ho, Wo)."""
-        x = _as_share(client_share, 3, self.ring_bits)
-        w = np.empty(weight_shape, dtype=np.int64)  # only the (public) shape is used
-        shape = _conv_shape(x, w, stride, padding, groups)
+        x, shape = self._conv_request(client_share, weight_shape, stride, padding, groups)
         return np.asarray(self._party.run(x, shape)).reshape(_out_dims(shape))
 
     def matmul(self, client_share: npt.ArrayLike, out_features: int) -> npt.NDArray[np.uint64]:
         """One fully connected step ``y = W x`` with ``W`` of shape (out_features, len(x))."""
+        return np.asarray(self._party.run(*self._fc_request(client_share, out_features)))
+
+    def _conv_request(self, client_share: npt.ArrayLike, weight_shape: tuple[int, int, int, int],
+                      stride: int, padding: int, groups: int) -> tuple[np.ndarray, list[int]]:
+        x = _as_share(client_share, 3, self.ring_bits)
+        w = np.empty(weight_shape, dtype=np.int64)  # only the (public) shape is used
+        return x, _conv_shape(x, w, stride, padding, groups)
+
+    def _fc_request(self, client_share: npt.ArrayLike, out_features: int) -> tuple[np.ndarray, list[int]]:
         x = _as_share(client_share, 1, self.ring_bits)
-        return np.asarray(self._party.run(x, [x.shape[0], 1, 1, out_features, 1, 1, 1, 0, 1]))
+        return x, [x.shape[0], 1, 1, out_features, 1, 1, 1, 0, 1]
 
     def send_conv2d(
         self,
@@ -197,14 +204,11 @@ class LinearClient:
     ) -> None:
         """First half of :meth:`conv2d`: encrypt and send the share. Several steps
         may be sent before :meth:`receive` returns their results, in the order sent."""
-        x = _as_share(client_share, 3, self.ring_bits)
-        w = np.empty(weight_shape, dtype=np.int64)  # only the (public) shape is used
-        self._party.send(x, _conv_shape(x, w, stride, padding, groups))
+        self._party.send(*self._conv_request(client_share, weight_shape, stride, padding, groups))
 
     def send_matmul(self, client_share: npt.ArrayLike, out_features: int) -> None:
         """First half of :meth:`matmul` (see :meth:`send_conv2d`)."""
-        x = _as_share(client_share, 1, self.ring_bits)
-        self._party.send(x, [x.shape[0], 1, 1, out_features, 1, 1, 1, 0, 1])
+        self._party.send(*self._fc_request(client_share, out_features))
 
     def receive(self) -> npt.NDArray[np.uint64]:
         """Second half: the client's share ``W x - s`` of the oldest step sent and
