@@ -43,7 +43,7 @@ import torch
 import pie
 from pie.estimate import Profile, estimate, measure_speed_index
 from pie.models import ResNet, ResNetConfig
-from pie.protocol.engine import offline_exchanges
+from pie.protocol.schedule import offline_exchanges
 
 from benchnets import random_bn, tcp_inference
 

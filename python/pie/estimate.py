@@ -39,7 +39,7 @@ Time (a model, not a measurement): each phase is a sum of its steps.
   decryption, transfer), per garbled step ``e*AND + f*OT bits + g`` (garbling,
   table transfer, OT extension), one HE key set-up per ring and one base-OT
   set-up per circuit shape; one round-trip time per offline exchange
-  (:func:`pie.protocol.engine.offline_exchanges`), per base-OT set-up and
+  (:func:`pie.protocol.schedule.offline_exchanges`), per base-OT set-up and
   for the closing transcript check;
 * online: the server's ring arithmetic of every linear step
   (``h*limb MACs + i*limb elements + h'*limb weights + j`` per conv/fc term, float64 limbs as
@@ -101,7 +101,7 @@ from .plan import (
     ReluStep,
     TruncateStep,
 )
-from .protocol.engine import offline_exchanges
+from .protocol.schedule import he_sessions, offline_exchanges
 from .protocol.report import StepFigures
 
 __all__ = ["Estimate", "Profile", "ProfileError", "StepEstimate", "estimate", "measure_profile",
@@ -439,7 +439,7 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
     # each byte's emulated arrival, so the link's serialisation adds in full.
     wire_online = _LinkTimes(link, math.inf)
     rounds = plan.rounds()
-    he_sessions = _he_sessions(plan)
+    sessions = he_sessions(plan)
     weight_bits = int(plan.policy.get("weight_bits", 12))
     # The offline phase's round trips: one per exchange, where the client first
     # waits for an answer (its first item), one per base-OT set-up.
@@ -454,12 +454,12 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
                 if not isinstance(term, (ConvTerm, FCTerm)):
                     continue
                 lay = _term_layout(plan, term)
-                c2s, s2c = _he_term_bytes(plan, s, lay, he_sessions[bits])
+                c2s, s2c = _he_term_bytes(plan, s, lay, sessions[bits])
                 est.offline_bytes_c2s += c2s
                 est.offline_bytes_s2c += s2c
                 opening = (i, k) in opens
                 est.offline_round_trips += opening
-                limbs = he.he_parameters(bits, max_revealed=he_sessions[bits])["final_limbs"]
+                limbs = he.he_parameters(bits, max_revealed=sessions[bits])["final_limbs"]
                 # Encrypt, send, compute, reply, decrypt. Across a link the
                 # replies drain while the server computes (the exchange's
                 # later terms), so only the part of their transfer that
@@ -549,13 +549,13 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
     last.offline_seconds += rtt + wire.rtt
     # Session frames measured on a tiny inference (handshake, phase checks,
     # finish): charged where the engine's report counts them.
-    setup_bytes = frames["setup"] + sum(_he_hello_bytes(bits) for bits in he_sessions)
+    setup_bytes = frames["setup"] + sum(_he_hello_bytes(bits) for bits in sessions)
     for position, index in _frame_positions(plan).items():
         for key in _BYTE_KEYS:
             setattr(steps[index], key, getattr(steps[index], key) + frames[f"{position}:{key}"])
     input_bytes = FRAME_HEADER_BYTES + SHARE_BYTES * t[plan.input].numel + frames["input"]
     # The handshake is one round trip; the key material follows it one way.
-    setup_seconds = p.he_session_s * len(he_sessions) + rtt + wire.round_trip(setup_bytes, 0)
+    setup_seconds = p.he_session_s * len(sessions) + rtt + wire.round_trip(setup_bytes, 0)
     input_seconds = input_bytes / p.bandwidth[transport] + wire_online.one_way(input_bytes, 0)
     return Estimate(steps, transport, setup_bytes, setup_seconds, input_bytes, input_seconds, n_rounds,
                     setup_round_trips=1, link=link.name if link is not None else "")
@@ -588,15 +588,6 @@ class _LinkTimes:
 
 
 # ----------------------------------------------------------------- byte model
-
-
-def _he_sessions(plan: Plan) -> dict[int, int]:
-    """The engine's HE sessions: one key pair per output ring, each sized for
-    the coefficients it may reveal (its flooding, hence its final RNS limbs,
-    depends on that count)."""
-    from .protocol.engine import _he_sessions as engine_sessions
-
-    return engine_sessions(plan)
 
 
 @functools.cache

@@ -14,7 +14,7 @@ import pie
 from pie import gc, he
 from pie.models import ResNetConfig, from_config
 from pie.plan import ConvTerm, FCTerm, LinearStep, ReluStep, TruncateStep
-from pie.protocol import engine
+from pie.protocol import schedule
 
 SHAPE = (3, 16, 16)
 
@@ -41,7 +41,7 @@ def _items(plan: pie.Plan) -> list[tuple[int, int | None]]:
 
 
 def test_every_item_once_and_every_share_known_when_sent(plan: pie.Plan) -> None:
-    exchanges = engine.offline_exchanges(plan)
+    exchanges = schedule.offline_exchanges(plan)
     flat = [(it.step, it.term) for ex in exchanges for it in ex]
     assert sorted(flat, key=str) == sorted(_items(plan), key=str)
     assert len(exchanges) < len(flat)  # the point: fewer round trips than pieces of work
@@ -73,9 +73,9 @@ def test_every_item_once_and_every_share_known_when_sent(plan: pie.Plan) -> None
 def test_exchanges_split_at_the_memory_bound(plan: pie.Plan, monkeypatch: pytest.MonkeyPatch) -> None:
     x = np.random.default_rng(4).random(SHAPE)
     _, batched = pie.infer(plan, x)
-    exchanges = len(engine.offline_exchanges(plan))
-    monkeypatch.setattr(engine, "OFFLINE_EXCHANGE_BYTES", 1)
-    assert all(len(ex) == 1 for ex in engine.offline_exchanges(plan))
+    exchanges = len(schedule.offline_exchanges(plan))
+    monkeypatch.setattr(schedule, "OFFLINE_EXCHANGE_BYTES", 1)
+    assert all(len(ex) == 1 for ex in schedule.offline_exchanges(plan))
     logits, single = pie.infer(plan, x)
     assert np.array_equal(logits, plan.run_reference(x))
     assert single.offline_bytes == batched.offline_bytes

@@ -18,7 +18,7 @@ import pytest
 import torch
 from pie import serve
 from pie.models import ResNetConfig, from_config
-from pie.protocol import engine, wire
+from pie.protocol import engine, schedule, wire
 from pie.protocol.limits import MaterialEstimate
 from serverutil import serving, serving_on
 from PIL import Image
@@ -219,7 +219,7 @@ def test_material_estimate_counts_labels_masks_and_tables(server: pie.Server) ->
     assert est.tables == 32 * (cost["relu_and_gates"] + cost["truncate_and_gates"])
     assert est.he_held > 0 and est.he_keys > 0 and est.he_peak > 0
     # An offline exchange holds its garbled steps' OT blocks (16 bytes per client input bit).
-    assert 0 < est.exchange <= engine.OFFLINE_EXCHANGE_BYTES + max(est.gc_peak, est.he_peak)
+    assert 0 < est.exchange <= schedule.OFFLINE_EXCHANGE_BYTES + max(est.gc_peak, est.he_peak)
     assert est.exchange >= max(16 * t[s.output].numel * (t[s.input].ring_bits + t[s.output].ring_bits)
                                for s in gc_steps)
     assert est.server_bytes == (est.gc_held + est.he_held + est.he_keys + est.exchange

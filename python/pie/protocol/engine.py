@@ -17,7 +17,7 @@ truncations that do not depend on each other) costs one round trip (labels of
 ``x_s`` out, colour bits back; :meth:`Plan.schedule`); the server finally sends
 its share of the logits.
 
-Offline work runs in exchanges (:func:`offline_exchanges`): the client sends
+Offline work runs in exchanges (:func:`pie.protocol.schedule.offline_exchanges`): the client sends
 every HE input and OT whose share it knows, then receives every answer, one
 round trip per level of the HE dependency chains rather than one per step.
 Under a label-only Plan (``plan.output.reveal == "label"``) the server sends,
@@ -57,13 +57,13 @@ from ..crypto import secure_random
 from ..link import Link, resolve_link
 from ..plan import ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep
 from ..reference import conv2d_ring, fc_ring, mask, prepare_weight, reduce
-from . import wire
+from . import schedule, wire
 from .report import Report, StepCost
 
 if TYPE_CHECKING:
     from .limits import SessionBudget
 
-__all__ = ["OFFLINE_EXCHANGE_BYTES", "Client", "ClientSession", "OfflineItem", "Server", "ServerSession",
+__all__ = ["OFFLINE_EXCHANGE_BYTES", "Client", "ClientSession", "schedule.OfflineItem", "Server", "ServerSession",
            "SessionStateError", "infer", "offline_exchanges"]
 
 
@@ -76,121 +76,6 @@ def _random_ring(shape: tuple[int, ...], bits: int) -> np.ndarray:
     n = int(np.prod(shape)) if shape else 1
     raw = np.frombuffer(secure_random(8 * n), dtype=np.uint64).reshape(shape)
     return mask(raw.copy(), bits)
-
-
-def _square(pair: tuple[int, int], what: str) -> int:
-    if pair[0] != pair[1]:
-        raise ValueError(f"{what} {pair} is not square; the HE layer supports square {what}s only")
-    return int(pair[0])
-
-
-def _gc_shape(plan: Plan, step: ReluStep | TruncateStep) -> tuple[int, int, int, bool]:
-    t = plan.tensors
-    return (t[step.input].ring_bits, t[step.output].ring_bits, step.shift,
-            isinstance(step, TruncateStep))
-
-
-def _he_sessions(plan: Plan) -> dict[int, int]:
-    """HE sessions (one key pair per output ring) and the coefficients each may
-    reveal: the flooding is sized for that count (DESIGN.md section 5), so a
-    tight, public count buys noise budget for larger weights. Twice the
-    outputs, rounded up to a power of two, covers every slot a reply opens."""
-    outputs: dict[int, int] = {}
-    for s in plan.steps:
-        if isinstance(s, LinearStep):
-            n = sum(plan.tensors[s.output].numel for t in s.terms if t.op != "scale")
-            if n:
-                bits = plan.tensors[s.output].ring_bits
-                outputs[bits] = outputs.get(bits, 0) + n
-    return {bits: 1 << (2 * n - 1).bit_length() for bits, n in sorted(outputs.items())}
-
-
-def _gc_shapes(plan: Plan) -> list[tuple[int, int, int, bool]]:
-    return sorted({_gc_shape(plan, s) for s in plan.steps if isinstance(s, (ReluStep, TruncateStep))})
-
-
-def _argmax_shape(plan: Plan) -> tuple[int, int] | None:
-    """(classes, ring bits) of a label-only output, None for logits."""
-    if plan.output.reveal != "label":
-        return None
-    spec = plan.tensors[plan.output.input]
-    return spec.numel, spec.ring_bits
-
-
-# What the server may hold for one offline exchange: the OT blocks of its
-# garbled steps (until garbled) and the HE input frames it received (until
-# answered). A public constant, so both parties split exchanges alike.
-OFFLINE_EXCHANGE_BYTES = 256 << 20
-
-
-@dataclass(frozen=True)
-class OfflineItem:
-    """One piece of offline work: a garbled step (``term`` is None) or one HE
-    term of a linear step; ``held_bytes`` is what the server holds for it
-    during its exchange."""
-
-    step: int
-    term: int | None
-    held_bytes: int
-
-
-def offline_exchanges(plan: Plan) -> list[list[OfflineItem]]:
-    """The offline phase as round trips: in each exchange the client sends all
-    it can (the OTs of garbled steps and the HE inputs whose shares it knows),
-    then receives every answer (garbled tables, HE replies), which makes the
-    shares of the next exchange known. Client shares known from the start are
-    the input mask and every garbled step's output mask, so the exchanges are
-    the levels of the HE dependency chains (culled stages, shortcut
-    convolutions), not one per step. An exchange whose held bytes would pass
-    :data:`OFFLINE_EXCHANGE_BYTES` is split. Garbled steps come first within an
-    exchange, then HE terms, each in Plan order."""
-    t = plan.tensors
-    ready: dict[str, int] = {plan.input: 0}
-    for s in plan.steps:
-        if isinstance(s, (ReluStep, TruncateStep)):
-            ready[s.output] = 0
-    levels: dict[int, list[OfflineItem]] = {}
-    for i, s in enumerate(plan.steps):
-        if isinstance(s, LinearStep):
-            known = 0
-            for k, term in enumerate(s.terms):
-                level = ready[term.input]
-                if isinstance(term, (ConvTerm, FCTerm)):
-                    levels.setdefault(level, []).append(OfflineItem(i, k, _he_frame_bytes(plan, s, term)))
-                    level += 1  # its share arrives with the exchange's replies
-                known = max(known, level)
-            ready[s.output] = known
-        elif isinstance(s, (ReluStep, TruncateStep)):
-            held = _LABEL_BYTES * t[s.output].numel * (t[s.input].ring_bits + t[s.output].ring_bits)
-            levels.setdefault(ready[s.input], []).append(OfflineItem(i, None, held))
-    exchanges: list[list[OfflineItem]] = []
-    for level in sorted(levels):
-        current: list[OfflineItem] = []
-        held = 0
-        for item in sorted(levels[level], key=lambda it: (it.term is not None, it.step, it.term or 0)):
-            if current and held + item.held_bytes > OFFLINE_EXCHANGE_BYTES:
-                exchanges.append(current)
-                current, held = [], 0
-            current.append(item)
-            held += item.held_bytes
-        exchanges.append(current)
-    return exchanges
-
-
-_LABEL_BYTES = 16  # one OT block / wire label
-
-
-def _he_frame_bytes(plan: Plan, step: LinearStep, term: ConvTerm | FCTerm) -> int:
-    """A bound on one HE term's input frame: its seeded ciphertexts (one
-    polynomial in every top-level limb each)."""
-    params = he.he_parameters(plan.tensors[step.output].ring_bits)
-    src = plan.tensors[term.input]
-    if isinstance(term, ConvTerm):
-        lay = he.layout(src.shape, term.weight_shape, _square(term.stride, "stride"),
-                        _square(term.padding, "padding"), term.groups)
-    else:
-        lay = he.layout((src.numel, 1, 1), (term.weight_shape[0], src.numel, 1, 1))
-    return lay["num_inputs"] * params["poly_degree"] * params["top_limbs"] * 8
 
 
 class _Meter:
@@ -349,7 +234,7 @@ class ServerSession:
         self.wire = conversation or wire.Conversation(channel, "server")
         self.wire.server_handshake(server.digest, admit)
         self._gc = {shape: gc.ReluServer(channel, shape[0], shape[1], shape[2], server.threads,
-                                         truncate=shape[3]) for shape in _gc_shapes(self.plan)}
+                                         truncate=shape[3]) for shape in schedule.gc_shapes(self.plan)}
         self._ready: deque[_ServerSet] = deque()
         self._failed = False
         self.wire.server_offer(self._offer())
@@ -432,26 +317,26 @@ class ServerSession:
 
     def _prepare_set(self) -> _ServerSet:
         """The offline phase of one query, in the exchanges of
-        :func:`offline_exchanges`: fresh HE keys (their flooding is sized for
+        :func:`pie.protocol.schedule.offline_exchanges`: fresh HE keys (their flooding is sized for
         one set's coefficients); per exchange, announce its garbled batches,
         receive every OT and HE input, then garble and reply (the client never
         waits on a write of ours while it writes); a label-only output's
         garbled argmax last."""
         plan, t, channel = self.plan, self.plan.tensors, self.channel
-        he_sessions = {bits: he.LinearServer(channel, bits, n) for bits, n in _he_sessions(plan).items()}
+        he_sessions = {bits: he.LinearServer(channel, bits, n) for bits, n in schedule.he_sessions(plan).items()}
         material = _ServerSet()
         masks: dict[int, np.ndarray] = {}
-        for items in offline_exchanges(plan):
+        for items in schedule.offline_exchanges(plan):
             garbled = [it for it in items if it.term is None]
             linear = [it for it in items if it.term is not None]
             for it in garbled:
                 step = plan.steps[it.step]
-                material.gc[it.step] = self._gc[_gc_shape(plan, step)].announce(t[step.input].numel)
+                material.gc[it.step] = self._gc[schedule.gc_shape(plan, step)].announce(t[step.input].numel)
             for it in garbled:
-                self._gc[_gc_shape(plan, plan.steps[it.step])].receive_ot(material.gc[it.step])
+                self._gc[schedule.gc_shape(plan, plan.steps[it.step])].receive_ot(material.gc[it.step])
             received = [self._receive_he(he_sessions, it) for it in linear]
             for it in garbled:
-                self._gc[_gc_shape(plan, plan.steps[it.step])].garble(material.gc[it.step])
+                self._gc[schedule.gc_shape(plan, plan.steps[it.step])].garble(material.gc[it.step])
             for it, inputs in zip(linear, received):
                 step = plan.steps[it.step]
                 assert isinstance(step, LinearStep) and it.term is not None
@@ -460,21 +345,21 @@ class ServerSession:
         for i, acc in masks.items():
             out = t[plan.steps[i].output]
             material.masks[i] = mask(acc.reshape(out.shape), out.ring_bits)
-        label = _argmax_shape(plan)
+        label = schedule.argmax_shape(plan)
         if label is not None:
             material.argmax = gc.ArgmaxServer(channel, *label, self.server.threads)
             material.argmax.offline()
         self.wire.server_offline_check()
         return material
 
-    def _receive_he(self, he_sessions: dict[int, Any], item: OfflineItem) -> Any:
+    def _receive_he(self, he_sessions: dict[int, Any], item: schedule.OfflineItem) -> Any:
         step = self.plan.steps[item.step]
         assert isinstance(step, LinearStep) and item.term is not None
         term = step.terms[item.term]
         party = he_sessions[self.plan.tensors[step.output].ring_bits]
         if isinstance(term, ConvTerm):
             return party.receive_conv2d(self.plan.tensors[term.input].shape, term.weight.shape,
-                                        _square(term.stride, "stride"), _square(term.padding, "padding"),
+                                        schedule.square(term.stride, "stride"), schedule.square(term.padding, "padding"),
                                         term.groups)
         return party.receive_matmul(term.weight.shape)
 
@@ -508,12 +393,12 @@ class ServerSession:
             # batch's labels go out before any reply is read (gc.ReluServer.send_labels).
             for i in garbled:
                 step = plan.steps[i]
-                engine = self._gc[_gc_shape(plan, step)]
+                engine = self._gc[schedule.gc_shape(plan, step)]
                 for k, material in enumerate(sets):
                     engine.send_labels(material.gc[i], np.ascontiguousarray(values[step.input][k].reshape(-1)))
             for i in garbled:
                 step = plan.steps[i]
-                engine = self._gc[_gc_shape(plan, step)]
+                engine = self._gc[schedule.gc_shape(plan, step)]
                 values[step.output] = np.stack([engine.finish(material.gc.pop(i)).reshape(t[step.output].shape)
                                                 for material in sets])
                 release(i)
@@ -610,7 +495,7 @@ class ClientSession:
         self.wire = conversation or wire.Conversation(channel, "client")
         self.wire.client_handshake(client.digest)
         self._gc = {shape: gc.ReluClient(channel, shape[0], shape[1], shape[2], client.threads,
-                                         truncate=shape[3]) for shape in _gc_shapes(self.plan)}
+                                         truncate=shape[3]) for shape in schedule.gc_shapes(self.plan)}
         channel.flush()
         self.wire.client_offer()
         # The session's set-up is charged to its first query's report.
@@ -802,12 +687,12 @@ class ClientSession:
         self.wire.client_offer()
 
     def _prepare_set(self, progress: str | None) -> _ClientSet:
-        """One set's offline phase, in the exchanges of :func:`offline_exchanges`
+        """One set's offline phase, in the exchanges of :func:`pie.protocol.schedule.offline_exchanges`
         (one round trip each), then a label-only output's garbled argmax."""
         plan, t, channel = self.plan, self.plan.tensors, self.channel
         meter = _Meter(channel, plan)
         start, moved, trips = time.perf_counter(), channel.bytes_sent + channel.bytes_received, channel.round_trips
-        he_sessions = {bits: he.LinearClient(channel, bits, n) for bits, n in _he_sessions(plan).items()}
+        he_sessions = {bits: he.LinearClient(channel, bits, n) for bits, n in schedule.he_sessions(plan).items()}
         channel.flush()
         setup_bytes = channel.bytes_sent + channel.bytes_received - moved
         setup_seconds = time.perf_counter() - start
@@ -822,7 +707,7 @@ class ClientSession:
         he_out: dict[int, np.ndarray] = {}
         pending = {i: sum(isinstance(term, (ConvTerm, FCTerm)) for term in s.terms)
                    for i, s in enumerate(plan.steps) if isinstance(s, LinearStep)}
-        exchanges: Any = offline_exchanges(plan)
+        exchanges: Any = schedule.offline_exchanges(plan)
         if progress:
             from tqdm.auto import tqdm
 
@@ -836,18 +721,18 @@ class ClientSession:
             for it in garbled:
                 with measure(it.step, "offline"):
                     step = plan.steps[it.step]
-                    material[it.step] = self._gc[_gc_shape(plan, step)].receive_header(t[step.input].numel)
+                    material[it.step] = self._gc[schedule.gc_shape(plan, step)].receive_header(t[step.input].numel)
             for it in garbled:
                 with measure(it.step, "offline"):
                     step = plan.steps[it.step]
                     x = np.ascontiguousarray(shares[step.input].reshape(-1))
-                    self._gc[_gc_shape(plan, step)].request(material[it.step], x, shares[step.output].reshape(-1))
+                    self._gc[schedule.gc_shape(plan, step)].request(material[it.step], x, shares[step.output].reshape(-1))
             for it in linear:
                 with measure(it.step, "offline"):
                     self._send_he(he_sessions, it, shares)
             for it in garbled:
                 with measure(it.step, "offline"):
-                    self._gc[_gc_shape(plan, plan.steps[it.step])].receive_tables(material[it.step])
+                    self._gc[schedule.gc_shape(plan, plan.steps[it.step])].receive_tables(material[it.step])
             for it in linear:
                 with measure(it.step, "offline"):
                     step = plan.steps[it.step]
@@ -857,7 +742,7 @@ class ClientSession:
             self._settle(shares, he_out, pending)
         out_share: np.ndarray | None = shares[plan.output.input]
         argmax = None
-        label = _argmax_shape(plan)
+        label = schedule.argmax_shape(plan)
         if label is not None:
             with measure(plan.steps.index(plan.output), "offline"):
                 argmax = gc.ArgmaxClient(channel, *label, self._threads)
@@ -868,15 +753,15 @@ class ClientSession:
         return _ClientSet(input_mask, material, out_share, meter.costs,  # type: ignore[arg-type]
                           setup_bytes, setup_seconds, setup_round_trips, argmax)
 
-    def _send_he(self, he_sessions: dict[int, Any], item: OfflineItem, shares: dict[str, np.ndarray]) -> None:
+    def _send_he(self, he_sessions: dict[int, Any], item: schedule.OfflineItem, shares: dict[str, np.ndarray]) -> None:
         step = self.plan.steps[item.step]
         assert isinstance(step, LinearStep) and item.term is not None
         term = step.terms[item.term]
         bits = self.plan.tensors[step.output].ring_bits
         x = mask(shares[term.input], bits)
         if isinstance(term, ConvTerm):
-            he_sessions[bits].send_conv2d(x, term.weight_shape, _square(term.stride, "stride"),
-                                          _square(term.padding, "padding"), term.groups)
+            he_sessions[bits].send_conv2d(x, term.weight_shape, schedule.square(term.stride, "stride"),
+                                          schedule.square(term.padding, "padding"), term.groups)
         else:
             he_sessions[bits].send_matmul(x.reshape(-1), term.weight_shape[0])
 
@@ -918,18 +803,18 @@ class ClientSession:
             # before reading any reply: evaluate them all, then reply (one
             # round trip per round).
             for k, i in enumerate(garbled):
-                engine = self._gc[_gc_shape(plan, plan.steps[i])]
+                engine = self._gc[schedule.gc_shape(plan, plan.steps[i])]
                 with meter.measure(i, "online", count_rounds=k == 0):
                     for material in sets:
                         engine.evaluate(material.gc[i])
             for k, i in enumerate(garbled):
-                engine = self._gc[_gc_shape(plan, plan.steps[i])]
+                engine = self._gc[schedule.gc_shape(plan, plan.steps[i])]
                 with meter.measure(i, "online", count_rounds=k == len(garbled) - 1):
                     for material in sets:
                         engine.reply(material.gc[i])
             # Freeing the round's tables waits until every reply is out.
             for i in garbled:
-                engine = self._gc[_gc_shape(plan, plan.steps[i])]
+                engine = self._gc[schedule.gc_shape(plan, plan.steps[i])]
                 for material in sets:
                     engine.release(material.gc.pop(i))
         with meter.measure(plan.steps.index(plan.output), "online"):
@@ -953,7 +838,7 @@ class ClientSession:
 
     def _free(self, material: _ClientSet) -> None:
         for i, m in material.gc.items():
-            self._gc[_gc_shape(self.plan, self.plan.steps[i])].release(m)
+            self._gc[schedule.gc_shape(self.plan, self.plan.steps[i])].release(m)
         material.gc.clear()
 
 

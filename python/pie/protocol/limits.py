@@ -19,9 +19,9 @@ Plan), before a session is admitted:
   HE (held until online); while a step runs, its input ciphertexts (as
   received and as loaded) and its products and replies;
 - per HE session (one per ring and prepared set), the client's public key;
-- while an offline exchange runs (:func:`pie.protocol.engine.offline_exchanges`),
+- while an offline exchange runs (:func:`pie.protocol.schedule.offline_exchanges`),
   the OT blocks of its garbled steps and the HE input frames it received,
-  at most :data:`pie.protocol.engine.OFFLINE_EXCHANGE_BYTES` beyond its
+  at most :data:`pie.protocol.schedule.OFFLINE_EXCHANGE_BYTES` beyond its
   largest item.
 
 The client holds more (the garbled tables themselves): the ``tables`` field
@@ -45,7 +45,7 @@ from ..plan import (
     relu_and_gates,
     truncate_and_gates,
 )
-from .engine import _he_sessions, offline_exchanges
+from .schedule import he_sessions, offline_exchanges
 from .wire import ServerBusyError
 
 __all__ = ["Admission", "Limits", "MaterialEstimate", "Reservation", "SessionBudget"]
@@ -162,7 +162,7 @@ class MaterialEstimate:
                 gc_held += held
                 gc_peak = max(gc_peak, work)
                 tables += 2 * _LABEL * ands * n
-        sessions = _he_sessions(plan)
+        sessions = he_sessions(plan)
         he_held = he_peak = he_keys = 0
         ct_bytes: dict[int, int] = {}
         for bits, revealed in sessions.items():

@@ -105,7 +105,7 @@ __all__ = [
 # 2: sealed OFFLINE_DONE/OFFLINE_VERDICT, OUTPUT_SHARE and FINISH (transcript digests).
 # 3: the transcript checks are 16-byte GMAC tags, not SHA-256 digests.
 # 4: many queries per connection: OFFER, PREPARE/PREPARED, BYE; batched MASKED_INPUT;
-#    the offline phase runs in exchanges (pie.protocol.engine.offline_exchanges);
+#    the offline phase runs in exchanges (pie.protocol.schedule.offline_exchanges);
 #    garbled batch headers carry the session's random tweak prefix; label-only output.
 PROTOCOL_VERSION = 4
 
