@@ -682,9 +682,11 @@ class ClientSession:
 
     def _prepare(self, k: int, progress: bool) -> None:
         self.wire.client_prepare(k)
-        for j in range(k):
-            self._ready.append(self._prepare_set(f"offline {j + 1}/{k}" if progress else None))
+        sets = [self._prepare_set(f"offline {j + 1}/{k}" if progress else None) for j in range(k)]
+        # The server's next offer is read before the sets count as prepared, so
+        # `prepared` and `offer` never disagree to a watching thread.
         self.wire.client_offer()
+        self._ready.extend(sets)
 
     def _prepare_set(self, progress: str | None) -> _ClientSet:
         """One set's offline phase, in the exchanges of :func:`pie.protocol.schedule.offline_exchanges`
