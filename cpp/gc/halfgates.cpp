@@ -1,5 +1,6 @@
 #include "gc/halfgates.h"
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <stdexcept>
@@ -284,16 +285,15 @@ void check_input_width(const Circuit& c, const InputView& in) {
   }
 }
 
-void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta,
-                      std::uint64_t tweak_prefix, std::uint64_t tweak_base, std::size_t n,
-                      const InputView& input_zero, Block* tables, const OutputSink& output_zero, GcWorkspace& ws) {
-  if (!delta.lsb()) throw std::invalid_argument("delta: lowest bit must be 1 (point-and-permute)");
-  check_prefix(tweak_prefix);
-  check_input_width(c, input_zero);
-  const bool fused = use_fused(hash);
-  const bool probe = probing();
-  prepare(c, n, ws, fused ? 0 : 4);
-  load_inputs(n, input_zero, ws);
+// The gate walk both parties share: XOR gates are free on labels, INV and AND
+// gates are the party's own (`inv(A, out)`, `and_gate(k, A, B, out)` for the
+// k-th AND gate). Templated on the lambdas so the per-gate calls inline.
+template <class Inv, class And>
+void walk_gates(const Circuit& c, std::size_t n, std::size_t hashes_per_gate, const InputView& in,
+                const OutputSink& out_sink, GcWorkspace& ws, Inv inv, And and_gate) {
+  check_input_width(c, in);
+  prepare(c, n, ws, hashes_per_gate);
+  load_inputs(n, in, ws);
   Block* L = ws.labels.data();
   std::uint64_t and_index = 0;
   for (const Gate& g : c.gates()) {
@@ -303,68 +303,69 @@ void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta
     if (g.type == GateType::kXor) {
       for (std::size_t i = 0; i < n; ++i) out[i] = A[i] ^ B[i];
     } else if (g.type == GateType::kInv) {
-      for (std::size_t i = 0; i < n; ++i) out[i] = A[i] ^ delta;
+      inv(A, out);
     } else {
-      const std::uint64_t t0 = tweak_base + 2 * and_index * n;
-      Block* tab = tables + 2 * and_index * n;
-#ifdef PIE_HAVE_AESNI_PATH
-      if (fused) {
-        const auto& ks = TccrHash::aesni_schedule();
-        if (probe) {
-          garble_and_aesni<true>(ks, delta, tweak_prefix, t0, n, A, B, out, tab);
-        } else {
-          garble_and_aesni<false>(ks, delta, tweak_prefix, t0, n, A, B, out, tab);
-        }
-        ++and_index;
-        continue;
-      }
-#endif
-      garble_and_generic(hash, delta, tweak_prefix, t0, n, A, B, out, tab, ws);
-      ++and_index;
+      and_gate(and_index++, A, B, out);
     }
   }
-  store_outputs(c, n, ws, output_zero);
+  store_outputs(c, n, ws, out_sink);
+}
+
+void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta,
+                      std::uint64_t tweak_prefix, std::uint64_t tweak_base, std::size_t n,
+                      const InputView& input_zero, Block* tables, const OutputSink& output_zero, GcWorkspace& ws) {
+  if (!delta.lsb()) throw std::invalid_argument("delta: lowest bit must be 1 (point-and-permute)");
+  check_prefix(tweak_prefix);
+  const bool fused = use_fused(hash);
+  [[maybe_unused]] const bool probe = probing();
+  walk_gates(
+      c, n, fused ? 0 : 4, input_zero, output_zero, ws,
+      [&](const Block* A, Block* out) {
+        for (std::size_t i = 0; i < n; ++i) out[i] = A[i] ^ delta;
+      },
+      [&](std::uint64_t k, const Block* A, const Block* B, Block* out) {
+        const std::uint64_t t0 = tweak_base + 2 * k * n;
+        Block* tab = tables + 2 * k * n;
+#ifdef PIE_HAVE_AESNI_PATH
+        if (fused) {
+          const auto& ks = TccrHash::aesni_schedule();
+          if (probe) {
+            garble_and_aesni<true>(ks, delta, tweak_prefix, t0, n, A, B, out, tab);
+          } else {
+            garble_and_aesni<false>(ks, delta, tweak_prefix, t0, n, A, B, out, tab);
+          }
+          return;
+        }
+#endif
+        garble_and_generic(hash, delta, tweak_prefix, t0, n, A, B, out, tab, ws);
+      });
 }
 
 void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tweak_prefix,
                         std::uint64_t tweak_base, std::size_t n, const InputView& input_labels,
                         const Block* tables, const OutputSink& output_labels, GcWorkspace& ws) {
   check_prefix(tweak_prefix);
-  check_input_width(c, input_labels);
   const bool fused = use_fused(hash);
-  const bool probe = probing();
-  prepare(c, n, ws, fused ? 0 : 2);
-  load_inputs(n, input_labels, ws);
-  Block* L = ws.labels.data();
-  std::uint64_t and_index = 0;
-  for (const Gate& g : c.gates()) {
-    Block* out = L + static_cast<std::size_t>(g.out) * n;
-    const Block* A = L + static_cast<std::size_t>(g.a) * n;
-    const Block* B = L + static_cast<std::size_t>(g.b) * n;
-    if (g.type == GateType::kXor) {
-      for (std::size_t i = 0; i < n; ++i) out[i] = A[i] ^ B[i];
-    } else if (g.type == GateType::kInv) {
-      for (std::size_t i = 0; i < n; ++i) out[i] = A[i];
-    } else {
-      const std::uint64_t t0 = tweak_base + 2 * and_index * n;
-      const Block* tab = tables + 2 * and_index * n;
+  [[maybe_unused]] const bool probe = probing();
+  walk_gates(
+      c, n, fused ? 0 : 2, input_labels, output_labels, ws,
+      [&](const Block* A, Block* out) { std::copy(A, A + n, out); },
+      [&](std::uint64_t k, const Block* A, const Block* B, Block* out) {
+        const std::uint64_t t0 = tweak_base + 2 * k * n;
+        const Block* tab = tables + 2 * k * n;
 #ifdef PIE_HAVE_AESNI_PATH
-      if (fused) {
-        const auto& ks = TccrHash::aesni_schedule();
-        if (probe) {
-          evaluate_and_aesni<true>(ks, tweak_prefix, t0, n, A, B, out, tab);
-        } else {
-          evaluate_and_aesni<false>(ks, tweak_prefix, t0, n, A, B, out, tab);
+        if (fused) {
+          const auto& ks = TccrHash::aesni_schedule();
+          if (probe) {
+            evaluate_and_aesni<true>(ks, tweak_prefix, t0, n, A, B, out, tab);
+          } else {
+            evaluate_and_aesni<false>(ks, tweak_prefix, t0, n, A, B, out, tab);
+          }
+          return;
         }
-        ++and_index;
-        continue;
-      }
 #endif
-      evaluate_and_generic(hash, tweak_prefix, t0, n, A, B, out, tab, ws);
-      ++and_index;
-    }
-  }
-  store_outputs(c, n, ws, output_labels);
+        evaluate_and_generic(hash, tweak_prefix, t0, n, A, B, out, tab, ws);
+      });
 }
 
 }  // namespace pie
