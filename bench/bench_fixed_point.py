@@ -4,7 +4,7 @@ For each network (random weights and random batch-norm statistics, as in
 ``bench_network``) compiled at the default settings, ``extra_info`` records:
 the ReLUs, the truncation steps and their elements, the histogram of ReLU
 input rings (median and largest), the AND gates of ReLUs and truncations, the
-online and offline bytes (``pie.estimate.traffic``: exact, no profile needed),
+online and offline bytes (``pie.cost.traffic``: exact, no profile needed),
 the online garbled-circuit rounds against the network's ReLU depth (the rounds
 its ReLUs alone need), the precision the search chose and the float-vs-fixed
 agreement on the calibration images, plus the compile time.
@@ -30,7 +30,7 @@ import torch
 
 import pie
 from pie import serve
-from pie.estimate import traffic
+from pie.cost import traffic
 from pie.plan import ReluStep, TruncateStep
 
 from benchnets import random_bn

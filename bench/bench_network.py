@@ -41,7 +41,7 @@ import pytest
 import torch
 
 import pie
-from pie.estimate import Profile, estimate, measure_speed_index
+from pie.cost import Profile, estimate, measure_speed_index
 from pie.models import ResNet, ResNetConfig
 from pie.protocol.schedule import offline_exchanges
 

@@ -1,4 +1,4 @@
-"""The machine profile of the cost model (``pie.estimate.measure_profile``).
+"""The machine profile of the cost model (``pie.cost.measure_profile``).
 
 By default a reduced measurement (budget ``PIE_BENCH_PROFILE_SECONDS``,
 default 5 s, i.e. the smallest sizes) keeps the profiler from rotting;
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from pie.estimate import Profile, measure_profile
+from pie.cost import Profile, measure_profile
 
 SECONDS = float(os.environ.get("PIE_BENCH_PROFILE_SECONDS", "5"))
 

@@ -77,7 +77,7 @@ def _load_snapshot() -> dict[str, Any]:
 
 def _machine() -> dict[str, Any]:
     import pie
-    from pie.estimate import _cpu_name
+    from pie.cost.estimate import _cpu_name
 
     return {
         "processor": _cpu_name(),
@@ -93,7 +93,7 @@ def _machine() -> dict[str, Any]:
 
 
 def run_all(out: Path, networks: str, profile_seconds: float, links: str = "loopback,lan,wan") -> None:
-    from pie.estimate import measure_profile
+    from pie.cost import measure_profile
 
     out.mkdir(parents=True, exist_ok=True)
     run: dict[str, Any] = {"machine": _machine(), "load_before": _load_snapshot(), "suites": {}}
@@ -637,7 +637,7 @@ def render(out: Path) -> None:
               "start of this run (*raw*), and with that profile rescaled to the machine's speed measured just "
               "before and after each network run (*load-adj.*: `profile.scaled(measure_speed_index() / "
               "profile.speed_index_s)`; the *speed factor* is that ratio, 1 on an unchanged machine). Bytes are "
-              "predicted exactly; times are the model (see `pie/estimate.py`). Target: within 25% of measured "
+              "predicted exactly; times are the model (see `pie/cost/`). Target: within 25% of measured "
               "offline and online time for every DRD_C100 configuration.", ""]
     lines += model_rows + [""]
     lines += ["The raw prediction is the cost model's answer. The load-adjusted one is a diagnostic for shared "

@@ -25,7 +25,7 @@ from .channel import (
     tls_connect,
 )
 from .calibration import CalibrationError, load_calibration
-from .checkpoint import (
+from .models.checkpoint import (
     CheckpointError,
     calibration_sample,
     checkpoint_meta,
@@ -33,7 +33,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .compiler import CompileError, Tolerance, UnsupportedOpError, compile
-from .estimate import Estimate, Profile, estimate
+from .cost import Estimate, Profile, estimate
 from .link import Link
 from .plan import Plan, PlanFormatError
 from .protocol import (
@@ -47,7 +47,7 @@ from .protocol import (
     TranscriptError,
     infer,
 )
-from .relu_count import relu_count, relu_report
+from .compiler import relu_count, relu_report
 from .selftest import run_selftest
 
 __version__: str = _core.__version__

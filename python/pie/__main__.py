@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="calibration images: .npz (N,C,H,W; floats in [0,1] or uint8) or a folder "
                     "of PNG/JPEG images (default: the checkpoint's sample, else random images)")
     pl.add_argument("--profile", type=Path, default=None, metavar="PROFILE.json",
-                    help="machine profile (pie.estimate.Profile) for predicted times")
+                    help="machine profile (pie.cost.Profile) for predicted times")
     pl.add_argument("--transport", choices=("memory", "tcp"), default="memory",
                     help="transport the times are predicted for (default memory)")
     pl.add_argument("--link", choices=list(PRESETS), default=None,
@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .calibration import CalibrationError, random_calibration
-    from .checkpoint import CheckpointError
+    from .models.checkpoint import CheckpointError
     from .compiler import CompileError
-    from .estimate import Profile, ProfileError, estimate, traffic
+    from .cost import Profile, ProfileError, estimate, traffic
     from .serve import load_model
 
     try:
@@ -119,7 +119,7 @@ def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                         f"{f' across {args.link}' if args.link else ''} with {args.profile}"))
     print(_traffic_table(plan, cost, with_times=profile is not None))
     if profile is None:
-        print("\npredicted times: need --profile (see pie.estimate.measure_profile)")
+        print("\npredicted times: need --profile (see pie.cost.measure_profile)")
     else:
         print(f"\npredicted: offline {cost.offline_seconds:.3f} s, online {cost.online_seconds:.3f} s "
               f"({cost.online_round_trips} online rounds, {cost.offline_round_trips} offline round trips, "

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import pie
-from pie.estimate import Profile, estimate
+from pie.cost import Profile, estimate
 from pie.link import PRESETS, Link, NetemUnavailableError, kernel_link_pair
 
 Pair = tuple[pie.Channel, pie.Channel]

@@ -139,7 +139,7 @@ def test_he_parts_pair_up_in_order() -> None:
     worker.join()
     with pytest.raises(RuntimeError, match="no step"):
         cli.receive()
-    from pie.reference import conv2d_ring, fc_ring, mask, prepare_weight
+    from pie.plan.reference import conv2d_ring, fc_ring, mask, prepare_weight
 
     want1 = conv2d_ring(x1[None], prepare_weight(w1), (1, 1), (1, 1), 1, 37)[0].reshape(-1)
     want2 = fc_ring(x2[None], prepare_weight(w2), 37)[0]

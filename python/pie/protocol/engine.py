@@ -56,7 +56,7 @@ from ..compiler import compile as compile_plan
 from ..crypto import secure_random
 from ..link import Link, resolve_link
 from ..plan import ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep
-from ..reference import conv2d_ring, fc_ring, mask, prepare_weight, reduce
+from ..plan.reference import conv2d_ring, fc_ring, mask, prepare_weight, reduce
 from . import schedule, wire
 from .report import Report, StepCost
 

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     if a.command == "criticality":
         from .. import models
-        from ..checkpoint import load_checkpoint
+        from ..models.checkpoint import load_checkpoint
         from .train import fit
 
         base = base_config(splits, a.base_alpha)

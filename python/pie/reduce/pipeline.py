@@ -34,10 +34,10 @@ import torch
 from torch import nn
 
 from .. import models
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models import ResNetConfig
 from ..models.resnet import _STAGE_STRIDES
-from ..relu_count import relu_count
+from ..compiler.relu_count import relu_count
 from .data import Splits
 from .train import TrainConfig, fit, pick_device
 
@@ -166,7 +166,7 @@ def candidates(
 def _relu_count(cfg: ResNetConfig, input_shape: tuple[int, int, int]) -> int:
     """The ReLUs of ``cfg`` on ``input_shape``, from its shapes alone (a search
     visits many configurations; building and tracing each would dominate).
-    Equal to :func:`pie.relu_count` of the built network (tested)."""
+    Equal to :func:`pie.compiler.relu_count` of the built network (tested)."""
 
     def down(n: int, stride: int) -> int:  # a 3x3 convolution with padding 1
         return (n - 1) // stride + 1
@@ -353,7 +353,7 @@ def _model_meta(splits: Splits) -> dict:
 
 def _calibration_sample(splits: Splits) -> torch.Tensor:
     """A few training images (uint8, exact) that a server compiles the model
-    with (:func:`pie.checkpoint.calibration_sample`)."""
+    with (:func:`pie.models.checkpoint.calibration_sample`)."""
     return splits.train.subset(CALIBRATION_IMAGES, seed=0).images
 
 

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import models
-from .calibration import CalibrationError, check_images
-from .models import ModelConfig, ResNetConfig
+from .. import models
+from ..calibration import CalibrationError, check_images
+from . import ModelConfig, ResNetConfig
 
 __all__ = [
     "CheckpointError",

@@ -1,7 +1,7 @@
 """The compiler: a float network to a fixed-point :class:`~pie.plan.Plan`.
 
 Pipeline: trace with ``torch.fx`` -> lower to linear steps and ReLUs (batch norm,
-residual adds, pooling and input normalisation folded; see :mod:`pie.lowering`)
+residual adds, pooling and input normalisation folded; see :mod:`pie.compiler.lowering`)
 -> fold the ReLU-free chain that ends at the output into one layer -> calibrate
 magnitudes on a batch -> search the precision -> assign scales, shifts and
 rings -> quantise.
@@ -26,7 +26,7 @@ Fixed-point policy (all of it public and recorded in ``plan.policy``):
   added to the preceding bias so the shift rounds to nearest.
 * **Folding.** Culled last stages, the pool and the classifier form a ReLU-free
   chain whose composition is one affine map; it is folded into one fully
-  connected layer, quantised once (:func:`pie.lowering.fold_linear_tail`),
+  connected layer, quantised once (:func:`pie.compiler.lowering.fold_linear_tail`),
   instead of multiplying the scales of every layer on the way.
 * Rings are worked out backwards. A tensor read by a garbled circuit (ReLU,
   truncation) or decoded as output needs ``bitlen(ceil(m * 2^frac)) + 1 +
@@ -79,7 +79,7 @@ from .lowering import (
     fold_linear_tail,
     lower,
 )
-from .plan import (
+from ..plan import (
     MAX_HE_RING_BITS,
     OUTPUT_REVEALS,
     ConvTerm,
@@ -107,7 +107,7 @@ _TRUNC_SUFFIX = ".trunc"
 
 # What each field of the public Plan (Plan.public_dict(): the client gets it,
 # and the digest covers it) tells about the server's model, beyond the
-# architecture. tests/python/test_compiler.py checks that every field a
+# architecture. tests/compiler/test_compiler.py checks that every field a
 # compiled Plan carries is listed here.
 REVEALED_FIELDS: dict[str, str] = {
     "input": "the input tensor's name",

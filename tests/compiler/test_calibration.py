@@ -12,7 +12,7 @@ from PIL import Image
 import pie
 import pie.models as models
 from pie.calibration import CalibrationError, load_calibration, random_calibration
-from pie.checkpoint import CheckpointError, calibration_sample, checkpoint_meta, save_checkpoint
+from pie.models.checkpoint import CheckpointError, calibration_sample, checkpoint_meta, save_checkpoint
 
 SHAPE = (3, 8, 8)
 

@@ -43,7 +43,7 @@ Time (a model, not a measurement): each phase is a sum of its steps.
   for the closing transcript check;
 * online: the server's ring arithmetic of every linear step
   (``h*limb MACs + i*limb elements + h'*limb weights + j`` per conv/fc term, float64 limbs as
-  :func:`pie.reference.conv2d_ring` computes them), per garbled step
+  :func:`pie.plan.reference.conv2d_ring` computes them), per garbled step
   ``k*AND + k'*other gates + m*labels + n`` (label selection, transfer,
   evaluation -- XOR gates are free of hashing but not of memory traffic, and
   truncation circuits have more of them per AND gate -- colour bits,
@@ -89,10 +89,10 @@ from typing import Any, Union
 
 import numpy as np
 
-from . import gc, he
-from .channel import Channel, TcpListener, memory_pair, tcp_connect
-from .link import Link, resolve_link
-from .plan import (
+from .. import gc, he
+from ..channel import Channel, TcpListener, memory_pair, tcp_connect
+from ..link import Link, resolve_link
+from ..plan import (
     ConvTerm,
     FCTerm,
     LinearStep,
@@ -101,8 +101,8 @@ from .plan import (
     ReluStep,
     TruncateStep,
 )
-from .protocol.schedule import he_sessions, offline_exchanges
-from .protocol.report import StepFigures
+from ..protocol.schedule import he_sessions, offline_exchanges
+from ..protocol.report import StepFigures
 
 __all__ = ["Estimate", "Profile", "ProfileError", "StepEstimate", "estimate", "measure_profile",
            "measure_speed_index", "traffic"]
@@ -124,7 +124,7 @@ HE_COUNT_BYTES = 8  # u64 ciphertext count, and u64 length before each ciphertex
 RESIDUE_BYTES = 8  # one RNS residue of a reply on the wire
 SHARE_BYTES = 8  # one uint64 share (masked input, output share)
 
-_FLOAT_EXACT_BITS = 53  # see pie.reference: float64 limbs stay exact below 2^53
+_FLOAT_EXACT_BITS = 53  # see pie.plan.reference: float64 limbs stay exact below 2^53
 
 
 class ProfileError(ValueError):
@@ -401,7 +401,7 @@ def estimate(plan: Plan, profile: Profile, transport: str = "memory",
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a pie.Plan, got {type(plan).__name__}")
     if not isinstance(profile, Profile):
-        raise TypeError(f"profile must be a pie.estimate.Profile, got {type(profile).__name__}")
+        raise TypeError(f"profile must be a pie.cost.Profile, got {type(profile).__name__}")
     if transport not in ("memory", "tcp"):
         raise ValueError(f"transport must be 'memory' or 'tcp', got {transport!r}")
     return _estimate(plan, profile, transport, _session_frames(), resolve_link(link))
@@ -652,7 +652,7 @@ def _gc_step_bytes(n: int, l_in: int, l_out: int, gates: int, first: bool,
 
 def _limb_work(plan: Plan, term: ConvTerm | FCTerm, bits: int, weight_bits: int) -> tuple[int, int, int]:
     """(limb MACs, limb elements in + out, limb weights) of the server's exact
-    float64 arithmetic for one term (pie.reference: limbs of b bits with
+    float64 arithmetic for one term (pie.plan.reference: limbs of b bits with
     ``max_row_L1 * 2^b <= 2^53``; the server's share is uniform, so its
     magnitude needs ``bits - 1`` bits)."""
     src = plan.tensors[term.input]
@@ -736,7 +736,7 @@ def _session_frames() -> dict[str, int]:
         RuntimeError: the engine's traffic differs from the model at a step
             that cannot carry a session frame (the model is out of date).
     """
-    from .protocol import infer
+    from ..protocol import infer
 
     up, down = _base_ot_bytes()
     frames = {"setup": 0, "input": 0, "base_ot_c2s": up, "base_ot_s2c": down}
@@ -764,7 +764,7 @@ def _tiny_plan() -> Plan:
     import torch
     from torch import nn
 
-    from .compiler import compile as compile_plan
+    from ..compiler import compile as compile_plan
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
@@ -877,7 +877,7 @@ def measure_speed_index(threads: int = 0, repeat: int = 3) -> float:
     8192 ReLUs at l = 37, one HE convolution (32 channels, 16x16, both parties)
     and one exact ring convolution -- a quick gauge (about a second) of how
     fast the machine runs right now, for :meth:`Profile.scaled`."""
-    from .reference import conv2d_ring
+    from ..plan.reference import conv2d_ring
 
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
@@ -1082,7 +1082,7 @@ def _he_timings(bits: int, jobs: list[tuple[Any, ...]],
 
 
 def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float]:
-    from .reference import conv2d_ring, fc_ring, prepare_weight
+    from ..plan.reference import conv2d_ring, fc_ring, prepare_weight
 
     rng = np.random.default_rng(2)
     rows, times = [], []
@@ -1189,6 +1189,6 @@ def _cpu_name() -> str:
 
 
 def _aes_backend() -> str:
-    from .crypto import default_aes_backend
+    from ..crypto import default_aes_backend
 
     return str(default_aes_backend())

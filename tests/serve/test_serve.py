@@ -16,7 +16,7 @@ import numpy as np
 import pie
 import pytest
 import torch
-from pie import serve
+from pie.serve import cli as serve
 from pie.models import ResNetConfig, from_config
 from pie.protocol import engine, schedule, wire
 from pie.protocol.limits import MaterialEstimate

@@ -14,7 +14,7 @@ from torch import nn
 
 import pie
 from pie import gc
-from pie.estimate import Estimate, Profile, ProfileError, estimate, measure_profile
+from pie.cost import Estimate, Profile, ProfileError, estimate, measure_profile
 from pie.models import ResNet, ResNetConfig
 from pie.plan import ReluStep, TruncateStep
 

@@ -9,7 +9,7 @@ from torch import nn
 import pie.models as models
 from pie.compiler import CompileError, Tolerance, UnsupportedOpError, compile
 from pie.plan import LinearStep, ReluStep, TruncateStep
-from pie.relu_count import relu_report
+from pie.compiler import relu_report
 
 from netutil import CIFAR_NORM, float_logits, random_images, randomize
 from tinynet import tiny
@@ -107,8 +107,8 @@ def test_residual_stream_scale_does_not_grow():
 
 
 def test_culled_tail_is_folded_into_one_exact_layer():
-    from pie.lowering import fold_linear_tail, lower
-    from pie.tracing import trace
+    from pie.compiler.lowering import fold_linear_tail, lower
+    from pie.compiler.tracing import trace
 
     net, plan = compiled("DRD_C100_12K")
     # Stage 4 (culled), the pool and the classifier became one fc over stage 3's output.
@@ -271,7 +271,7 @@ def test_short_overflows_lower_frac_w_instead_of_failing(monkeypatch):
     plan = compile(net, (3, 8, 8), max_ring_bits=34, search_budget=0)
     assert all(plan.tensors[s.input].ring_bits <= 34 for s in plan.steps
                if isinstance(s, ReluStep))
-    import pie.compiler as compiler_module
+    import pie.compiler.driver as compiler_module
 
     monkeypatch.setattr(compiler_module, "_MAX_LOWERING_NEED", 0)
     with pytest.raises(CompileError, match="max_ring_bits=34"):

@@ -21,7 +21,7 @@ import numpy as np
 import pie
 import pytest
 import torch
-from pie import serve
+from pie.serve import cli as serve
 from pie.__main__ import main as pie_main
 from PIL import Image
 from serverutil import serving

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pie.__main__ import main
-from pie.estimate import Profile
+from pie.cost import Profile
 
 DEMO = Path(str(resources.files("pie") / "data" / "demo_model.pt"))
 

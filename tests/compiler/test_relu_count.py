@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pie.models as models
-from pie.relu_count import relu_count, relu_report
+from pie.compiler import relu_count, relu_report
 
 # ReLU counts of the released DeepReDuce configurations (REFERENCE.md).
 EXPECTED = {

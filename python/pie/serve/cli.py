@@ -35,9 +35,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import checkpoint, compiler
-from .calibration import CalibrationError, check_images, load_calibration
-from .channel import (
+from ..models import checkpoint
+from .. import compiler
+from ..calibration import CalibrationError, check_images, load_calibration
+from ..channel import (
     Channel,
     ChannelError,
     ChannelTimeoutError,
@@ -49,13 +50,13 @@ from .channel import (
     tcp_connect,
     tls_connect,
 )
-from .link import PRESETS
-from .plan import OUTPUT_REVEALS, Plan
-from .protocol import Client, Server, infer, wire
-from .protocol.engine import ClientSession, ServerSession
-from .protocol.limits import Admission, Limits, MaterialEstimate, SessionBudget
-from .protocol.report import Report, format_size
-from .reduce.data import CIFAR100_STATS, TINY_IMAGENET_STATS
+from ..link import PRESETS
+from ..plan import OUTPUT_REVEALS, Plan
+from ..protocol import Client, Server, infer, wire
+from ..protocol.engine import ClientSession, ServerSession
+from ..protocol.limits import Admission, Limits, MaterialEstimate, SessionBudget
+from ..protocol.report import Report, format_size
+from ..reduce.data import CIFAR100_STATS, TINY_IMAGENET_STATS
 
 __all__ = [
     "Limits",
@@ -98,7 +99,7 @@ def load_model(model: str | Path, arch: str | None = None,
 
     Calibration images, in this order: ``calibration`` (an array (N, C, H, W)
     in [0, 1], or a file / folder for :func:`pie.calibration.load_calibration`),
-    the sample the checkpoint stores (:func:`pie.checkpoint.calibration_sample`),
+    the sample the checkpoint stores (:func:`pie.models.checkpoint.calibration_sample`),
     else :func:`pie.compile`'s random images. ``output`` is what clients learn:
     ``"logits"`` or ``"label"`` (the top-1 class only; see :func:`pie.compile`).
 
@@ -854,6 +855,3 @@ def _answer(session: ClientSession, plan: Plan, paths: list[Path], images: list[
     if many and not args.json:
         print(f"{len(images)} images in {time.perf_counter() - started:.2f} s on one connection")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

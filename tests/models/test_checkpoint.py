@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import pie.models as models
-from pie.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pie.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 from netutil import randomize
 
@@ -96,7 +96,7 @@ def test_malformed_files(tmp_path, net):
 
 
 def test_meta_round_trip(tmp_path, net):
-    from pie.checkpoint import checkpoint_meta
+    from pie.models.checkpoint import checkpoint_meta
 
     meta = {"input_norm": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}, "classes": ["a", "b"]}
     save_checkpoint(net, tmp_path / "m.pt", meta=meta)

@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pie.reference import conv2d_ring, fc_ring, relu_shift, to_signed, truncate_shift
+from pie.plan.reference import conv2d_ring, fc_ring, relu_shift, to_signed, truncate_shift
 
 BITS = st.integers(min_value=1, max_value=64)
 
