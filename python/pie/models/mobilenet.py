@@ -15,11 +15,13 @@ five stages by resolution so that DeepReDuce's knobs apply as for ResNets:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+from .knobs import KnobConfig
 
 __all__ = ["DepthwiseSeparable", "MobileNetV1", "MobileNetConfig"]
 
@@ -28,7 +30,7 @@ _STAGES = ((64, 1, 1), (128, 2, 2), (256, 2, 2), (512, 2, 6), (1024, 2, 2))
 
 
 @dataclass(frozen=True)
-class MobileNetConfig:
+class MobileNetConfig(KnobConfig):
     """Architecture of a CIFAR MobileNetV1 with ReLU-reduction knobs."""
 
     alpha: float = 1.0
@@ -39,36 +41,10 @@ class MobileNetConfig:
     num_classes: int = 100
     input_size: int = 32
     family: str = field(default="mobilenetv1", init=False)
+    label: ClassVar[str] = "MobileNetV1"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "culled", tuple(bool(c) for c in self.culled))
-        object.__setattr__(self, "thinned", tuple(bool(t) for t in self.thinned))
-        object.__setattr__(self, "alpha", float(self.alpha))
-        object.__setattr__(self, "rho", float(self.rho))
-        if len(self.culled) != len(_STAGES):
-            raise ValueError(f"culled must have {len(_STAGES)} entries, got {self.culled}")
-        if len(self.thinned) != 2:
-            raise ValueError(f"thinned must be (top, bottom), got {self.thinned}")
-        if not self.alpha > 0 or int(32 * self.alpha) < 1:
-            raise ValueError(f"alpha must give at least one stem channel, got {self.alpha}")
-        if not 0 < self.rho <= 1:
-            raise ValueError(f"rho must be in (0, 1], got {self.rho}")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {self.num_classes}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["culled"] = list(self.culled)
-        d["thinned"] = list(self.thinned)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MobileNetConfig:
-        d = dict(d)
-        family = d.pop("family", "mobilenetv1")
-        if family != "mobilenetv1":
-            raise ValueError(f"not a MobileNetV1 configuration (family {family!r})")
-        return cls(**d)
+        self._check_knobs(stages=len(_STAGES), stem=32)
 
 
 class DepthwiseSeparable(nn.Module):

@@ -20,11 +20,13 @@ ReLU reduction knobs:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+from .knobs import KnobConfig
 
 __all__ = ["BasicBlock", "ResNet", "ResNetConfig"]
 
@@ -33,7 +35,7 @@ _STAGE_STRIDES = (1, 2, 2, 2)
 
 
 @dataclass(frozen=True)
-class ResNetConfig:
+class ResNetConfig(KnobConfig):
     """Architecture of a DeepReDuce-style ResNet.
 
     Attributes:
@@ -57,25 +59,13 @@ class ResNetConfig:
     num_classes: int = 100
     input_size: int = 32
     family: str = field(default="resnet", init=False)
+    label: ClassVar[str] = "ResNet"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
-        object.__setattr__(self, "culled", tuple(bool(c) for c in self.culled))
-        object.__setattr__(self, "thinned", tuple(bool(t) for t in self.thinned))
-        object.__setattr__(self, "alpha", float(self.alpha))
-        object.__setattr__(self, "rho", float(self.rho))
         if len(self.blocks) != 4 or any(b < 1 for b in self.blocks):
             raise ValueError(f"blocks must be four positive counts, got {self.blocks}")
-        if len(self.culled) != 4:
-            raise ValueError(f"culled must have four entries, got {self.culled}")
-        if len(self.thinned) != 2:
-            raise ValueError(f"thinned must be (top, bottom), got {self.thinned}")
-        if not self.alpha > 0 or int(64 * self.alpha) < 1:
-            raise ValueError(f"alpha must give at least one stem channel, got {self.alpha}")
-        if not 0 < self.rho <= 1:
-            raise ValueError(f"rho must be in (0, 1], got {self.rho}")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {self.num_classes}")
+        self._check_knobs(stages=4, stem=64)
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -89,22 +79,6 @@ class ResNetConfig:
     @property
     def stem_stride(self) -> int:
         return int(1 // self.rho)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (JSON-compatible, loadable with ``weights_only``)."""
-        d = asdict(self)
-        d["blocks"] = list(self.blocks)
-        d["culled"] = list(self.culled)
-        d["thinned"] = list(self.thinned)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ResNetConfig:
-        d = dict(d)
-        family = d.pop("family", "resnet")
-        if family != "resnet":
-            raise ValueError(f"not a ResNet configuration (family {family!r})")
-        return cls(**d)
 
 
 class BasicBlock(nn.Module):
