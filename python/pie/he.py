@@ -75,15 +75,32 @@ def _as_weight(w: npt.ArrayLike, ndim: int) -> npt.NDArray[np.int64]:
 
 
 def _conv_shape(
-    x: npt.NDArray[np.uint64], w: npt.NDArray[np.int64], stride: int, padding: int, groups: int
+    in_shape: tuple[int, ...], weight_shape: tuple[int, ...], stride: int, padding: int, groups: int
 ) -> list[int]:
-    c, h, wd = x.shape
-    o, cg, kh, kw = w.shape
+    """The native layer shape of a convolution, from the (public) input and weight shapes."""
+    c, h, wd = in_shape
+    o, cg, kh, kw = weight_shape
     if groups < 1 or c % groups or o % groups:
         raise ValueError(f"groups={groups} must divide the {c} input and {o} output channels")
     if cg * groups != c:
         raise ValueError(f"weight has {cg} input channels per group; the share has {c} channels and groups={groups}")
     return [c, h, wd, o, kh, kw, stride, padding, groups]
+
+
+def _fc_shape(in_features: int, out_features: int) -> list[int]:
+    """The native layer shape of a fully connected step (a 1x1 convolution)."""
+    return [in_features, 1, 1, out_features, 1, 1, 1, 0, 1]
+
+
+def _conv_inputs(
+    client_share: npt.ArrayLike, weight: npt.ArrayLike, stride: int, padding: int, groups: int,
+    ring_bits: int,
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64], list[int]]:
+    """Both parties' checked inputs of a one-process convolution and its native shape."""
+    _check_ring(ring_bits)
+    x = _as_share(client_share, 3, ring_bits)
+    w = _as_weight(weight, 4)
+    return x, w, _conv_shape(x.shape, w.shape, stride, padding, groups)
 
 
 def secure_conv2d(
@@ -112,10 +129,7 @@ def secure_conv2d(
         ValueError: on shape mismatches, ``ring_bits`` out of range, values out
             of range, or weights whose L1 norm overflows the noise budget.
     """
-    _check_ring(ring_bits)
-    x = _as_share(client_share, 3, ring_bits)
-    w = _as_weight(weight, 4)
-    shape = _conv_shape(x, w, stride, padding, groups)
+    x, w, shape = _conv_inputs(client_share, weight, stride, padding, groups, ring_bits)
     out, mask, stats = core.secure_linear(x, w, shape, ring_bits)
     o, ho, wo = _out_dims(shape)
     return out.reshape(o, ho, wo), mask.reshape(o, ho, wo), dict(stats)
@@ -149,7 +163,7 @@ def secure_matmul(
     if w.shape[1] != x.shape[0]:
         raise ValueError(f"weight has {w.shape[1]} columns but client_share has {x.shape[0]} values")
     m, k = w.shape
-    out, mask, stats = core.secure_linear(x, w, [k, 1, 1, m, 1, 1, 1, 0, 1], ring_bits)
+    out, mask, stats = core.secure_linear(x, w, _fc_shape(k, m), ring_bits)
     return out, mask, dict(stats)
 
 
@@ -187,12 +201,11 @@ class LinearClient:
     def _conv_request(self, client_share: npt.ArrayLike, weight_shape: tuple[int, int, int, int],
                       stride: int, padding: int, groups: int) -> tuple[np.ndarray, list[int]]:
         x = _as_share(client_share, 3, self.ring_bits)
-        w = np.empty(weight_shape, dtype=np.int64)  # only the (public) shape is used
-        return x, _conv_shape(x, w, stride, padding, groups)
+        return x, _conv_shape(x.shape, weight_shape, stride, padding, groups)
 
     def _fc_request(self, client_share: npt.ArrayLike, out_features: int) -> tuple[np.ndarray, list[int]]:
         x = _as_share(client_share, 1, self.ring_bits)
-        return x, [x.shape[0], 1, 1, out_features, 1, 1, 1, 0, 1]
+        return x, _fc_shape(x.shape[0], out_features)
 
     def send_conv2d(
         self,
@@ -243,15 +256,14 @@ class LinearServer:
     ) -> npt.NDArray[np.uint64]:
         """One convolution step on an input of (public) shape (C, H, W): returns ``s``."""
         w = _as_weight(weight, 4)
-        x = np.empty(in_shape, dtype=np.uint64)  # only the (public) shape is used
-        shape = _conv_shape(x, w, stride, padding, groups)
+        shape = _conv_shape(in_shape, w.shape, stride, padding, groups)
         return np.asarray(self._party.run(w, shape)).reshape(_out_dims(shape))
 
     def matmul(self, weight: npt.ArrayLike) -> npt.NDArray[np.uint64]:
         """One fully connected step with weights of shape (M, K): returns ``s`` of shape (M,)."""
         w = _as_weight(weight, 2)
         m, k = w.shape
-        return np.asarray(self._party.run(w, [k, 1, 1, m, 1, 1, 1, 0, 1]))
+        return np.asarray(self._party.run(w, _fc_shape(k, m)))
 
     def receive_conv2d(
         self,
@@ -263,14 +275,12 @@ class LinearServer:
     ) -> core.HeLinearInputs:
         """First half of :meth:`conv2d`: receive the step's input ciphertexts,
         held as received until :meth:`reply`."""
-        x = np.empty(in_shape, dtype=np.uint64)
-        w = np.empty(weight_shape, dtype=np.int64)  # only the (public) shapes are used
-        return self._party.receive(_conv_shape(x, w, stride, padding, groups))
+        return self._party.receive(_conv_shape(in_shape, weight_shape, stride, padding, groups))
 
     def receive_matmul(self, weight_shape: tuple[int, int]) -> core.HeLinearInputs:
         """First half of :meth:`matmul` (see :meth:`receive_conv2d`)."""
         m, k = weight_shape
-        return self._party.receive([k, 1, 1, m, 1, 1, 1, 0, 1])
+        return self._party.receive(_fc_shape(k, m))
 
     def reply(self, inputs: core.HeLinearInputs, weight: npt.ArrayLike) -> npt.NDArray[np.uint64]:
         """Second half: compute and send the replies to ``inputs``; returns the
@@ -318,10 +328,7 @@ def inspect_linear(
     flooding, to hold against ``noise_bound_log2``, the bound B the flood is
     sized for), ``product_c1_over_a_log2`` / ``reply_c1_over_a_log2`` and, of
     ``trials`` fresh replies, ``failures``."""
-    _check_ring(ring_bits)
-    x = _as_share(client_share, 3, ring_bits)
-    w = _as_weight(weight, 4)
-    shape = _conv_shape(x, w, stride, padding, groups)
+    x, w, shape = _conv_inputs(client_share, weight, stride, padding, groups, ring_bits)
     return dict(core.inspect_linear(x, w, shape, ring_bits, trials, max_revealed))
 
 
