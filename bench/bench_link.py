@@ -24,7 +24,6 @@ cannot be used (not root, no iproute2).
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -33,6 +32,7 @@ import pie
 from pie.link import Link, NetemUnavailableError, kernel_link_pair
 
 from bench_network import INPUTS, SHAPE, _networks, compiled
+from benchnets import infer_over, tcp_inference
 
 AGREEMENT = 0.15  # target: emulator and kernel online times within 15%
 
@@ -42,43 +42,19 @@ def _links() -> list[str]:
     return [n for n in names if Link.preset(n).emulated]
 
 
-def _infer(plan: pie.Plan, ends: tuple[pie.Channel, pie.Channel], x: np.ndarray) -> pie.Report:
-    server_end, client_end = ends
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            pie.Server(plan).serve(server_end)
-        except BaseException as exc:  # re-raised below
-            errors.append(exc)
-
-    worker = threading.Thread(target=serve)
-    worker.start()
-    try:
-        logits, report = pie.Client(plan.public()).infer(client_end, x)
-    finally:
-        worker.join()
-    if errors:
-        raise errors[0]
+def _checked(plan: pie.Plan, x: np.ndarray, result: tuple[np.ndarray, pie.Report]) -> pie.Report:
+    logits, report = result
     assert np.array_equal(logits, plan.run_reference(x))
     return report
 
 
 def _emulated(plan: pie.Plan, link: Link, x: np.ndarray) -> pie.Report:
-    with pie.TcpListener("127.0.0.1", 0) as listener:
-        client = pie.tcp_connect("127.0.0.1", listener.port)
-        server = listener.accept(timeout=10)
-    ends = (link.wrap(server, "server"), link.wrap(client, "client"))
-    try:
-        return _infer(plan, ends, x)
-    finally:
-        for ch in ends:
-            ch.close()
+    return _checked(plan, x, tcp_inference(plan, x, link))
 
 
 def _kernel(plan: pie.Plan, link: Link, qdisc: str, x: np.ndarray) -> pie.Report:
-    with kernel_link_pair(link, qdisc) as ends:
-        return _infer(plan, ends, x)
+    with kernel_link_pair(link, qdisc) as (server_end, client_end):
+        return _checked(plan, x, infer_over(plan, server_end, client_end, x))
 
 
 def _median(reports: list[pie.Report], key: str) -> float:

@@ -1,5 +1,6 @@
 """Helpers the network benchmarks share: random batch-norm statistics for
-untrained networks, and one inference over TCP, optionally across an emulated link."""
+untrained networks, and one inference across two channel ends (over TCP,
+optionally across an emulated link)."""
 
 from __future__ import annotations
 
@@ -22,32 +23,42 @@ def random_bn(net: torch.nn.Module, seed: int) -> torch.nn.Module:
     return net.eval()
 
 
-def tcp_inference(plan: pie.Plan, x: np.ndarray, link: pie.Link | None = None,
-                  host: str = "127.0.0.1") -> tuple[np.ndarray, pie.Report]:
-    """One private inference of ``x`` with the server in a thread over loopback
-    TCP (or TCP to ``host``, an address of this machine), both ends wrapped in
-    ``link`` when one is given."""
+def infer_over(plan: pie.Plan, server_end: pie.Channel, client_end: pie.Channel,
+               x: np.ndarray) -> tuple[np.ndarray, pie.Report]:
+    """One private inference of ``x`` across two connected channel ends, the
+    server in a thread; the server's failure is raised here."""
     server = pie.Server(plan)
     errors: list[BaseException] = []
-    with pie.TcpListener(host, 0) as listener:
 
-        def serve() -> None:
-            try:
-                ch = listener.accept(timeout=60)
-                server.serve(link.wrap(ch, "server") if link is not None else ch)
-            except BaseException as exc:  # re-raised below
-                errors.append(exc)
-
-        worker = threading.Thread(target=serve)
-        worker.start()
+    def serve() -> None:
         try:
-            ch = pie.tcp_connect(host, listener.port)
-            with link.wrap(ch, "client") if link is not None else ch as client_end:
-                logits, report = pie.Client(server.public_plan()).infer(client_end, x)
-        finally:
-            worker.join()
+            server.serve(server_end)
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    try:
+        logits, report = pie.Client(server.public_plan()).infer(client_end, x)
+    finally:
+        worker.join()
     if errors:
         raise errors[0]
+    return logits, report
+
+
+def tcp_inference(plan: pie.Plan, x: np.ndarray, link: pie.Link | None = None,
+                  host: str = "127.0.0.1") -> tuple[np.ndarray, pie.Report]:
+    """One private inference of ``x`` (:func:`infer_over`) over loopback TCP (or
+    TCP to ``host``, an address of this machine), both ends wrapped in ``link``
+    when one is given."""
+    with pie.TcpListener(host, 0) as listener:
+        client_end = pie.tcp_connect(host, listener.port)
+        server_end = listener.accept(timeout=60)
+    if link is not None:
+        server_end, client_end = link.wrap(server_end, "server"), link.wrap(client_end, "client")
+    with server_end, client_end:
+        logits, report = infer_over(plan, server_end, client_end, x)
     report.transport = "tcp"
     if link is not None and link.emulated:
         report.link = link.describe()

@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 import pie
 import pytest
-from chanutil import Pair, Runner
+from chanutil import SIZES_AB, SIZES_BA, Pair, Runner, exchange, large_message_intact, peer_closed_mid_message
 from hypothesis import given
 from hypothesis import strategies as st
-from pie import crypto
 
 
 def test_exact_counters_both_directions(pair: Pair) -> None:
     a, b = pair
-    sizes_ab, sizes_ba = [0, 1, 15, 4096, 3 << 20, 7], [5, 1 << 21, 0, 33]
-    payload_ab = [crypto.secure_random(n) for n in sizes_ab]
-    payload_ba = [crypto.secure_random(n) for n in sizes_ba]
-
-    def side_b() -> list[bytes]:
-        got = [b.recv(n) for n in sizes_ab]
-        for p in payload_ba:
-            b.send(p)
-        b.flush()
-        return got
-
-    peer = Runner(side_b)
-    for p in payload_ab:
-        a.send(p)
-    a.flush()
-    got_ba = [a.recv(n) for n in sizes_ba]
-    assert peer.join() == payload_ab
-    assert got_ba == payload_ba
-    assert a.bytes_sent == b.bytes_received == sum(sizes_ab)
-    assert b.bytes_sent == a.bytes_received == sum(sizes_ba)
+    exchange(a, b)
+    assert a.bytes_sent == b.bytes_received == sum(SIZES_AB)
+    assert b.bytes_sent == a.bytes_received == sum(SIZES_BA)
 
 
 @given(chunks=st.lists(st.integers(0, 5000), max_size=20))
@@ -66,11 +47,7 @@ def test_flush_counts_only_nonempty_pushes() -> None:
 def test_100_mib_message_intact(pair: Pair) -> None:
     a, b = pair
     n = 100 << 20
-    payload = crypto.Prg(crypto.secure_random(16)).random_bytes(n)
-    peer = Runner(lambda: hashlib.sha256(b.recv(n)).digest())
-    a.send(payload)
-    a.flush()
-    assert peer.join() == hashlib.sha256(payload).digest()
+    large_message_intact(a, b, n)
     assert a.bytes_sent == b.bytes_received == n
 
 
@@ -89,11 +66,7 @@ def test_recv_into_numpy_buffer(pair: Pair) -> None:
 
 def test_peer_closing_mid_message_raises(pair: Pair) -> None:
     a, b = pair
-    a.send(b"x" * 1000)
-    a.flush()
-    a.close()
-    with pytest.raises(pie.PeerClosedError, match="1000 of 2000"):
-        b.recv(2000)
+    peer_closed_mid_message(a, b)
 
 
 def test_peer_closing_while_reader_waits(pair: Pair) -> None:

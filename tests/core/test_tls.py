@@ -8,7 +8,6 @@ what is valid does not share code with pie's OpenSSL calls.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import socket
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pie
 import pytest
-from chanutil import Runner
+from chanutil import SIZES_AB, SIZES_BA, Pair, Runner, exchange, large_message_intact, peer_closed_mid_message
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,7 +26,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pie import crypto
 
-Pair = tuple[pie.Channel, pie.Channel]
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
 
@@ -187,28 +185,11 @@ def pair(pki: Pki) -> Iterator[Pair]:
 @pytest.mark.parametrize("mutual", [False, True], ids=["server-auth", "mutual-auth"])
 def test_round_trip_counters_and_transcripts(pki: Pki, mutual: bool) -> None:
     a, b = tls_pair(pki, client_ca=mutual)
-    sizes_ab, sizes_ba = [0, 1, 15, 4096, 3 << 20, 7], [5, 1 << 21, 0, 33]
-    payload_ab = [crypto.secure_random(n) for n in sizes_ab]
-    payload_ba = [crypto.secure_random(n) for n in sizes_ba]
-
-    def side_b() -> list[bytes]:
-        got = [b.recv(n) for n in sizes_ab]
-        for p in payload_ba:
-            b.send(p)
-        b.send_frame(5, b"done")
-        return got
-
-    peer = Runner(side_b)
-    for p in payload_ab:
-        a.send(p)
-    a.flush()
-    got_ba = [a.recv(n) for n in sizes_ba]
+    payload_ab, _ = exchange(a, b, end=lambda ch: ch.send_frame(5, b"done"))
     assert a.recv_frame(5, max_bytes=4) == b"done"
-    assert peer.join() == payload_ab
-    assert got_ba == payload_ba
     # Counters and transcripts see the application stream, not TLS records.
-    assert a.bytes_sent == b.bytes_received == sum(sizes_ab)
-    assert b.bytes_sent == a.bytes_received == sum(sizes_ba) + 12 + 4
+    assert a.bytes_sent == b.bytes_received == sum(SIZES_AB)
+    assert b.bytes_sent == a.bytes_received == sum(SIZES_BA) + 12 + 4
     stream_ab = b"".join(payload_ab)
     gmac = AESGCM(b"pie transcript 1").encrypt(b"pie gmac iv1", b"", stream_ab)
     assert a.transcript()[0] == b.transcript()[1] == gmac
@@ -241,12 +222,7 @@ def test_an_emulated_link_over_tls_keeps_the_stream_and_counters(pki: Pki) -> No
 
 def test_64_mib_message_intact(pair: Pair) -> None:
     a, b = pair
-    n = 64 << 20
-    payload = crypto.Prg(crypto.secure_random(16)).random_bytes(n)
-    peer = Runner(lambda: hashlib.sha256(b.recv(n)).digest())
-    a.send(payload)
-    a.flush()
-    assert peer.join() == hashlib.sha256(payload).digest()
+    large_message_intact(a, b, 64 << 20)
     assert a.transcript()[0] == b.transcript()[1]
 
 
@@ -271,11 +247,7 @@ def test_localhost_name_and_explicit_server_name(pki: Pki) -> None:
 
 def test_orderly_close_and_peer_closed(pair: Pair) -> None:
     a, b = pair
-    a.send(b"x" * 1000)
-    a.flush()
-    a.close()
-    with pytest.raises(pie.PeerClosedError, match="1000 of 2000"):
-        b.recv(2000)
+    peer_closed_mid_message(a, b)
 
 
 def test_recv_deadline(pair: Pair) -> None:

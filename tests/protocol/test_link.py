@@ -19,18 +19,11 @@ import pie
 from pie.cost import Profile, estimate
 from pie.link import PRESETS, Link, NetemUnavailableError, kernel_link_pair
 
-Pair = tuple[pie.Channel, pie.Channel]
-
-
-def _tcp_pair() -> Pair:
-    with pie.TcpListener("127.0.0.1", 0) as listener:
-        client = pie.tcp_connect("127.0.0.1", listener.port, timeout=5.0)
-        server = listener.accept(timeout=5.0)
-    return server, client
+from chanutil import Pair, Runner, tcp_pair
 
 
 def _wrapped(make: Callable[[], Pair], link: Link) -> Pair:
-    server, client = make()
+    client, server = make()
     return link.wrap(server, "server"), link.wrap(client, "client")
 
 
@@ -115,7 +108,7 @@ def test_wrap_checks_the_side_and_loopback_adds_nothing() -> None:
 # ---------------------------------------------------------- channel decorator
 
 
-@pytest.mark.parametrize("make", [pie.memory_pair, _tcp_pair], ids=["memory", "tcp"])
+@pytest.mark.parametrize("make", [pie.memory_pair, tcp_pair], ids=["memory", "tcp"])
 def test_counters_and_transcripts_are_those_of_the_wrapped_channel(make: Callable[[], Pair]) -> None:
     plain = make()
     _exchange(*plain)
@@ -249,23 +242,11 @@ def test_estimate_adds_the_link_s_delays_and_serialisation(plan: pie.Plan) -> No
 
 def _run_over(plan: pie.Plan, server_end: pie.Channel, client_end: pie.Channel,
               x: np.ndarray) -> tuple[np.ndarray, pie.Report]:
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            pie.Server(plan).serve(server_end)
-        except BaseException as exc:  # re-raised below
-            errors.append(exc)
-
-    worker = threading.Thread(target=serve)
-    worker.start()
+    server = Runner(lambda: pie.Server(plan).serve(server_end))
     try:
-        result = pie.Client(plan.public()).infer(client_end, x)
+        return pie.Client(plan.public()).infer(client_end, x)
     finally:
-        worker.join()
-    if errors:
-        raise errors[0]
-    return result
+        server.join()
 
 
 @pytest.mark.parametrize("qdisc", ["netem", "tbf"])
@@ -282,7 +263,7 @@ def test_kernel_link_matches_the_emulator(plan: pie.Plan, qdisc: str) -> None:
     except NetemUnavailableError as exc:
         pytest.skip(f"kernel {qdisc} unavailable here: {exc}")
     assert np.array_equal(logits, plan.run_reference(x))
-    server_end, client_end = _wrapped(_tcp_pair, link)
+    server_end, client_end = _wrapped(tcp_pair, link)
     with server_end, client_end:
         _, emulated = _run_over(plan, server_end, client_end, x)
     assert (kernel.online_bytes, kernel.offline_bytes) == (emulated.online_bytes, emulated.offline_bytes)
