@@ -14,11 +14,16 @@ _C = TypeVar("_C", bound="KnobConfig")
 class KnobConfig:
     """Base of the frozen configuration dataclasses (``ResNetConfig``, ...).
 
-    A subclass declares the fields ``alpha``, ``rho``, ``culled``, ``thinned``,
-    ``num_classes`` and ``family`` (a non-init field whose default names the
-    family), and sets ``label`` to the family's name in messages.
+    A subclass declares these fields (``family`` a non-init one whose default
+    names the family) and sets ``label``, the family's name in messages.
     """
 
+    alpha: float
+    rho: float
+    culled: tuple[bool, ...]
+    thinned: tuple[bool, ...]
+    num_classes: int
+    family: str
     label: ClassVar[str]
 
     def _check_knobs(self, stages: int, stem: int) -> None:
@@ -52,7 +57,7 @@ class KnobConfig:
     def from_dict(cls: type[_C], d: dict[str, Any]) -> _C:
         """The configuration that :meth:`to_dict` wrote (``family`` must match)."""
         d = dict(d)
-        family = d.pop("family", cls.family)  # type: ignore[attr-defined]
-        if family != cls.family:  # type: ignore[attr-defined]
+        family = d.pop("family", cls.family)
+        if family != cls.family:
             raise ValueError(f"not a {cls.label} configuration (family {family!r})")
-        return cls(**d)
+        return cls(**d)  # type: ignore[call-arg]
