@@ -32,7 +32,8 @@ def test_stub_matches_extension() -> None:
         if isinstance(t, ast.Name)
     }
     public = {n for n in dir(_core) if not n.startswith("_")} | {"__version__"}
-    assert stubbed == public
+    # Private names are the stub's own typing helpers (e.g. a shared base), not native ones.
+    assert {n for n in stubbed if not n.startswith("_") or n == "__version__"} == public
 
 
 def test_all_is_complete() -> None:

@@ -264,7 +264,8 @@ class GcReluClientMaterial:
     @property
     def table_bytes(self) -> int: ...
 
-class GcReluServer:
+class _GcReluParty:
+    # Stub-only: both parties of a ReLU/truncation session take the same arguments.
     def __init__(
         self,
         channel: Channel,
@@ -275,6 +276,8 @@ class GcReluServer:
         block: int = 0,
         truncate: bool = False,
     ) -> None: ...
+
+class GcReluServer(_GcReluParty):
     @property
     def num_and(self) -> int: ...
     @property
@@ -291,17 +294,7 @@ class GcReluServer:
     ) -> None: ...
     def finish(self, material: GcReluServerMaterial) -> NDArray[np.uint64]: ...
 
-class GcReluClient:
-    def __init__(
-        self,
-        channel: Channel,
-        l_in: int,
-        l_out: int,
-        shift: int,
-        threads: int = 0,
-        block: int = 0,
-        truncate: bool = False,
-    ) -> None: ...
+class GcReluClient(_GcReluParty):
     def offline(
         self, client_share: NDArray[np.uint64], client_mask: NDArray[np.uint64]
     ) -> GcReluClientMaterial: ...
