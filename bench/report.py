@@ -77,7 +77,7 @@ def _load_snapshot() -> dict[str, Any]:
 
 def _machine() -> dict[str, Any]:
     import pie
-    from pie.cost.estimate import _cpu_name
+    from pie.cost.measure import _cpu_name
 
     return {
         "processor": _cpu_name(),

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["Report", "StepCost", "StepFigures", "format_size"]
+from ..tables import Column, format_table
+
+__all__ = ["InferenceTotals", "Report", "StepCost", "StepFigures", "format_size"]
 
 
 @dataclass
@@ -60,8 +63,61 @@ class StepCost(StepFigures):
     online_rounds: int = 0
 
 
+class InferenceTotals:
+    """Totals of one inference over its per-step figures, measured
+    (:class:`Report`) or predicted (:class:`pie.Estimate`): the offline
+    totals include the session set-up, the online totals the masked input."""
+
+    _TOTALS: ClassVar[tuple[str, ...]]  # the keys of totals(), in order
+    setup_bytes: int
+    setup_seconds: float
+    setup_round_trips: int
+    input_bytes: int
+    input_seconds: float
+
+    def _step_figures(self) -> Sequence[StepFigures]:
+        raise NotImplementedError
+
+    def _sum(self, attr: str) -> Any:
+        return sum(getattr(s, attr) for s in self._step_figures())
+
+    @property
+    def relus(self) -> int:
+        return int(self._sum("relus"))
+
+    @property
+    def offline_bytes(self) -> int:
+        return int(self._sum("offline_bytes")) + self.setup_bytes
+
+    @property
+    def online_bytes(self) -> int:
+        return int(self._sum("online_bytes")) + self.input_bytes
+
+    @property
+    def offline_seconds(self) -> float:
+        return float(self._sum("offline_seconds")) + self.setup_seconds
+
+    @property
+    def online_seconds(self) -> float:
+        return float(self._sum("online_seconds")) + self.input_seconds
+
+    @property
+    def offline_round_trips(self) -> int:
+        """Round trips of the offline phase, session set-up included."""
+        return int(self._sum("offline_round_trips")) + self.setup_round_trips
+
+    def totals(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._TOTALS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"totals": self.totals(), "steps": [s.to_dict() for s in self._step_figures()]}
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
 @dataclass
-class Report:
+class Report(InferenceTotals):
     """What one inference cost, per step and in total.
 
     One report covers one online phase (``batch`` images) and the offline
@@ -84,6 +140,10 @@ class Report:
     link: str = ""
     batch: int = 1  # images answered in this online phase, one prepared set each
 
+    _TOTALS = ("relus", "offline_bytes", "online_bytes", "offline_seconds", "online_seconds", "online_rounds",
+               "offline_round_trips", "online_round_trips", "setup_bytes", "setup_seconds", "input_bytes",
+               "transport", "link", "batch")
+
     def add_offline(self, costs: list[StepCost], setup_bytes: int = 0, setup_seconds: float = 0.0,
                     setup_round_trips: int = 0) -> None:
         """Charge a prepared set's offline costs (per step, and its key set-up)
@@ -96,92 +156,42 @@ class Report:
         self.setup_seconds += setup_seconds
         self.setup_round_trips += setup_round_trips
 
+    def _step_figures(self) -> list[StepCost]:
+        return self.costs
+
     @property
     def steps(self) -> list[dict[str, Any]]:
         return [c.to_dict() for c in self.costs]
 
-    def _sum(self, attr: str) -> Any:
-        return sum(getattr(c, attr) for c in self.costs)
-
-    @property
-    def offline_bytes(self) -> int:
-        return self._sum("offline_bytes") + self.setup_bytes
-
-    @property
-    def online_bytes(self) -> int:
-        return self._sum("online_bytes") + self.input_bytes
-
-    @property
-    def offline_seconds(self) -> float:
-        return self._sum("offline_seconds") + self.setup_seconds
-
-    @property
-    def online_seconds(self) -> float:
-        return self._sum("online_seconds") + self.input_seconds
-
     @property
     def online_rounds(self) -> int:
-        return self._sum("online_rounds") + (1 if self.input_bytes else 0)
-
-    @property
-    def offline_round_trips(self) -> int:
-        """Round trips of the offline phase, session set-up included."""
-        return self._sum("offline_round_trips") + self.setup_round_trips
+        return int(self._sum("online_rounds")) + (1 if self.input_bytes else 0)
 
     @property
     def online_round_trips(self) -> int:
         """Round trips from the masked input to the output share: the garbled
         rounds plus the output's (the input rides with the first)."""
-        return self._sum("online_round_trips")
-
-    @property
-    def relus(self) -> int:
-        return self._sum("relus")
-
-    def totals(self) -> dict[str, Any]:
-        return {
-            "relus": self.relus,
-            "offline_bytes": self.offline_bytes,
-            "online_bytes": self.online_bytes,
-            "offline_seconds": self.offline_seconds,
-            "online_seconds": self.online_seconds,
-            "online_rounds": self.online_rounds,
-            "offline_round_trips": self.offline_round_trips,
-            "online_round_trips": self.online_round_trips,
-            "setup_bytes": self.setup_bytes,
-            "setup_seconds": self.setup_seconds,
-            "input_bytes": self.input_bytes,
-            "transport": self.transport,
-            "link": self.link,
-            "batch": self.batch,
-        }
-
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps({"totals": self.totals(), "steps": self.steps}, **kwargs)
+        return int(self._sum("online_round_trips"))
 
     def table(self) -> str:
         """A short human-readable table: one line per step, then the totals."""
-        head = (f"{'#':>3} {'kind':<8} {'output':<22} {'ReLUs':>8} {'offline':>10} {'off s':>7} "
-                f"{'online':>10} {'on ms':>8} {'rounds':>6}")
+        rows = [(c.index, c.kind, c.output[:22], f"{c.relus:,}", format_size(c.offline_bytes),
+                 f"{c.offline_seconds:.2f}", format_size(c.online_bytes), f"{1e3 * c.online_seconds:.2f}",
+                 c.online_rounds) for c in self.costs]
+        totals = [("", "input", "(masked input)", "", "", "", format_size(self.input_bytes),
+                   f"{1e3 * self.input_seconds:.2f}", 1),
+                  ("", "total", "", f"{self.relus:,}", format_size(self.offline_bytes), f"{self.offline_seconds:.2f}",
+                   format_size(self.online_bytes), f"{1e3 * self.online_seconds:.2f}", self.online_rounds)]
         lines = [f"link: {self.link}"] if self.link else []
-        lines += [head, "-" * len(head)]
-        for c in self.costs:
-            lines.append(
-                f"{c.index:>3} {c.kind:<8} {c.output[:22]:<22} {c.relus:>8,} "
-                f"{format_size(c.offline_bytes):>10} {c.offline_seconds:>7.2f} "
-                f"{format_size(c.online_bytes):>10} {1e3 * c.online_seconds:>8.2f} {c.online_rounds:>6}"
-            )
-        lines.append("-" * len(head))
-        lines.append(f"{'':>3} {'input':<8} {'(masked input)':<22} {'':>8} {'':>10} {'':>7} "
-                     f"{format_size(self.input_bytes):>10} {1e3 * self.input_seconds:>8.2f} {1:>6}")
-        lines.append(
-            f"{'':>3} {'total':<8} {'':<22} {self.relus:>8,} {format_size(self.offline_bytes):>10} "
-            f"{self.offline_seconds:>7.2f} {format_size(self.online_bytes):>10} "
-            f"{1e3 * self.online_seconds:>8.2f} {self.online_rounds:>6}"
-        )
+        lines.append(format_table(_REPORT_COLUMNS, rows, totals))
         lines.append(f"round trips: {self.offline_round_trips} offline (set-up included), "
                      f"{self.online_round_trips} online")
         return "\n".join(lines)
+
+
+_REPORT_COLUMNS: list[Column] = [("#", ">", 3), ("kind", "<", 8), ("output", "<", 22), ("ReLUs", ">", 8),
+                                 ("offline", ">", 10), ("off s", ">", 7), ("online", ">", 10),
+                                 ("on ms", ">", 8), ("rounds", ">", 6)]
 
 
 def format_size(n: int) -> str:
