@@ -135,23 +135,23 @@ def _plan(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 def _traffic_table(plan: Any, cost: Any, with_times: bool) -> str:
     """One line per step: ring, online round, AND gates, offline / online bytes (and times)."""
-    head = (f"{'#':>3} {'kind':<8} {'output':<22} {'ring':>4} {'rnd':>3} {'AND gates':>11} "
-            f"{'offline B':>12} {'online B':>11}" + (f" {'off ms':>8} {'on ms':>8}" if with_times else ""))
-    lines = [head, "-" * len(head)]
-    for s in cost.steps:
-        line = (f"{s.index:>3} {s.kind:<8} {s.output[:22]:<22} {plan.tensors[s.output].ring_bits:>4} "
-                f"{s.round or '':>3} {f'{s.and_gates:,}' if s.and_gates else '':>11} {s.offline_bytes:>12,} {s.online_bytes:>11,}")
-        if with_times:
-            line += f" {1e3 * s.offline_seconds:>8.1f} {1e3 * s.online_seconds:>8.1f}"
-        lines.append(line)
-    lines.append("-" * len(head))
-    total = (f"{'':>3} {'total':<8} {'(+ session set-up)':<22} {'':>4} {cost.online_round_trips:>3} "
-             f"{sum(s.and_gates for s in cost.steps):>11,} {cost.offline_bytes:>12,} {cost.online_bytes:>11,}")
-    if with_times:
-        total += f" {1e3 * cost.offline_seconds:>8.1f} {1e3 * cost.online_seconds:>8.1f}"
-    lines.append(total)
-    return "\n".join(lines)
+    from .tables import format_table
 
+    columns = [("#", ">", 3), ("kind", "<", 8), ("output", "<", 22), ("ring", ">", 4), ("rnd", ">", 3),
+               ("AND gates", ">", 11), ("offline B", ">", 12), ("online B", ">", 11)]
+    if with_times:
+        columns += [("off ms", ">", 8), ("on ms", ">", 8)]
+
+    def times(offline_s: float, online_s: float) -> list[str]:
+        return [f"{1e3 * offline_s:.1f}", f"{1e3 * online_s:.1f}"] if with_times else []
+
+    rows = [[s.index, s.kind, s.output[:22], plan.tensors[s.output].ring_bits, s.round or "",
+             f"{s.and_gates:,}" if s.and_gates else "", f"{s.offline_bytes:,}", f"{s.online_bytes:,}",
+             *times(s.offline_seconds, s.online_seconds)] for s in cost.steps]
+    total = ["", "total", "(+ session set-up)", "", cost.online_round_trips,
+             f"{sum(s.and_gates for s in cost.steps):,}", f"{cost.offline_bytes:,}", f"{cost.online_bytes:,}",
+             *times(cost.offline_seconds, cost.online_seconds)]
+    return format_table(columns, rows, [total])
 
 if __name__ == "__main__":
     sys.exit(main())
