@@ -21,7 +21,9 @@ import numpy as np
 import pie
 import pytest
 import torch
-from pie.serve import cli as serve
+from pie import serve
+from pie.serve import cli
+from pie.serve.cli import _parser
 from pie.__main__ import main as pie_main
 from PIL import Image
 from serverutil import serving
@@ -203,8 +205,8 @@ def test_row5_port_range_message(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_status(lambda: serve.main(["server", "--model", str(DEMO), "--port", "70000"])) == 2
     err = capsys.readouterr().err
     assert "argument --port" in err and "1-65535" in err and "0: any free port" in err
-    assert serve._parser().parse_args(["server", "--model", "m.pt", "--port", "0"]).port == 0
-    assert serve._parser().parse_args(["server", "--model", "m.pt", "--port", "65535"]).port == 65535
+    assert _parser().parse_args(["server", "--model", "m.pt", "--port", "0"]).port == 0
+    assert _parser().parse_args(["server", "--model", "m.pt", "--port", "65535"]).port == 65535
 
 
 # ---------------------------------------------------------------- row 6
@@ -264,7 +266,7 @@ def test_row7_plan_timeout_default_in_help(capsys: pytest.CaptureFixture[str]) -
     assert exit_status(lambda: serve.main(["client", "--help"])) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--plan-timeout SECONDS" in out and "pie server" in out
-    assert serve._parser().parse_args(["client", "--connect", "h:1", "--input", "x"]).plan_timeout == 10.0
+    assert _parser().parse_args(["client", "--connect", "h:1", "--input", "x"]).plan_timeout == 10.0
 
 
 # ---------------------------------------------------------------- row 8
@@ -294,7 +296,7 @@ def test_row9_port_in_use_says_so_once(capsys: pytest.CaptureFixture[str]) -> No
 @pytest.mark.parametrize("sessions, text", [("1", "at most 1 session "), ("3", "at most 3 sessions ")])
 def test_row9_banner_pluralises(sessions: str, text: str, monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(serve, "serve_forever", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cli, "serve_forever", lambda *args, **kwargs: None)
     assert serve.main(["server", "--model", str(DEMO), "--port", "0", "--max-sessions", sessions]) == 0
     assert text in capsys.readouterr().out
 

@@ -16,10 +16,12 @@ import numpy as np
 import pie
 import pytest
 import torch
-from pie.serve import cli as serve
+from pie import serve
 from pie.models import ResNetConfig, from_config
 from pie.protocol import engine, schedule, wire
 from pie.protocol.limits import MaterialEstimate
+from pie.reduce.data import CIFAR100_STATS
+from pie.serve.cli import _listen, _parser, _size
 from serverutil import serving, serving_on
 from PIL import Image
 
@@ -119,7 +121,7 @@ def test_server_loads_a_deepreduce_checkpoint(tmp_path: Path) -> None:
     assert server.plan.input_shape == (3, 32, 32)
     assert server.plan.relu_count() == 12_288
     # No recorded normalisation: the CIFAR-100 statistics are folded in.
-    norm = (serve.CIFAR100_STATS[0], serve.CIFAR100_STATS[1])
+    norm = (CIFAR100_STATS[0], CIFAR100_STATS[1])
     assert server.digest == pie.compile(net, (3, 32, 32), input_norm=norm).digest()
 
 
@@ -492,13 +494,13 @@ def test_whole_session_over_tcp_checks_both_transcripts(server: pie.Server) -> N
 
 
 def test_cli_sizes() -> None:
-    assert serve._size("512M") == 512 << 20
-    assert serve._size("4GiB") == 4 << 30
-    assert serve._size("1.5k") == 1536
-    assert serve._size("1000") == 1000
+    assert _size("512M") == 512 << 20
+    assert _size("4GiB") == 4 << 30
+    assert _size("1.5k") == 1536
+    assert _size("1000") == 1000
     for bad in ("lots", "-1G", "0"):
         with pytest.raises(Exception, match="size"):
-            serve._size(bad)
+            _size(bad)
 
 
 # -------------------------------------------------------------------- TLS
@@ -557,8 +559,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def serving_cli_listener(server: pie.Server, argv: list[str]) -> Iterator[tuple[int, serve.SessionLog]]:
     """``serve_forever`` on the listener the server command line builds from ``argv``."""
-    args = serve._parser().parse_args(["server", "--model", "unused.pt", "--port", "0", *argv])
-    return serving_on(server, serve._listen(args), serve.Limits())
+    args = _parser().parse_args(["server", "--model", "unused.pt", "--port", "0", *argv])
+    return serving_on(server, _listen(args), serve.Limits())
 
 
 def test_tls_inference_through_both_command_lines(server: pie.Server, pki: dict[str, str], tmp_path: Path,

@@ -1,38 +1,13 @@
-"""Serving: load a checkpoint for the server, query one as a client, and the demo.
+"""Serving: load a checkpoint for the server, serve it, query it as a client, and the demo.
 
 ``python -m pie.serve`` runs :func:`main`.
 """
 
-from .cli import (
-    Limits,
-    LoadedModel,
-    SessionLog,
-    SessionRecord,
-    fetch_public_plan,
-    fit_input,
-    input_files,
-    load_input,
-    load_model,
-    load_server,
-    main,
-    query,
-    read_input,
-    serve_forever,
-)
+from . import cli, client, inputs, model, server
+from .cli import *
+from .client import *
+from .inputs import *
+from .model import *
+from .server import *
 
-__all__ = [
-    "Limits",
-    "LoadedModel",
-    "SessionLog",
-    "SessionRecord",
-    "fetch_public_plan",
-    "fit_input",
-    "input_files",
-    "load_input",
-    "load_model",
-    "load_server",
-    "main",
-    "query",
-    "read_input",
-    "serve_forever",
-]
+__all__ = [*model.__all__, *server.__all__, *client.__all__, *inputs.__all__, *cli.__all__]
