@@ -45,20 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..plan import (
-    ConvTerm,
-    FCTerm,
-    LinearStep,
-    OutputStep,
-    Plan,
-    ReluStep,
-    ScaleTerm,
-    Step,
-    TensorSpec,
-    Term,
-    TruncateStep,
-    truncate_and_gates,
-)
+from ..plan import (ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, ScaleTerm, Step,
+                    TensorSpec, Term, TruncateStep, truncate_and_gates)
 from .lowering import INPUT, CompileError, FloatGraph, FloatLinear, FloatRelu, FloatTerm
 
 __all__ = ["Assigner", "Params", "Precision"]
