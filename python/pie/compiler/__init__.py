@@ -1,20 +1,21 @@
 """The compiler: a float PyTorch network to a fixed-point Plan.
 
-Stages: :mod:`.tracing` (torch.fx), :mod:`.lowering` (linear steps and ReLUs,
-batch norm and normalisation folded), then the precision search and the
-scale and ring assignment of :mod:`.driver`; :mod:`.relu_count` counts a
+Stages, in order:
+
+1. :mod:`.tracing`: trace the network with ``torch.fx`` and propagate shapes.
+2. :mod:`.lowering`: lower it to a float graph of linear steps and ReLUs (batch
+   norm and input normalisation folded; the ReLU-free tail folded into one layer).
+3. :mod:`.precision`: calibrate magnitudes on images and search the fewest
+   weight and activation bits within a tolerance of the float model.
+4. :mod:`.assign`: assign scales, shifts, truncations and rings, and quantise
+   into the Plan.
+
+:mod:`.driver` runs them (:func:`compile`); :mod:`.relu_count` counts a
 network's ReLUs from the same trace.
 """
 
-from .driver import (
-    DEFAULT_CALIBRATION_IMAGES,
-    REVEALED_FIELDS,
-    CompileError,
-    Tolerance,
-    UnsupportedOpError,
-    compile,
-)
+from .driver import *  # noqa: F403 - compile() and the names of its interface
+from .driver import __all__ as _compile_names
 from .relu_count import relu_count, relu_report
 
-__all__ = ["DEFAULT_CALIBRATION_IMAGES", "REVEALED_FIELDS", "CompileError", "Tolerance",
-           "UnsupportedOpError", "compile", "relu_count", "relu_report"]
+__all__ = [*_compile_names, "relu_count", "relu_report"]

@@ -143,6 +143,12 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
 
 
 class _Lowering:
+    """One walk over the fx graph that emits the float ops, node by node.
+
+    Kept whole: the dispatch and the per-op handlers share the value environment
+    and fuse nodes into ops emitted before them.
+    """
+
     def __init__(self, traced: TracedModel) -> None:
         self.gm = traced.module
         self.node_shapes = traced.shapes
