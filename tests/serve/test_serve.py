@@ -18,7 +18,7 @@ import pytest
 import torch
 from pie.serve import cli as serve
 from pie.models import ResNetConfig, from_config
-from pie.protocol import engine, schedule, wire
+from pie.protocol import schedule, wire
 from pie.protocol.limits import MaterialEstimate
 from serverutil import serving, serving_on
 from PIL import Image

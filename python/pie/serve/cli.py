@@ -52,8 +52,7 @@ from ..channel import (
 )
 from ..link import PRESETS
 from ..plan import OUTPUT_REVEALS, Plan
-from ..protocol import Client, Server, infer, wire
-from ..protocol.engine import ClientSession, ServerSession
+from ..protocol import Client, ClientSession, Server, ServerSession, infer, wire
 from ..protocol.limits import Admission, Limits, MaterialEstimate, SessionBudget
 from ..protocol.report import Report, format_size
 from ..reduce.data import CIFAR100_STATS, TINY_IMAGENET_STATS
