@@ -22,7 +22,7 @@ from .wire import (
     TranscriptError,
 )
 
-# The names picked from modules that hold more than these.
+# The parties' and infer's names, then those picked from modules that define more.
 __all__ = [*client.__all__, *engine.__all__, *server.__all__, "PROTOCOL_VERSION", "HandshakeError",
            "MalformedMessageError", "MalformedPlanError", "Report", "ServerBusyError", "SessionStateError",
            "StepCost", "TranscriptError"]
