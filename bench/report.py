@@ -370,7 +370,7 @@ def _delphi(out: Path, nets: dict[tuple[str, str], dict[str, Any]]) -> list[str]
     base = nets.get(("resnet18", "memory"))
     if base:
         relus = base["relus"]
-        gc_off = _gc_offline_bytes(base["steps"], ("relu", "truncate"))
+        gc_off = sum(s["offline_bytes"] for s in base["steps"] if s["kind"] in ("relu", "truncate"))
         row("garbled + OT bytes, whole network", DELPHI["garbled_bytes_per_relu"], gc_off / relus, "B",
             "ResNet-18 engine run (compiled rings, truncations included)")
         row("online bytes, whole network", DELPHI["online_bytes_per_relu"], base["online_bytes"] / relus, "B",

@@ -14,7 +14,7 @@ import numpy as np
 import pie
 import torch
 from pie import serve
-from pie.protocol.engine import ClientSession
+from pie.protocol import ClientSession
 from torch import nn
 
 SHAPE = (3, 4, 4)

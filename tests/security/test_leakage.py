@@ -39,7 +39,8 @@ from torch import nn
 import pie
 from pie import he
 from pie.plan import ConvTerm, FCTerm, LinearStep, Plan
-from pie.protocol import engine, wire
+from pie.protocol import client as client_module
+from pie.protocol import wire
 from pie.serve import SessionLog, query, serve_forever
 
 SHAPE = (3, 8, 8)
@@ -175,8 +176,8 @@ def test_negative_control_a_weak_input_mask_is_detected(plans: tuple[Plan, Plan]
     says whether a pixel is 0 or 255. The same detectors must flag it."""
     plan = plans[0]
     bits = plan.tensors[plan.input].ring_bits
-    honest = engine._random_ring
-    monkeypatch.setattr(engine, "_random_ring", lambda shape, b: honest(shape, b) >> np.uint64(b - 8))
+    honest = client_module._random_ring
+    monkeypatch.setattr(client_module, "_random_ring", lambda shape, b: honest(shape, b) >> np.uint64(b - 8))
     x0 = np.concatenate([masked_input(plan, s) for s in record(plan, INPUTS[0], 2).client])
     x1 = np.concatenate([masked_input(plan, s) for s in record(plan, INPUTS[1], 2).client])
     assert not looks_uniform(x1, bits)
@@ -235,14 +236,14 @@ def run_traced(server: pie.Server, client: pie.Client, x: np.ndarray,
     """One real session (threads over the in-memory channel); ``draw``
     replaces the client's mask source (a planted leak) when given."""
     trace = Trace()
-    source = draw or engine._random_ring
+    source = draw or client_module._random_ring
 
     def recorded(shape: tuple[int, ...], bits: int) -> np.ndarray:
         r = source(shape, bits)
         trace.client_masks.append(r.copy())
         return r
 
-    monkeypatch.setattr(engine, "_random_ring", recorded)
+    monkeypatch.setattr(client_module, "_random_ring", recorded)
     s_end, c_end = pie.memory_pair()
     errors: list[BaseException] = []
 
@@ -325,7 +326,7 @@ def test_negative_control_zero_relu_masks_are_detected(plans: tuple[Plan, Plan],
     plan = plans[0]
     input_shape = plan.tensors[plan.input].shape
 
-    honest_ring = engine._random_ring
+    honest_ring = client_module._random_ring
 
     def draw(shape: tuple[int, ...], bits: int) -> np.ndarray:
         mask = honest_ring(shape, bits)
@@ -355,7 +356,7 @@ def test_negative_control_relu_masks_reused_across_sessions_are_detected(
         plans: tuple[Plan, Plan], monkeypatch: pytest.MonkeyPatch) -> None:
     plan = plans[0]
     relu = next(s for s in plan.steps if s.kind == "relu")
-    draw = reusing(engine._random_ring, {plan.tensors[relu.output].shape})
+    draw = reusing(client_module._random_ring, {plan.tensors[relu.output].shape})
     run = traces(plan, INPUTS[1], monkeypatch, draw, 3)
     assert sessions_linked([np.concatenate(t.y_s) for t in run], relu_bits(plan))
 
@@ -364,7 +365,7 @@ def test_negative_control_a_reused_input_mask_is_detected(plans: tuple[Plan, Pla
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     plan = plans[0]
     spec = plan.tensors[plan.input]
-    run = traces(plan, INPUTS[1], monkeypatch, reusing(engine._random_ring, {spec.shape}), 3)
+    run = traces(plan, INPUTS[1], monkeypatch, reusing(client_module._random_ring, {spec.shape}), 3)
     assert sessions_linked([t.masked_input for t in run], spec.ring_bits)
 
 
@@ -388,7 +389,7 @@ def test_masks_are_fresh_in_every_session(plans: tuple[Plan, Plan], honest: dict
 
 def test_negative_control_reused_client_masks_fail_the_freshness_check(
         plans: tuple[Plan, Plan], monkeypatch: pytest.MonkeyPatch) -> None:
-    run = traces(plans[0], INPUTS[1], monkeypatch, reusing(engine._random_ring, None), 2)
+    run = traces(plans[0], INPUTS[1], monkeypatch, reusing(client_module._random_ring, None), 2)
     assert not any(fresh(a, b) for a, b in zip(run[0].client_masks, run[1].client_masks))
 
 

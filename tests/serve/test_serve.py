@@ -18,7 +18,7 @@ import pytest
 import torch
 from pie import serve
 from pie.models import ResNetConfig, from_config
-from pie.protocol import engine, schedule, wire
+from pie.protocol import schedule, wire
 from pie.protocol.limits import MaterialEstimate
 from pie.reduce.data import CIFAR100_STATS
 from pie.serve.cli import _listen, _parser, _size

@@ -12,14 +12,20 @@ from dataclasses import dataclass
 from .. import he
 from ..plan import ConvTerm, FCTerm, LinearStep, Plan, ReluStep, TruncateStep
 
-__all__ = ["LABEL_BYTES", "OFFLINE_EXCHANGE_BYTES", "OfflineItem", "argmax_shape", "gc_shape", "gc_shapes",
-           "he_frame_bytes", "he_sessions", "offline_exchanges", "square"]
+__all__ = ["LABEL_BYTES", "OFFLINE_EXCHANGE_BYTES", "OfflineItem", "argmax_shape", "conv_geometry", "gc_shape",
+           "gc_shapes", "he_frame_bytes", "he_sessions", "offline_exchanges"]
 
 
-def square(pair: tuple[int, int], what: str) -> int:
+def _square(pair: tuple[int, int], what: str) -> int:
     if pair[0] != pair[1]:
         raise ValueError(f"{what} {pair} is not square; the HE layer supports square {what}s only")
     return int(pair[0])
+
+
+def conv_geometry(term: ConvTerm) -> tuple[int, int, int]:
+    """A convolution term's ``(stride, padding, groups)`` as the HE layer takes
+    them (square strides and paddings only: :class:`ValueError` otherwise)."""
+    return _square(term.stride, "stride"), _square(term.padding, "padding"), term.groups
 
 
 def gc_shape(plan: Plan, step: ReluStep | TruncateStep) -> tuple[int, int, int, bool]:
@@ -124,8 +130,7 @@ def he_frame_bytes(plan: Plan, step: LinearStep, term: ConvTerm | FCTerm) -> int
     params = he.he_parameters(plan.tensors[step.output].ring_bits)
     src = plan.tensors[term.input]
     if isinstance(term, ConvTerm):
-        lay = he.layout(src.shape, term.weight_shape, square(term.stride, "stride"),
-                        square(term.padding, "padding"), term.groups)
+        lay = he.layout(src.shape, term.weight_shape, *conv_geometry(term))
     else:
         lay = he.layout((src.numel, 1, 1), (term.weight_shape[0], src.numel, 1, 1))
     return lay["num_inputs"] * params["poly_degree"] * params["top_limbs"] * 8

@@ -185,44 +185,100 @@ class Phase(enum.Enum):
     DONE = "done"
 
 
-class Conversation:
-    """The session-level state of one end of a connection.
+class _Framing:
+    """One connection end's frames: reads bounded per message type and by the
+    ``deadline``, the sealed frames' transcript checks, and the phase and
+    ``failed`` state every step checks (a step that raises sets ``failed``)."""
 
-    Both ends call its methods in protocol order; a method called in the wrong
-    phase raises :class:`RuntimeError` (a bug in the caller), a message that
-    the phase does not expect raises :class:`ProtocolError`. After any error
-    ``failed`` is set (``phase`` stays where it happened) and the
-    conversation refuses further use.
-
-    ``deadline`` (a ``time.monotonic()`` value, default ``None``) bounds the
-    total time of every later read of the conversation, however slowly the
-    peer trickles its bytes; the server sets it until a session is admitted.
-
-    Args:
-        channel: the connection.
-        role: ``"server"`` or ``"client"``.
-        public_plan: server only: the public Plan's bytes, sent to a client
-            that asks for them (``GET_PLAN``) before its ``HELLO``; without it
-            such a request is refused as unexpected.
-    """
-
-    def __init__(self, channel: Channel, role: str, *, public_plan: bytes | None = None) -> None:
-        if role not in ("server", "client"):
-            raise ValueError(f"role must be 'server' or 'client', not {role!r}")
-        if public_plan is not None and role != "server":
-            raise ValueError("only the server sends a public plan")
+    def __init__(self, channel: Channel, role: str) -> None:
         self.channel = channel
         self.role = role
         self.phase = Phase.PLAN
         self.failed = False
-        #: The server's latest offer: sets it would prepare now.
-        self.offer = 0
         # time.monotonic() by which every read of this conversation must be
         # done (None: only the channel's per-read timeout applies).
         self.deadline: float | None = None
-        self._public_plan = public_plan
 
-    # ---------------------------------------------------------------- client
+    def _step(self, role: str, *phases: Phase) -> _Step:
+        if self.role != role:
+            raise RuntimeError(f"a {role} method called on the {self.role}'s conversation")
+        if self.failed:
+            raise ProtocolError("the session failed earlier on this connection")
+        if self.phase not in phases:
+            raise RuntimeError(f"called in phase {self.phase.value}, needs "
+                               + " or ".join(p.value for p in phases))
+        return _Step(self)
+
+    def _recv(self, allowed: Mapping[int, int]) -> tuple[int, bytes]:
+        """One frame whose type is in ``allowed`` (type -> payload limit)."""
+        kind, length = self._recv_header(allowed)
+        return kind, self._read(length)
+
+    def _recv_header(self, allowed: Mapping[int, int]) -> tuple[int, int]:
+        kind, length = _HEADER.unpack(self._read(_HEADER.size))
+        if kind not in allowed:
+            expected = " or ".join(message_name(k) for k in allowed)
+            raise ProtocolError(f"{self.role}, phase {self.phase.value}: expected {expected}, "
+                                f"got message type {message_name(kind)}")
+        if length > allowed[kind]:
+            raise OversizeMessageError(f"{self.role}, phase {self.phase.value}: {message_name(kind)} "
+                                       f"announces {length} bytes, limit is {allowed[kind]}")
+        return kind, length
+
+    def _read(self, n: int) -> bytes:
+        """``n`` bytes; with a ``deadline``, one byte per read with the channel's
+        timeout cut to the time left, so a peer that trickles bytes cannot
+        stretch the wait past it (used for the small pre-admission messages)."""
+        if self.deadline is None or n == 0:
+            return self.channel.recv(n) if n else b""
+        ch = self.channel
+        saved = ch.timeout
+        out = bytearray()
+        try:
+            while len(out) < n:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise ChannelTimeoutError(f"{self.role}, phase {self.phase.value}: the "
+                                              f"connection's deadline passed")
+                ch.timeout = max(min(saved, left), 0.001)
+                out += ch.recv(1)
+        finally:
+            ch.timeout = saved
+        return bytes(out)
+
+    def _send_sealed(self, kind: int, body: bytes) -> None:
+        ch = self.channel
+        ch.send(_HEADER.pack(kind, len(body) + _DIGESTS))
+        ch.send(body)
+        sent, received = ch.transcript()  # covers this frame's header and body
+        ch.send(sent + received)
+        ch.flush()
+
+    def _recv_sealed(self, kind: int, max_body: int) -> tuple[bytes, str]:
+        """A sealed frame's body and, if the peer's digests differ from ours,
+        what differs (empty if they agree)."""
+        ch = self.channel
+        _, length = self._recv_header({kind: max_body + _DIGESTS})
+        if length < _DIGESTS:
+            raise MalformedMessageError(f"{message_name(kind)} has {length} bytes, "
+                                        f"too few for its {_DIGESTS} bytes of digests")
+        body = ch.recv(length - _DIGESTS) if length > _DIGESTS else b""
+        sent, received = ch.transcript()
+        peer = ch.recv(_DIGESTS)
+        problems = []
+        if not hmac.compare_digest(peer[:_CHECK], received):
+            problems.append(f"the bytes the {self.role} received differ from those its peer sent")
+        if not hmac.compare_digest(peer[_CHECK:], sent):
+            problems.append(f"the bytes the {self.role} sent differ from those its peer received")
+        return body, "; ".join(problems)
+
+
+class _ClientSteps(_Framing):
+    """The client's messages, in protocol order."""
+
+    #: The server's latest offer: sets it would prepare now.
+    offer: int
+
     def request_plan(self) -> Plan:
         """Client, phase ``plan``: ask for the server's public Plan.
 
@@ -321,7 +377,19 @@ class Conversation:
             self.channel.flush()
             self.phase = Phase.DONE
 
-    # ---------------------------------------------------------------- server
+    def _recv_offer(self) -> int:
+        _, payload = self._recv({OFFER: MAX_CONTROL_BYTES})
+        count = _parse_json(payload, "OFFER").get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise MalformedMessageError(f"malformed OFFER: count {count!r}")
+        return count
+
+
+class _ServerSteps(_Framing):
+    """The server's messages, in protocol order."""
+
+    _public_plan: bytes | None
+
     def server_handshake(self, digest: str, admit: Callable[[], None] | None = None) -> None:
         """Server: answer a plan request if one comes, then check the client's
         version and Plan digest and call ``admit`` (which raises
@@ -416,92 +484,44 @@ class Conversation:
                 raise TranscriptError(f"finish: {mismatch}")
             self.phase = Phase.IDLE
 
-    # -------------------------------------------------------------- framing
-    def _step(self, role: str, *phases: Phase) -> _Step:
-        if self.role != role:
-            raise RuntimeError(f"a {role} method called on the {self.role}'s conversation")
-        if self.failed:
-            raise ProtocolError("the session failed earlier on this connection")
-        if self.phase not in phases:
-            raise RuntimeError(f"called in phase {self.phase.value}, needs "
-                               + " or ".join(p.value for p in phases))
-        return _Step(self)
 
-    def _recv_offer(self) -> int:
-        _, payload = self._recv({OFFER: MAX_CONTROL_BYTES})
-        count = _parse_json(payload, "OFFER").get("count")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise MalformedMessageError(f"malformed OFFER: count {count!r}")
-        return count
+class Conversation(_ClientSteps, _ServerSteps):
+    """The session-level state of one end of a connection.
 
-    def _recv(self, allowed: Mapping[int, int]) -> tuple[int, bytes]:
-        """One frame whose type is in ``allowed`` (type -> payload limit)."""
-        kind, length = self._recv_header(allowed)
-        return kind, self._read(length)
+    Both ends call its methods in protocol order; a method called in the wrong
+    phase raises :class:`RuntimeError` (a bug in the caller), a message that
+    the phase does not expect raises :class:`ProtocolError`. After any error
+    ``failed`` is set (``phase`` stays where it happened) and the
+    conversation refuses further use. Its methods are the client's
+    (``request_plan``, ``client_*``) and the server's (``server_*``) messages,
+    over the framing the two share.
 
-    def _recv_header(self, allowed: Mapping[int, int]) -> tuple[int, int]:
-        kind, length = _HEADER.unpack(self._read(_HEADER.size))
-        if kind not in allowed:
-            expected = " or ".join(message_name(k) for k in allowed)
-            raise ProtocolError(f"{self.role}, phase {self.phase.value}: expected {expected}, "
-                                f"got message type {message_name(kind)}")
-        if length > allowed[kind]:
-            raise OversizeMessageError(f"{self.role}, phase {self.phase.value}: {message_name(kind)} "
-                                       f"announces {length} bytes, limit is {allowed[kind]}")
-        return kind, length
+    ``deadline`` (a ``time.monotonic()`` value, default ``None``) bounds the
+    total time of every later read of the conversation, however slowly the
+    peer trickles its bytes; the server sets it until a session is admitted.
 
-    def _read(self, n: int) -> bytes:
-        """``n`` bytes; with a ``deadline``, one byte per read with the channel's
-        timeout cut to the time left, so a peer that trickles bytes cannot
-        stretch the wait past it (used for the small pre-admission messages)."""
-        if self.deadline is None or n == 0:
-            return self.channel.recv(n) if n else b""
-        ch = self.channel
-        saved = ch.timeout
-        out = bytearray()
-        try:
-            while len(out) < n:
-                left = self.deadline - time.monotonic()
-                if left <= 0:
-                    raise ChannelTimeoutError(f"{self.role}, phase {self.phase.value}: the "
-                                              f"connection's deadline passed")
-                ch.timeout = max(min(saved, left), 0.001)
-                out += ch.recv(1)
-        finally:
-            ch.timeout = saved
-        return bytes(out)
+    Args:
+        channel: the connection.
+        role: ``"server"`` or ``"client"``.
+        public_plan: server only: the public Plan's bytes, sent to a client
+            that asks for them (``GET_PLAN``) before its ``HELLO``; without it
+            such a request is refused as unexpected.
+    """
 
-    def _send_sealed(self, kind: int, body: bytes) -> None:
-        ch = self.channel
-        ch.send(_HEADER.pack(kind, len(body) + _DIGESTS))
-        ch.send(body)
-        sent, received = ch.transcript()  # covers this frame's header and body
-        ch.send(sent + received)
-        ch.flush()
-
-    def _recv_sealed(self, kind: int, max_body: int) -> tuple[bytes, str]:
-        """A sealed frame's body and, if the peer's digests differ from ours,
-        what differs (empty if they agree)."""
-        ch = self.channel
-        _, length = self._recv_header({kind: max_body + _DIGESTS})
-        if length < _DIGESTS:
-            raise MalformedMessageError(f"{message_name(kind)} has {length} bytes, "
-                                        f"too few for its {_DIGESTS} bytes of digests")
-        body = ch.recv(length - _DIGESTS) if length > _DIGESTS else b""
-        sent, received = ch.transcript()
-        peer = ch.recv(_DIGESTS)
-        problems = []
-        if not hmac.compare_digest(peer[:_CHECK], received):
-            problems.append(f"the bytes the {self.role} received differ from those its peer sent")
-        if not hmac.compare_digest(peer[_CHECK:], sent):
-            problems.append(f"the bytes the {self.role} sent differ from those its peer received")
-        return body, "; ".join(problems)
+    def __init__(self, channel: Channel, role: str, *, public_plan: bytes | None = None) -> None:
+        if role not in ("server", "client"):
+            raise ValueError(f"role must be 'server' or 'client', not {role!r}")
+        if public_plan is not None and role != "server":
+            raise ValueError("only the server sends a public plan")
+        super().__init__(channel, role)
+        self.offer = 0
+        self._public_plan = public_plan
 
 
 class _Step:
     """Marks the conversation failed when the step raises."""
 
-    def __init__(self, conversation: Conversation) -> None:
+    def __init__(self, conversation: _Framing) -> None:
         self.conversation = conversation
 
     def __enter__(self) -> None:

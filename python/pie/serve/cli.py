@@ -48,8 +48,7 @@ from ..channel import (
 from ..link import PRESETS
 from ..models import checkpoint
 from ..plan import OUTPUT_REVEALS, Plan
-from ..protocol import Client, infer, wire
-from ..protocol.engine import ClientSession
+from ..protocol import Client, ClientSession, infer, wire
 from ..protocol.limits import Limits, MaterialEstimate
 from ..protocol.report import format_size
 from .inputs import fit_input, input_files, load_input, read_input

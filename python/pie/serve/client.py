@@ -10,8 +10,7 @@ import numpy as np
 
 from ..channel import Channel
 from ..plan import Plan
-from ..protocol import Client, wire
-from ..protocol.engine import ClientSession
+from ..protocol import Client, ClientSession, wire
 from ..protocol.report import Report
 from .inputs import fit_input, read_input
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..channel import Channel, ChannelError, ChannelTimeoutError, PeerClosedError
-from ..protocol import Server, wire
-from ..protocol.engine import ServerSession
+from ..protocol import Server, ServerSession, wire
 from ..protocol.limits import Admission, Limits, MaterialEstimate, SessionBudget
 
 __all__ = ["Limits", "SessionLog", "SessionRecord", "serve_forever"]
