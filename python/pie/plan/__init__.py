@@ -1,42 +1,10 @@
-"""The Plan: what the two parties execute, as plain data, and its exact
-cleartext interpreter (:mod:`.reference`), which the secure output must equal."""
+"""The Plan: what the two parties execute, as plain data (:mod:`.steps`), its file
+format, and its exact cleartext interpreter (:mod:`.reference`), which the secure
+output must equal."""
 
-from .plan import (
-    MAX_HE_RING_BITS,
-    OUTPUT_REVEALS,
-    CalibrationReport,
-    ConvTerm,
-    FCTerm,
-    LinearStep,
-    OutputStep,
-    Plan,
-    PlanFormatError,
-    ReluStep,
-    ScaleTerm,
-    Step,
-    TensorSpec,
-    Term,
-    TruncateStep,
-    relu_and_gates,
-    truncate_and_gates,
-)
+from . import steps
+from .calibration import CalibrationReport
+from .plan import Plan
+from .steps import *  # noqa: F403 (the names are steps.__all__)
 
-__all__ = [
-    "MAX_HE_RING_BITS",
-    "OUTPUT_REVEALS",
-    "CalibrationReport",
-    "ConvTerm",
-    "FCTerm",
-    "LinearStep",
-    "OutputStep",
-    "Plan",
-    "PlanFormatError",
-    "ReluStep",
-    "ScaleTerm",
-    "Step",
-    "TensorSpec",
-    "Term",
-    "TruncateStep",
-    "relu_and_gates",
-    "truncate_and_gates",
-]
+__all__ = [*steps.__all__, "CalibrationReport", "Plan"]

@@ -1,4 +1,4 @@
-"""Exact cleartext execution of a Plan with the protocol's ring arithmetic.
+"""Exact cleartext execution of a Plan with the protocol's ring arithmetic; fixed-point codec.
 
 Every tensor value is held as ``uint64`` residues. Arithmetic mod ``2^l`` for any
 ``l <= 64`` is plain ``uint64`` arithmetic (which wraps mod ``2^64``) followed by
@@ -31,15 +31,18 @@ converted to int64 exactly and recombined as ``sum_j r_j * 2^(b*j)`` in
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from .plan import ConvTerm, FCTerm, Plan
+from .graph import last_uses
+from .steps import (
+    ConvTerm, FCTerm, LinearStep, OutputStep, ReluStep, Step, TensorSpec, TruncateStep,
+)
 
 __all__ = [
     "mask",
@@ -52,6 +55,9 @@ __all__ = [
     "fc_ring",
     "prepare_weight",
     "execute",
+    "batched",
+    "encode_pixels",
+    "decode",
 ]
 
 _FLOAT_EXACT_BITS = 53
@@ -179,17 +185,20 @@ def fc_ring(x: np.ndarray, weight: np.ndarray | RingWeight, bits: int) -> np.nda
 
 
 def execute(
-    plan: Plan,
+    input: str,
+    tensors: Mapping[str, TensorSpec],
+    steps: Sequence[Step],
     x: np.ndarray,
     *,
     keep_all: bool = False,
     wide: bool = False,
+    chunk: int = 16,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Run ``plan`` on a batch of input residues.
+    """Run a plan (its input name, tensors and steps, with weights) on a batch of
+    input residues, ``chunk`` images at a time (bounding the memory of wide layers).
 
     Args:
-        plan: a plan with weights.
-        x: integer array (N, *input_shape); reduced mod the input's ring.
+        x: integer array (N, *input_shape), N >= 1; reduced mod the input's ring.
         keep_all: keep every tensor (else only the output's input tensor).
         wide: compute linear steps mod ``2^64`` instead of mod their rings and
             count, at every garbled-circuit input and the output, the elements
@@ -200,16 +209,31 @@ def execute(
     Returns:
         (tensors by name as uint64 residues, overflow counts by tensor name).
     """
-    from .plan import LinearStep, OutputStep, ReluStep, TruncateStep
-
-    specs = plan.tensors
+    last_use = None if keep_all else last_uses(steps)
+    parts: list[dict[str, np.ndarray]] = []
     overflow: dict[str, int] = {}
-    last_use = plan.last_uses()
+    for start in range(0, x.shape[0], chunk):
+        part = x[start : start + chunk]
+        parts.append(_execute(input, tensors, steps, part, last_use, wide, overflow))
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return merged, overflow
+
+
+def _execute(
+    input: str,
+    specs: Mapping[str, TensorSpec],
+    steps: Sequence[Step],
+    x: np.ndarray,
+    last_use: dict[int, list[str]] | None,
+    wide: bool,
+    overflow: dict[str, int],
+) -> dict[str, np.ndarray]:
+    """One chunk of :func:`execute`, adding to ``overflow``; ``last_use`` None keeps every tensor."""
 
     def ring(name: str) -> int:
         return 64 if wide else specs[name].ring_bits
 
-    values: dict[str, np.ndarray] = {plan.input: reduce(x, ring(plan.input))}
+    values: dict[str, np.ndarray] = {input: reduce(x, ring(input))}
 
     def gc_input(name: str) -> np.ndarray:
         v = values[name]
@@ -220,7 +244,7 @@ def execute(
             overflow[name] = overflow.get(name, 0) + bad
         return v
 
-    for index, step in enumerate(plan.steps):
+    for index, step in enumerate(steps):
         if isinstance(step, LinearStep):
             bits = ring(step.output)
             if step.bias is None:
@@ -248,13 +272,58 @@ def execute(
             )
         elif isinstance(step, OutputStep):
             values[step.input] = mask(gc_input(step.input), specs[step.input].ring_bits)
-        if not keep_all:
+        if last_use is not None:
             for name in last_use.get(index, ()):
                 values.pop(name, None)
-    return values, overflow
+    return values
 
 
 def _weight(term: ConvTerm | FCTerm) -> np.ndarray:
     if term.weight is None:
         raise ValueError("this plan has no weights (it is a public plan)")
     return term.weight
+
+
+def batched(x: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """``x`` as a numpy batch (N, *shape), N >= 1: one item gains a batch axis.
+
+    Raises:
+        ValueError: any other shape (the message calls the argument ``what``).
+    """
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim == len(shape):
+        arr = arr[None]
+    if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != tuple(shape) or arr.shape[0] == 0:
+        raise ValueError(
+            f"{what} must have shape {tuple(shape)} or (N, {', '.join(map(str, shape))}), "
+            f"got {tuple(np.shape(x))}"
+        )
+    return arr
+
+
+def encode_pixels(x: np.ndarray | torch.Tensor, shape: tuple[int, ...],
+                  pixel_max: int) -> np.ndarray:
+    """Images with values in [0, 1], ``shape`` or (N, *shape), to integer pixels
+    ``round(x * pixel_max)`` (int64, batched).
+
+    Raises:
+        ValueError: a wrong shape, or values that are not finite numbers in
+            [0, 1] (an 8-bit image must be divided by 255 first: nothing is
+            clipped, which would silently change the image).
+    """
+    arr = batched(x, shape, "x")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"x must be a numeric image with values in [0, 1], got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("x must hold finite values in [0, 1]; it contains NaN or infinity")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"x must hold values in [0, 1] (an image scaled to [0, 1]); "
+                         f"got values in [{lo:g}, {hi:g}]")
+    return np.rint(arr * pixel_max).astype(np.int64)
+
+
+def decode(y: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Residues of tensor ``spec`` to floats (``signed / 2^frac_bits``)."""
+    return to_signed(np.asarray(y, dtype=np.uint64), spec.ring_bits) / float(2**spec.frac_bits)
