@@ -15,7 +15,7 @@ __all__ = ["InferenceTotals", "Report", "StepCost", "StepFigures", "format_size"
 @dataclass
 class StepFigures:
     """Time and traffic of one Plan step, measured (:class:`StepCost`) or
-    predicted (:class:`pie.StepEstimate`).
+    predicted (:class:`pie.cost.StepEstimate`).
 
     Bytes are split by direction (``c2s``: client to server, ``s2c``: server
     to client). Seconds are the client's wall time for the phase of this step.
