@@ -56,7 +56,11 @@ def test_measured_noise_before_flooding_stays_below_the_bound(shape: tuple, ring
 
 def test_negative_control_the_measurement_follows_the_weights() -> None:
     """The noise of large weights exceeds the bound of small ones: a bound
-    computed for the wrong weights would be caught by the test above."""
+    computed for the wrong weights would be caught by the test above.
+
+    The encryption randomness is not seeded, so the measured noise varies
+    from run to run: over many runs the gap is 4.0 to 4.6 bits, and the
+    assertion asks for 2, which still means four times the wrong bound."""
     small = measure(SHAPES[0], 1, 37, 1)
     large = measure(SHAPES[0], 1 << 16, 37, 2)
-    assert large["unflooded_noise_log2"] > small["noise_bound_log2"] + 4
+    assert large["unflooded_noise_log2"] > small["noise_bound_log2"] + 2
