@@ -11,6 +11,16 @@ names a profile (``pie.estimate``), the cost model's prediction, raw and
 rescaled to the machine's speed measured just before and after the run
 (``measure_speed_index``, for shared machines).
 
+Loopback runs also record the online kernel floor, measured in the same run:
+``gc_eval_seconds`` (the evaluation kernel, ``pie.gc.kernel_seconds`` on all
+cores as the engine runs it, of every ReLU and truncate step's own circuit at
+its element count, summed over the steps), ``channel_bytes_per_second`` (a
+32 MiB transfer over a fresh pair of the run's transport, as ``bench_channel``
+measures it), ``kernel_floor_seconds = gc_eval_seconds + online_bytes /
+channel_bytes_per_second`` and ``online_to_floor_ratio``. Runs on an emulated
+link leave them out: there the link's bandwidth and round trips, not the
+kernels, bound the online time.
+
 Which networks (``PIE_BENCH_NET``):
 
 - unset: a small DeepReDuce-style network (culled stage 1, bottom-thinned,
@@ -27,7 +37,8 @@ else the in-memory pair -- and the cost model predicts for that link.
 ``PIE_BENCH_INPUTS=N`` runs N random inputs per network
 (default 1), figures are medians over them. Targets:
 DRD_C100_12K online <= 45 ms, DRD_C100_230K online <= 1 s and offline traffic
-<= 1.3 GB, server online linear compute <= 8x the torch forward pass.
+<= 1.3 GB, server online linear compute <= 8x the torch forward pass, online
+time <= 1.5x the kernel floor for every DRD_C100 network.
 """
 
 from __future__ import annotations
@@ -43,9 +54,10 @@ import torch
 import pie
 from pie.cost import Profile, estimate, measure_speed_index
 from pie.models import ResNet, ResNetConfig
-from pie.protocol.schedule import offline_exchanges
+from pie.plan import ReluStep, TruncateStep
+from pie.protocol.schedule import gc_shape, offline_exchanges
 
-from benchnets import random_bn, tcp_inference
+from benchnets import channel_bytes_per_second, random_bn, tcp_inference
 
 SMOKE = "smoke"
 DRD_C100 = [n for n in pie.models.names() if n.startswith("DRD_C100_")]
@@ -128,6 +140,27 @@ def server_linear_seconds(plan: pie.Plan, repeat: int = 5) -> float:
     return float(np.median(times[1:]))
 
 
+def gc_eval_seconds(plan: pie.Plan, repeat: int = 3, min_elements: int = 1 << 14) -> float:
+    """Evaluation-kernel seconds of the plan's garbled steps on one input:
+    every ReLU/truncate step's circuit (its rings, shift and kind) evaluated
+    at its element count on all cores, as the engine runs it
+    (``pie.gc.kernel_seconds``, no I/O), summed over the steps. Each distinct
+    (circuit, count) is timed by one call: its garbling set-up, the dearer
+    part, runs once, the evaluation at least ``repeat`` times and over at
+    least ``min_elements`` elements (small steps would drown in timer noise)."""
+    counts: dict[tuple[tuple[int, int, int, bool], int], int] = {}
+    for step in plan.steps:
+        if isinstance(step, (ReluStep, TruncateStep)):
+            key = (gc_shape(plan, step), plan.tensors[step.input].numel)
+            counts[key] = counts.get(key, 0) + 1
+    total = 0.0
+    for ((l_in, l_out, shift, truncate), n), steps in counts.items():
+        circuit = (pie.gc.truncate_circuit if truncate else pie.gc.relu_circuit)(l_in, l_out, shift)
+        reps = max(repeat, -(-min_elements // n))
+        total += steps * pie.gc.kernel_seconds(circuit, n, 0, reps, "evaluate") / reps
+    return total
+
+
 @pytest.mark.parametrize(("transport", "link_name"), _runs())
 @pytest.mark.parametrize("name", _networks())
 def test_network(benchmark, name: str, transport: str, link_name: str) -> None:  # type: ignore[no-untyped-def]
@@ -178,6 +211,12 @@ def test_network(benchmark, name: str, transport: str, link_name: str) -> None: 
         server_linear_to_torch_ratio=linear_s / torch_s,
         steps=last.steps,
     )
+    if link_name == "loopback":
+        gc_s = gc_eval_seconds(plan)
+        bandwidth = channel_bytes_per_second(transport)
+        floor = gc_s + last.online_bytes / bandwidth
+        info.update(gc_eval_seconds=gc_s, channel_bytes_per_second=bandwidth, kernel_floor_seconds=floor,
+                    online_to_floor_ratio=online / floor)
     if profile_path:
         profile = Profile.load(profile_path)
         predicted = estimate(plan, profile, transport, link=link)
