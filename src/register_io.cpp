@@ -121,8 +121,8 @@ traffic counters. Blocking calls release the GIL. One thread at a time.)doc")
                 py::bytes(reinterpret_cast<const char*>(t.sent.data()), t.sent.size()),
                 py::bytes(reinterpret_cast<const char*>(t.received.data()), t.received.size()));
           },
-          R"doc(Return (sent_check, received_check): 16-byte GMAC tags (AES-128-GCM,
-fixed public key and IV) of every byte this end has sent (buffered or not) and
+          R"doc(Return (sent_check, received_check): 16-byte Poly1305 tags (fixed
+public key) of every byte this end has sent (buffered or not) and
 of every byte it has received so far. After the peer flushed and this end
 consumed everything, the peer's sent check equals this end's received check.
 It detects transport faults, not an attacker (use TLS). The checks continue.)doc")
@@ -135,13 +135,15 @@ It detects transport faults, not an attacker (use TLS). The checks continue.)doc
 
   m.def(
       "memory_pair",
-      [](std::size_t capacity_bytes) {
-        auto pair = MemoryChannel::make_pair(capacity_bytes);
+      [](std::size_t capacity_bytes, bool transcript_check) {
+        auto pair = MemoryChannel::make_pair(capacity_bytes, transcript_check);
         return py::make_tuple(std::shared_ptr<Channel>(std::move(pair.first)),
                               std::shared_ptr<Channel>(std::move(pair.second)));
       },
-      py::arg("capacity_bytes") = std::size_t{64} << 20,
-      "Two connected in-process channel ends; each direction holds at most capacity_bytes in flight.");
+      py::arg("capacity_bytes") = std::size_t{64} << 20, py::arg("transcript_check") = true,
+      "Two connected in-process channel ends; each direction holds at most capacity_bytes in flight.\n"
+      "transcript_check=False keeps no transcript check on either end (transcript() is zeros): only\n"
+      "for measuring what the check costs.");
 
   m.def(
       "link_channel",

@@ -1,6 +1,6 @@
 """Channel test helpers: connected pairs over every transport (the ``pair`` fixture
-of core/conftest.py), a peer thread, and the checks every transport must pass
-(importable from every test directory: tests/ is on the path)."""
+of core/conftest.py), a peer thread, the checks every transport must pass, and
+the transcript oracle (importable from every test directory: tests/ is on the path)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,17 @@ from collections.abc import Callable, Sequence
 
 import pie
 import pytest
+from cryptography.hazmat.primitives.poly1305 import Poly1305
 from pie import crypto
+
+#: The fixed public key of the channels' transcript checks.
+TRANSCRIPT_KEY = b"pie transcript check poly1305 v1"
+
+
+def transcript_check(stream: bytes) -> bytes:
+    """The oracle of ``Channel.transcript()``: the ``cryptography`` package's
+    Poly1305 of a whole byte stream under the public key."""
+    return Poly1305.generate_tag(TRANSCRIPT_KEY, stream)
 
 Pair = tuple[pie.Channel, pie.Channel]
 

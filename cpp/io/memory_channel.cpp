@@ -22,16 +22,17 @@ struct MemoryPipe {
 };
 
 std::pair<std::unique_ptr<MemoryChannel>, std::unique_ptr<MemoryChannel>> MemoryChannel::make_pair(
-    std::size_t capacity_bytes) {
+    std::size_t capacity_bytes, bool transcript_check) {
   if (capacity_bytes == 0) throw std::invalid_argument("capacity_bytes must be positive");
   auto a_to_b = std::make_shared<MemoryPipe>(capacity_bytes);
   auto b_to_a = std::make_shared<MemoryPipe>(capacity_bytes);
-  return {std::make_unique<MemoryChannel>(a_to_b, b_to_a),
-          std::make_unique<MemoryChannel>(b_to_a, a_to_b)};
+  return {std::make_unique<MemoryChannel>(a_to_b, b_to_a, transcript_check),
+          std::make_unique<MemoryChannel>(b_to_a, a_to_b, transcript_check)};
 }
 
-MemoryChannel::MemoryChannel(std::shared_ptr<MemoryPipe> out, std::shared_ptr<MemoryPipe> in)
-    : out_(std::move(out)), in_(std::move(in)) {}
+MemoryChannel::MemoryChannel(std::shared_ptr<MemoryPipe> out, std::shared_ptr<MemoryPipe> in,
+                             bool transcript_check)
+    : Channel(transcript_check), out_(std::move(out)), in_(std::move(in)) {}
 
 MemoryChannel::~MemoryChannel() { close(); }
 

@@ -15,10 +15,11 @@ class MemoryChannel final : public Channel {
  public:
   /// Each direction holds at most capacity_bytes in flight: a sender that runs
   /// ahead blocks (up to its timeout) like a TCP sender with a full window.
+  /// transcript_check = false: both ends keep no transcript check (Channel()).
   static std::pair<std::unique_ptr<MemoryChannel>, std::unique_ptr<MemoryChannel>> make_pair(
-      std::size_t capacity_bytes = std::size_t{64} << 20);
+      std::size_t capacity_bytes = std::size_t{64} << 20, bool transcript_check = true);
 
-  MemoryChannel(std::shared_ptr<MemoryPipe> out, std::shared_ptr<MemoryPipe> in);
+  MemoryChannel(std::shared_ptr<MemoryPipe> out, std::shared_ptr<MemoryPipe> in, bool transcript_check = true);
   ~MemoryChannel() override;
   void close() override;
 

@@ -1,25 +1,21 @@
-"""Transcript checks: each end's running GMAC (AES-128-GCM, fixed public key
-and IV, the stream as associated data) of the bytes it sent and received.
+"""Transcript checks: each end's running Poly1305 (fixed public key) of the
+bytes it sent and received.
 
-The oracle is the ``cryptography`` package's AES-GCM over the bytes the test
-itself handed to the channel.
+The oracle is the ``cryptography`` package's Poly1305 over the bytes the test
+itself handed to the channel (chanutil.transcript_check).
 """
 
 from __future__ import annotations
 
 import threading
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 import pie
-from chanutil import Pair
+from chanutil import Pair, transcript_check
 from pie import crypto
 
-_KEY, _IV = b"pie transcript 1", b"pie gmac iv1"
 
-
-class Gmac:
-    """The oracle: GMAC of everything passed to update()."""
+class Stream:
+    """The oracle: the check of everything passed to update()."""
 
     def __init__(self, data: bytes = b"") -> None:
         self.data = bytearray(data)
@@ -28,14 +24,10 @@ class Gmac:
         self.data += data
 
     def digest(self) -> bytes:
-        return AESGCM(_KEY).encrypt(_IV, b"", bytes(self.data))
+        return transcript_check(bytes(self.data))
 
 
-def gmac(data: bytes) -> bytes:
-    return Gmac(data).digest()
-
-
-EMPTY = gmac(b"")
+EMPTY = transcript_check(b"")
 
 
 def test_fresh_channel_digests_are_empty_hash(pair: Pair) -> None:
@@ -48,8 +40,8 @@ def test_transcript_matches_the_oracle_and_peer(pair: Pair) -> None:
     """Raw sends, frames and a send larger than the 1 MiB buffer, in both directions."""
     a, b = pair
     big = crypto.Prg(crypto.secure_random(16)).random_bytes(3 << 20)
-    ab = Gmac()
-    ba = Gmac()
+    ab = Stream()
+    ba = Stream()
 
     def side_b() -> None:
         assert b.recv(5) == b"hello"
@@ -81,7 +73,7 @@ def test_transcript_matches_the_oracle_and_peer(pair: Pair) -> None:
 def test_sent_digest_covers_buffered_bytes_before_flush() -> None:
     a, b = pie.memory_pair()
     a.send(b"pending")
-    assert a.transcript()[0] == gmac(b"pending")
+    assert a.transcript()[0] == transcript_check(b"pending")
     assert b.transcript()[1] == EMPTY
     a.flush()
     b.recv(7)
@@ -95,8 +87,8 @@ def test_snapshot_does_not_stop_the_running_check() -> None:
     a.send(b"two")
     a.flush()
     b.recv(6)
-    assert first == gmac(b"one")
-    assert a.transcript()[0] == b.transcript()[1] == gmac(b"onetwo")
+    assert first == transcript_check(b"one")
+    assert a.transcript()[0] == b.transcript()[1] == transcript_check(b"onetwo")
 
 
 def test_reset_stats_keeps_transcript() -> None:
@@ -119,7 +111,7 @@ def test_different_split_same_stream_same_digest() -> None:
     a.flush()
     b.recv(4000)
     b.recv(6000)
-    assert a.transcript()[0] == b.transcript()[1] == gmac(data)
+    assert a.transcript()[0] == b.transcript()[1] == transcript_check(data)
 
 
 def test_tampered_byte_changes_digest() -> None:
@@ -134,3 +126,18 @@ def test_tampered_byte_changes_digest() -> None:
     c.flush()
     d.recv(64)
     assert b.transcript()[1] != d.transcript()[1]
+
+
+def test_a_pair_made_without_the_check_keeps_none() -> None:
+    """The measurement-only pair (``transcript_check=False``) hashes nothing on
+    either end, so its sealed checks carry zeros; the default pair checks."""
+    a, b = pie._core.memory_pair(transcript_check=False)
+    a.send(b"abc")
+    a.flush()
+    assert b.recv(3) == b"abc"
+    assert a.transcript() == b.transcript() == (bytes(16), bytes(16))
+    c, d = pie.memory_pair()
+    c.send(b"abc")
+    c.flush()
+    d.recv(3)
+    assert c.transcript()[0] == d.transcript()[1] == transcript_check(b"abc") != bytes(16)

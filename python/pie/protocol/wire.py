@@ -42,7 +42,7 @@ expected and what arrived. Oversized length headers raise
 
 End-to-end integrity: ``OFFLINE_DONE``, ``OFFLINE_VERDICT``, ``OUTPUT_SHARE``
 and ``FINISH`` (once per query) are *sealed*: after the payload, the sender appends the
-transcript checks (16-byte GMAC tags under a fixed public key) of everything it
+transcript checks (16-byte Poly1305 tags under a fixed public key) of everything it
 has sent (this frame's header and payload included) and received on the
 connection (:meth:`pie.Channel.transcript`); the receiver compares them with
 its own received/sent checks. So a changed, lost or
@@ -107,7 +107,8 @@ __all__ = [
 # 4: many queries per connection: OFFER, PREPARE/PREPARED, BYE; batched MASKED_INPUT;
 #    the offline phase runs in exchanges (pie.protocol.schedule.offline_exchanges);
 #    garbled batch headers carry the session's random tweak prefix; label-only output.
-PROTOCOL_VERSION = 4
+# 5: the transcript checks are 16-byte Poly1305 tags, not GMAC tags.
+PROTOCOL_VERSION = 5
 
 # Frame types of the session layer ("PI" + a counter).
 HELLO = 0x50490001  # client -> server: {"protocol", "plan"}
@@ -140,7 +141,7 @@ MAX_PREPARE = 1024
 
 _HEADER = struct.Struct("<IQ")
 _OFFER = struct.Struct("<I")  # the offer at the end of OUTPUT_SHARE
-_CHECK = 16  # one transcript check (Channel.transcript: GMAC tag)
+_CHECK = 16  # one transcript check (Channel.transcript: Poly1305 tag)
 _DIGESTS = 2 * _CHECK  # the check of the bytes sent, then of the bytes received
 
 
