@@ -36,7 +36,8 @@ ends of one transport -- TCP when it is chosen, as a deployment would run,
 else the in-memory pair -- and the cost model predicts for that link.
 ``PIE_BENCH_INPUTS=N`` runs N random inputs per network
 (default 1), figures are medians over them. Targets:
-DRD_C100_12K online <= 45 ms, DRD_C100_230K online <= 1 s and offline traffic
+DRD_C100_12K online <= 30 ms, DRD_C100_230K online <= 600 ms over loopback TCP,
+DRD_C100_230K offline traffic
 <= 1.3 GB, server online linear compute <= 8x the torch forward pass, online
 time <= 1.5x the kernel floor for every DRD_C100 network.
 """

@@ -16,7 +16,8 @@ prediction from the fresh profile) and ``PIE_BENCH_LINK`` from ``--links``
 (default ``loopback,lan,wan``: each emulated link once more over TCP), and
 ``bench_serving.py`` with ``PIE_BENCH_NET=DRD_C100_12K`` (throughput with 1
 and 4 clients, prepared vs single-query online latency, time to first result,
-batches). The report has a table per link (offline and online time, bytes and
+batches), ``bench_latency_floor.py`` with 9 inputs per transport and
+``bench_transcript.py`` with 13 inputs per configuration. The report has a table per link (offline and online time, bytes and
 round trips, and the cost model's prediction for that link) and a plot of
 online latency against ReLUs with one line per link.
 """
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITES = ["crypto", "channel", "ot", "gc", "he", "network", "serving"]
+SUITES = ["crypto", "channel", "ot", "gc", "he", "latency_floor", "transcript", "network", "serving"]
 SERVING_NET = "DRD_C100_12K"
 TOLERANCE = 0.25  # the cost model's target: within 25% of measured time
 LINK_TOLERANCE = 0.20  # on emulated links: within 20%
@@ -107,6 +108,8 @@ def run_all(out: Path, networks: str, profile_seconds: float, links: str = "loop
         "network": {"PIE_BENCH_NET": networks, "PIE_BENCH_PROFILE": str(out / "profile.json"),
                     "PIE_BENCH_LINK": links},
         "serving": {"PIE_BENCH_NET": SERVING_NET},
+        "latency_floor": {"PIE_BENCH_INPUTS": "9"},
+        "transcript": {"PIE_BENCH_INPUTS": "13"},
     }
     for suite in SUITES:
         print(f"bench_{suite} ...", flush=True)
@@ -274,7 +277,7 @@ def _targets(out: Path, nets: dict[tuple[str, str], dict[str, Any]]) -> list[str
     if n230:
         row("offline traffic per inference, DRD_C100_230K", "<= 1.3 GB", _fmt_bytes(n230["offline_bytes"]),
             n230["offline_bytes"] <= 1.3e9, f"bench_network[DRD_C100_230K-{n230['transport']}]")
-    for name, limit in (("DRD_C100_12K", 0.045), ("DRD_C100_230K", 1.0)):
+    for name, limit in (("DRD_C100_12K", 0.030), ("DRD_C100_230K", 0.600)):
         e = nets.get((name, "tcp"))
         if e:
             row(f"{name} online latency, loopback TCP, 2 cores", f"<= {_fmt_s(limit)}", _fmt_s(e["online_seconds"]),
@@ -282,6 +285,24 @@ def _targets(out: Path, nets: dict[tuple[str, str], dict[str, Any]]) -> list[str
         else:
             row(f"{name} online latency, loopback TCP, 2 cores", f"<= {_fmt_s(limit)}", "not measured", None,
                 "bench_network")
+    for transport, limit in (("memory", 0.3), ("tcp", 0.5)):
+        lf = _find(_benchmarks(out, "latency_floor"), f"test_latency_floor[{transport}]")
+        what = f"online time per round, 16 rounds of 64 ReLUs, {transport}"
+        if lf:
+            row(what, f"<= {limit} ms", f"{lf['online_ms_per_round']:.3f} ms", lf["online_ms_per_round"] <= limit,
+                f"bench_latency_floor[{transport}]")
+        else:
+            row(what, f"<= {limit} ms", "not measured", None, "bench_latency_floor")
+    tr = _find(_benchmarks(out, "transcript"), "test_transcript_check_cost")
+    what = "transcript check, share of DRD_C100_12K online time (in memory)"
+    if tr:
+        row(what, f"<= {100 * tr['target_share']:.0f}%",
+            f"{100 * tr['check_share_of_online']:.1f}% ({_fmt_s(tr['online_seconds_with_check'])} with, "
+            f"{_fmt_s(tr['online_seconds_without_check'])} without, medians of {tr['inputs']} alternating inputs; "
+            f"check {tr['check_bytes_per_second'] / 1e9:.1f} GB/s)",
+            tr["check_share_of_online"] <= tr["target_share"], "bench_transcript")
+    else:
+        row(what, "<= 3%", "not measured", None, "bench_transcript")
     lin = [(e["server_linear_to_torch_ratio"], k[0]) for k, e in nets.items() if k[1] == "memory"]
     if lin:
         worst, name = max(lin)
