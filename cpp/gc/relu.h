@@ -132,6 +132,7 @@ class ReluServer {
   std::uint64_t batches_ = 0;
   std::vector<bool> consumed_;  // per batch id: the session's record, whatever copies of material exist
   std::vector<Block> label_buf_;  // one piece of online labels, reused
+  std::vector<std::uint8_t> reply_scratch_;  // the packed reply of the batch being finished, reused
 };
 
 class ReluClient {
@@ -176,6 +177,8 @@ class ReluClient {
   EvaluatorSession session_;
   std::uint64_t batches_ = 0;
   std::vector<bool> consumed_;  // per batch id
+  void grow_scratch(std::size_t n);
+
   std::vector<Block> labels_scratch_;         // the server's labels of the batch being evaluated
   std::vector<std::uint8_t> colours_scratch_;  // its output colour bits, before packing
 };
