@@ -64,7 +64,7 @@ class ReluServerMaterial {
   std::uint64_t batch_ = 0;
   std::size_t n_ = 0;
   std::vector<Block> xs_zero_;            // [n][l_in] 0-labels of the server's share
-  std::vector<std::uint8_t> out_colour_;  // [n][l_out] colour bits of the output 0-labels
+  std::vector<std::uint8_t> out_colour_;  // [n][l_out] colour bits of the output 0-labels, packed as the reply
   std::vector<Block> q_;                  // [n][l_in + l_out] the OT's 0-labels, until garbled
   bool ot_done_ = false;
   bool garbled_ = false;

@@ -266,10 +266,6 @@ class _ClientParty:
                 with meter.measure(i, "online", count_rounds=k == len(garbled) - 1):
                     for material in sets:
                         self._gc[i].reply(material.gc[i])
-            # Freeing the round's tables waits until every reply is out.
-            for i in garbled:
-                for material in sets:
-                    self._gc[i].release(material.gc.pop(i))
         with meter.measure(plan.steps.index(plan.output), "online"):
             if sets[0].argmax is not None:
                 labels = np.array([material.argmax.online() for material in sets], dtype=np.int64)
@@ -279,7 +275,12 @@ class _ClientParty:
                 server_share = np.frombuffer(raw, dtype="<u8").astype(np.uint64)
                 y = mask(server_share.reshape(len(sets), *out_spec.shape)
                          + np.stack([material.output_share for material in sets]), out_spec.ring_bits)
+        # The tables are freed once the output is decoded: unmapping hundreds of
+        # MB holds the process's memory map lock, which stalled the server's
+        # allocations when it happened between rounds (the peak is the start
+        # of the query anyway).
         for material in sets:
+            self.free(material)
             report.add_offline(material.costs, material.setup_bytes, material.setup_seconds,
                                material.setup_round_trips)
         report.add_offline([], self._setup_bytes, self._setup_seconds, self._setup_round_trips)
@@ -289,7 +290,7 @@ class _ClientParty:
         return y.reshape(len(sets), *plan.output.shape), report
 
     def free(self, material: _ClientSet) -> None:
-        """Release an unused set's garbled tables for good."""
+        """Release a set's garbled tables for good: after its query, or unused."""
         for i, m in material.gc.items():
             self._gc[i].release(m)
         material.gc.clear()
