@@ -4,7 +4,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pie.plan.reference import conv2d_ring, fc_ring, relu_shift, to_signed, truncate_shift
+from pie.plan.reference import (_conv_direct, _conv_limbs, conv2d_ring, fc_ring, prepare_weight, relu_shift, to_signed,
+                                truncate_shift)
 
 BITS = st.integers(min_value=1, max_value=64)
 
@@ -74,9 +75,14 @@ def _conv_oracle(x, w, stride, padding, groups, bits):
 @settings(max_examples=150, deadline=None)
 @given(conv_case())
 def test_conv2d_ring_is_exact(case):
+    """Both ways of computing it (float64 limbs; uint64 products for small
+    convolutions) and the choice between them."""
     x, w, stride, padding, groups, bits = case
-    got = conv2d_ring(x, w, stride, padding, groups, bits)
-    np.testing.assert_array_equal(got, _conv_oracle(x, w, stride, padding, groups, bits))
+    want = _conv_oracle(x, w, stride, padding, groups, bits)
+    np.testing.assert_array_equal(conv2d_ring(x, w, stride, padding, groups, bits), want)
+    np.testing.assert_array_equal(_conv_limbs(x, prepare_weight(w), stride, padding, groups, bits), want)
+    residues = w.view(np.uint64)
+    np.testing.assert_array_equal(_conv_direct(x, residues, stride, padding, groups, bits), want)
 
 
 @settings(max_examples=150, deadline=None)
