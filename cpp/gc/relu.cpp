@@ -148,7 +148,8 @@ std::vector<std::uint64_t> ReluServer::finish(ReluServerMaterial& m) {
   // as the AES-NI code requires). The buffer is reused (16 spare bytes for the
   // loads): no batch-sized allocation, nor its page faults, on the online path.
   const std::size_t bytes = (n * l_out + 7) / 8;
-  reply_scratch_.assign(bytes + 16, 0);
+  reply_scratch_.resize(bytes + 16);
+  std::fill(reply_scratch_.begin() + static_cast<std::ptrdiff_t>(bytes), reply_scratch_.end(), std::uint8_t{0});
   ch_.recv(reply_scratch_.data(), bytes);
   for (std::size_t b = 0; b < bytes; ++b) reply_scratch_[b] ^= m.out_colour_[b];
   const std::uint8_t* bits = reply_scratch_.data();

@@ -6,7 +6,9 @@ masking to the low ``l`` bits, because ``2^l`` divides ``2^64``.
 
 Convolutions and matrix products are the exception: they are computed with
 float64 arithmetic for speed (torch's CPU convolution and BLAS matrix products),
-split into limbs so that every float operation is exact.
+split into limbs so that every float operation is exact. Convolutions of at
+most ``_DIRECT_CONV_MACS`` multiply-adds, where torch's fixed costs dominate,
+are plain ``uint64`` products and sums instead.
 
 Exactness argument (``_limb_bits``, ``_limbs``). Let ``S = max_o sum_k |w[o, k]|``
 be the largest L1 norm of a weight row (all the weights of one output). The
