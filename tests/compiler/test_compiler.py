@@ -74,8 +74,7 @@ def test_rings_and_scales_policy():
             assert out.ring_bits <= 59
             for t in s.terms:
                 src = plan.tensors[t.input]
-                assert src.ring_bits >= (out.ring_bits if t.op != "scale"
-                                         else out.ring_bits - t.shift)
+                assert src.ring_bits >= out.ring_bits - t.shift  # HE and scale terms alike
     ins = [plan.tensors[s.input].ring_bits for s in plan.steps if isinstance(s, ReluStep)]
     # Past the culled stage 1, every ReLU layer resets the precision: small rings.
     assert np.median(ins) <= 32 and sorted(ins)[-3] <= 40

@@ -9,10 +9,11 @@ The policy (all of it public and recorded in ``plan.policy``):
   with fewer, as an average pool's ``1/4``). Terms meet at one scale per
   linear step, the largest any term asks for. A ReLU output asks for ``b_a``
   significant bits of its calibrated maximum, but its scale is free (the shift
-  is chosen): where its branch meets a stream of a larger scale (a residual
-  add), the branch arrives at the stream's scale and the ReLU output takes the
-  difference, so the stream's scale does not grow; it rises only where a
-  shortcut conv multiplies it. ``2^(shift-1)`` is added to the preceding bias
+  is chosen): it stays at its own activation scale, and where its branch meets
+  a stream of a larger scale (a residual add) the branch's conv carries the
+  difference as a term ``shift`` (its product times ``2^shift``), so neither
+  the stream's scale nor the ReLU output's ring grows; the stream's scale
+  rises only where a shortcut conv multiplies it. ``2^(shift-1)`` is added to the preceding bias
   so the shift rounds to nearest.
 * Rings are worked out backwards. A tensor read by a garbled circuit (ReLU,
   truncation) or decoded as output needs ``bitlen(ceil(m * 2^frac)) + 1 +
@@ -161,12 +162,13 @@ class Assigner:
     def fw(self, t: FloatTerm) -> int:
         return self.fw_pref[id(t)] - self.fw_lowered.get(id(t), 0) if t.op != "scale" else 0
 
-    def scales(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-        """Forward pass: frac of every tensor, the term each linear step's scale comes
-        from (``dominant``, a term id), and frac_w / shift per term (keyed by term id)."""
+    def scales(self) -> tuple[dict[str, int], dict[int, tuple[int, int]], dict[str, int]]:
+        """Forward pass: frac of every tensor, ``(frac_w, shift)`` per term (keyed by
+        term id; a scale term's frac_w is 0), and the term each linear step's
+        scale comes from (``dominant``, a term id)."""
         frac: dict[str, int] = {INPUT: 0}
         free_in: dict[str, str] = {}  # GC output -> its input (scale still free)
-        term_frac: dict[int, int] = {}
+        term_scale: dict[int, tuple[int, int]] = {}
         dominant: dict[str, int] = {}
         for op in self.g.ops:
             if isinstance(op, FloatRelu):
@@ -175,7 +177,7 @@ class Assigner:
             cands = []
             for t in op.terms:
                 x = self.src(t.input, op.output)
-                base = frac[x] if x in frac else self.act_frac[x]
+                base = frac[x] if x in frac else min(self.act_frac[x], frac[free_in[x]])
                 cands.append(base + self.fw(t))
             f_y = max(cands)
             fixed = [i for i, t in enumerate(op.terms)
@@ -185,15 +187,15 @@ class Assigner:
             for t in op.terms:
                 x = self.src(t.input, op.output)
                 if x not in frac:
-                    frac[x] = min(f_y - self.fw(t), frac[free_in[x]])
-                term_frac[id(t)] = f_y - frac[x]
+                    frac[x] = min(f_y - self.fw(t), frac[free_in[x]], self.act_frac[x])
+                term_scale[id(t)] = (self.fw(t), f_y - frac[x] - self.fw(t))
             frac[op.output] = f_y
             if op.output in self.truncated:
                 frac[op.output + _TRUNC_SUFFIX] = self.truncated[op.output][0]
         for out, inp in free_in.items():
             frac.setdefault(out, min(frac[inp], self.act_frac[out]))
         self.free_in = free_in
-        return frac, term_frac, dominant
+        return frac, term_scale, dominant
 
     def rounds(self) -> int:
         """Online garbled-circuit rounds of the graph as it stands (Plan.rounds)."""
@@ -248,8 +250,8 @@ class Assigner:
     # -------------------------------------------------------------- rings and plan
     def build(self, pixel_max: int) -> Plan:
         """The Plan, weights quantised."""
-        frac, term_frac, ring = self.layout()
-        return self._emit(pixel_max, frac, term_frac, ring)
+        frac, term_scale, ring = self.layout()
+        return self._emit(pixel_max, frac, term_scale, ring)
 
     def gc_work(self) -> float:
         """What the precision search (:class:`~pie.compiler.precision.Search`)
@@ -265,11 +267,11 @@ class Assigner:
             total += math.prod(self.g.shapes[name]) * (ring[name] + ring[name + _TRUNC_SUFFIX])
         return float(total)
 
-    def layout(self) -> tuple[dict[str, int], dict[int, int], dict[str, int]]:
-        """Fit the rings, then every tensor's scale, every term's frac_w or shift
+    def layout(self) -> tuple[dict[str, int], dict[int, tuple[int, int]], dict[str, int]]:
+        """Fit the rings, then every tensor's scale, every term's ``(frac_w, shift)``
         (by term id) and every tensor's ring."""
         _RingFitter(self).fit()
-        frac, term_frac, _ = self.scales()
+        frac, term_scale, _ = self.scales()
         # Garbled-circuit inputs (truncated tensors included) need their magnitude;
         # everything else gets the largest ring its consumers need (module doc).
         ring: dict[str, int] = {name: self.bits(name, frac) for name in self.gc_inputs()}
@@ -279,17 +281,16 @@ class Assigner:
             out_ring = ring.setdefault(op.output, 1)
             for t in op.terms:
                 x = self.src(t.input, op.output)
-                need = out_ring if t.op != "scale" else max(out_ring - term_frac[id(t)], 1)
-                ring[x] = max(ring.get(x, 1), need)
+                ring[x] = max(ring.get(x, 1), out_ring - term_scale[id(t)][1], 1)
         for name in self.free_in:
             ring.setdefault(name, 1)
         ring.setdefault(INPUT, 1)
         too_big = {k: v for k, v in ring.items() if v > self.p.max_ring}
         if too_big:
             raise CompileError(f"rings exceed max_ring_bits={self.p.max_ring}: {too_big}")
-        return frac, term_frac, ring
+        return frac, term_scale, ring
 
-    def _emit(self, pixel_max: int, frac: dict[str, int], term_frac: dict[int, int],
+    def _emit(self, pixel_max: int, frac: dict[str, int], term_scale: dict[int, tuple[int, int]],
               ring: dict[str, int]) -> Plan:
         g = self.g
         tensors: dict[str, TensorSpec] = {}
@@ -309,7 +310,7 @@ class Assigner:
             declare(op.output, g.shapes[op.output])
             terms: list[Term] = []
             for t in op.terms:
-                terms.append(self._quantise_term(t, self.src(t.input, op.output), term_frac[id(t)]))
+                terms.append(self._quantise_term(t, self.src(t.input, op.output), *term_scale[id(t)]))
             shift = self._shift_of(op.output, frac)
             offset = self._offset(op.output, shift)
             bias = _to_ring(op.bias, frac[op.output], offset, ring[op.output])
@@ -323,9 +324,9 @@ class Assigner:
         steps.append(OutputStep(out, frac[out], tuple(g.output_shape)))
         return Plan(INPUT, pixel_max, tensors, steps, {})
 
-    def _quantise_term(self, t: FloatTerm, src: str, fw: int) -> Term:
+    def _quantise_term(self, t: FloatTerm, src: str, fw: int, shift: int) -> Term:
         if t.op == "scale":
-            return ScaleTerm(src, fw)
+            return ScaleTerm(src, shift)
         assert t.weight is not None
         w = np.rint(t.weight * 2.0**fw)
         if np.abs(w).max(initial=0) >= 2**40:
@@ -333,8 +334,8 @@ class Assigner:
         wi = w.astype(np.int64)
         if t.op == "conv2d":
             o, cg, kh, kw = wi.shape
-            return ConvTerm(src, (o, cg, kh, kw), t.stride, t.padding, t.groups, fw, wi)
-        return FCTerm(src, (wi.shape[0], wi.shape[1]), fw, wi)
+            return ConvTerm(src, (o, cg, kh, kw), t.stride, t.padding, t.groups, fw, wi, shift)
+        return FCTerm(src, (wi.shape[0], wi.shape[1]), fw, wi, shift)
 
 
 class _RingFitter:

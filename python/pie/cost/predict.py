@@ -69,7 +69,8 @@ import numpy as np
 
 from .. import gc, he
 from ..link import Link, resolve_link
-from ..plan import ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep
+from ..plan import (ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep,
+                    he_ring_bits)
 from ..protocol.report import InferenceTotals, StepFigures
 from ..protocol.schedule import he_sessions, offline_exchanges
 from ..tables import Column, format_table
@@ -214,12 +215,12 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
     for i, s in enumerate(plan.steps):
         est = StepEstimate(i, s.kind, getattr(s, "output", s.inputs[0]))
         if isinstance(s, LinearStep):
-            bits = t[s.output].ring_bits
             for k, term in enumerate(s.terms):
                 if not isinstance(term, (ConvTerm, FCTerm)):
                     continue
+                bits = he_ring_bits(term, t[s.output].ring_bits)
                 lay = term_layout(plan, term)
-                c2s, s2c = he_term_bytes(plan, s, lay, sessions[bits])
+                c2s, s2c = he_term_bytes(plan, s, bits, lay, sessions[bits])
                 est.offline_bytes_c2s += c2s
                 est.offline_bytes_s2c += s2c
                 opening = (i, k) in opens

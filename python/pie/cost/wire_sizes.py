@@ -74,9 +74,10 @@ def term_layout(plan: Plan, term: ConvTerm | FCTerm) -> dict[str, int]:
     return he.layout((k, 1, 1), (m, k, 1, 1))
 
 
-def he_term_bytes(plan: Plan, step: LinearStep, lay: dict[str, int], max_revealed: int) -> tuple[int, int]:
-    """Bytes (client to server, server to client) of one HE conv/fc term."""
-    bits = plan.tensors[step.output].ring_bits
+def he_term_bytes(plan: Plan, step: LinearStep, bits: int, lay: dict[str, int],
+                  max_revealed: int) -> tuple[int, int]:
+    """Bytes (client to server, server to client) of one HE conv/fc term whose
+    product ring is ``bits``."""
     params = he.he_parameters(bits, max_revealed=max_revealed)
     ct = _he_input_ciphertext_bytes(bits)
     c2s = FRAME_HEADER_BYTES + HE_COUNT_BYTES + lay["num_inputs"] * (HE_COUNT_BYTES + ct)

@@ -137,11 +137,14 @@ def _term_to_dict(t: Term) -> dict[str, Any]:
     if isinstance(t, ScaleTerm):
         return {"op": "scale", "input": t.input, "shift": t.shift}
     if isinstance(t, ConvTerm):
-        return {"op": "conv2d", "input": t.input, "weight_shape": list(t.weight_shape),
-                "stride": list(t.stride), "padding": list(t.padding), "groups": t.groups,
-                "frac_w": t.frac_w}
-    return {"op": "fc", "input": t.input, "weight_shape": list(t.weight_shape),
-            "frac_w": t.frac_w}
+        d = {"op": "conv2d", "input": t.input, "weight_shape": list(t.weight_shape),
+             "stride": list(t.stride), "padding": list(t.padding), "groups": t.groups,
+             "frac_w": t.frac_w}
+    else:
+        d = {"op": "fc", "input": t.input, "weight_shape": list(t.weight_shape), "frac_w": t.frac_w}
+    if t.shift:  # absent when 0: earlier plans keep their digests
+        d["shift"] = t.shift
+    return d
 
 
 def _step_to_dict(s: Step) -> dict[str, Any]:
@@ -206,6 +209,10 @@ def _names(v: Any, what: str) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _term_shift(t: dict[str, Any]) -> int:
+    return _int(t["shift"], "shift", 0, 63) if "shift" in t else 0
+
+
 def _step_from_dict(i: int, d: dict[str, Any], arrays: dict[str, np.ndarray]) -> Step:
     kind = _field(d, "kind", str)
     if kind == "linear":
@@ -220,10 +227,12 @@ def _step_from_dict(i: int, d: dict[str, Any], arrays: dict[str, np.ndarray]) ->
                                       _ints(t["stride"], "stride", 2, 1),
                                       _ints(t["padding"], "padding", 2, 0),
                                       _int(t["groups"], "groups", 1, 1 << 31),
-                                      _int(t["frac_w"], "frac_w", 0, MAX_FRAC_BITS), w))
+                                      _int(t["frac_w"], "frac_w", 0, MAX_FRAC_BITS), w,
+                                      _term_shift(t)))
             elif op == "fc":
                 terms.append(FCTerm(src, _ints(t["weight_shape"], "weight_shape", 2, 1),
-                                    _int(t["frac_w"], "frac_w", 0, MAX_FRAC_BITS), w))
+                                    _int(t["frac_w"], "frac_w", 0, MAX_FRAC_BITS), w,
+                                    _term_shift(t)))
             else:
                 raise PlanFormatError(f"step {i}: unknown term op {op!r}")
         return LinearStep(_field(d, "output", str), terms, _names(d["source"], "source"),

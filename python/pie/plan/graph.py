@@ -14,7 +14,7 @@ import numpy as np
 
 from .steps import (
     MAX_HE_RING_BITS, ConvTerm, LinearStep, OutputStep, PlanFormatError, ReluStep, ScaleTerm,
-    Step, TensorSpec, TruncateStep, relu_and_gates, truncate_and_gates,
+    Step, TensorSpec, TruncateStep, he_ring_bits, relu_and_gates, truncate_and_gates,
 )
 
 __all__ = ["gc_cost", "has_weights", "last_uses", "output_step", "relu_count", "rounds",
@@ -181,15 +181,19 @@ def _validate_linear(where: str, t: Mapping[str, TensorSpec], s: LinearStep) -> 
             if src.ring_bits < out.ring_bits - term.shift:
                 raise PlanFormatError(f"{where}: ring of {term.input!r} too small")
             continue
-        if src.ring_bits < out.ring_bits:
+        if not 0 <= term.shift < out.ring_bits:
+            raise PlanFormatError(f"{where}: shift {term.shift} of the term on {term.input!r} "
+                                  f"outside [0, {out.ring_bits})")
+        product_bits = he_ring_bits(term, out.ring_bits)
+        if src.ring_bits < product_bits:
             raise PlanFormatError(
-                f"{where}: HE input {term.input!r} has ring {src.ring_bits} < output "
-                f"ring {out.ring_bits}"
+                f"{where}: HE input {term.input!r} has ring {src.ring_bits} < the term's "
+                f"product ring {product_bits}"
             )
-        if out.ring_bits > MAX_HE_RING_BITS:
-            raise PlanFormatError(f"{where}: HE output ring {out.ring_bits} > 59 bits")
-        if src.frac_bits + term.frac_w != out.frac_bits:
-            raise PlanFormatError(f"{where}: frac_bits of {term.input!r} + frac_w mismatch")
+        if product_bits > MAX_HE_RING_BITS:
+            raise PlanFormatError(f"{where}: HE product ring {product_bits} > 59 bits")
+        if src.frac_bits + term.frac_w + term.shift != out.frac_bits:
+            raise PlanFormatError(f"{where}: frac_bits of {term.input!r} + frac_w + shift mismatch")
         if isinstance(term, ConvTerm):
             o, cg, kh, kw = term.weight_shape
             c, h, w = src.shape

@@ -55,6 +55,7 @@ __all__ = [
     "RingWeight",
     "conv2d_ring",
     "fc_ring",
+    "term_product",
     "prepare_weight",
     "execute",
     "batched",
@@ -226,6 +227,18 @@ def fc_ring(x: np.ndarray, weight: np.ndarray | RingWeight, bits: int) -> np.nda
     return _recombine(results, w.limb_bits, bits)
 
 
+def term_product(x: np.ndarray, term: ConvTerm | FCTerm, weight: np.ndarray | RingWeight,
+                 bits: int) -> np.ndarray:
+    """A conv or fc term's contribution ``W(x) * 2^term.shift mod 2^bits``
+    (uint64 residues): the product mod ``2^(bits - shift)``, then shifted."""
+    b = bits - term.shift
+    if isinstance(term, ConvTerm):
+        product = conv2d_ring(x, weight, term.stride, term.padding, term.groups, b)
+    else:
+        product = fc_ring(x, weight, b)
+    return product << np.uint64(term.shift) if term.shift else product
+
+
 def execute(
     input: str,
     tensors: Mapping[str, TensorSpec],
@@ -297,10 +310,8 @@ def _execute(
                 src = values[term.input]
                 if term.op == "scale":
                     acc += src << np.uint64(term.shift)
-                elif term.op == "conv2d":
-                    acc += conv2d_ring(src, _weight(term), term.stride, term.padding, term.groups, bits)
                 else:
-                    acc += fc_ring(src, _weight(term), bits)
+                    acc += term_product(src, term, _weight(term), bits)
             values[step.output] = mask(acc, bits)
         elif isinstance(step, ReluStep):
             src = gc_input(step.input)

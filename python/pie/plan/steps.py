@@ -14,8 +14,11 @@ Step kinds (``step.kind``):
     order) or ``"scale"`` (:class:`ScaleTerm`: ``x * 2^shift``, local to each
     party's share, also a free lift to a larger ring). ``bias`` is an int64
     tensor of the output's full shape (the centred representative mod the
-    output ring). Conv and FC terms are computed with HE: their input ring is at
-    least the output ring. A scale term's input ring is at least
+    output ring). Conv and FC terms are computed with HE and multiplied by
+    ``2^shift`` (their own ``shift``, 0 unless the term is aligned to a larger
+    output scale): the product is then needed mod ``2^(ring(y) - shift)`` only,
+    which is the ring its HE runs in (:func:`he_ring_bits`) and the least ring
+    of its input. A scale term's input ring is likewise at least
     ``ring(y) - shift``. Linear steps never truncate.
 ``"relu"`` (:class:`ReluStep`)
     ``y = (ReLU(x as signed mod 2^ring(x)) >> shift) mod 2^ring(y)`` with an
@@ -50,6 +53,7 @@ __all__ = [
     "TensorSpec",
     "Term",
     "TruncateStep",
+    "he_ring_bits",
     "relu_and_gates",
     "truncate_and_gates",
 ]
@@ -77,7 +81,7 @@ class TensorSpec:
 
 @dataclass(eq=False)
 class ConvTerm:
-    """2-D convolution (zero padding) of one input tensor, computed with HE."""
+    """2-D convolution (zero padding) of one input tensor, computed with HE, times ``2^shift``."""
 
     input: str
     weight_shape: tuple[int, int, int, int]
@@ -86,17 +90,20 @@ class ConvTerm:
     groups: int
     frac_w: int
     weight: np.ndarray | None = None
+    shift: int = 0
     op: str = field(default="conv2d", init=False)
 
 
 @dataclass(eq=False)
 class FCTerm:
-    """Fully connected layer over the input flattened in C-major order, computed with HE."""
+    """Fully connected layer over the input flattened in C-major order, computed with
+    HE, times ``2^shift``."""
 
     input: str
     weight_shape: tuple[int, int]
     frac_w: int
     weight: np.ndarray | None = None
+    shift: int = 0
     op: str = field(default="fc", init=False)
 
 
@@ -110,6 +117,12 @@ class ScaleTerm:
 
 
 Term = Union[ConvTerm, FCTerm, ScaleTerm]
+
+
+def he_ring_bits(term: ConvTerm | FCTerm, out_ring_bits: int) -> int:
+    """The ring an HE term's product is computed in: its step's output ring less
+    the term's shift (the shift's high bits fall off the output ring)."""
+    return out_ring_bits - term.shift
 
 
 @dataclass(eq=False)

@@ -58,8 +58,9 @@ def summary(input: str, tensors: Mapping[str, TensorSpec], steps: Sequence[Step]
 def _term_label(t: Term) -> str:
     if isinstance(t, ScaleTerm):
         return f"{t.input}<<{t.shift}" if t.shift else t.input
+    shifted = f"<<{t.shift}" if t.shift else ""
     if isinstance(t, ConvTerm):
         kh, kw = t.weight_shape[2:]
         g = f",g{t.groups}" if t.groups > 1 else ""
-        return f"conv{kh}x{kw}/{t.stride[0]}{g}({t.input})"
-    return f"fc({t.input})"
+        return f"conv{kh}x{kw}/{t.stride[0]}{g}({t.input}){shifted}"
+    return f"fc({t.input}){shifted}"

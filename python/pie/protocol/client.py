@@ -191,8 +191,8 @@ class _ClientParty:
                     self._gc[it.step].receive_tables(material[it.step])
             for it in linear:
                 with measure(it.step, "offline"):
-                    step = plan.steps[it.step]
-                    y = he_sessions[t[step.output].ring_bits].receive()
+                    term = schedule.he_term(plan, it)
+                    y = he_sessions[schedule.he_ring(plan, it)].receive() << np.uint64(term.shift)
                     he_out[it.step] = y if it.step not in he_out else he_out[it.step] + y
                     pending[it.step] -= 1
             self._settle(shares, he_out, pending)
@@ -210,10 +210,8 @@ class _ClientParty:
                           setup_bytes, setup_seconds, setup_round_trips, argmax)
 
     def _send_he(self, he_sessions: dict[int, Any], item: schedule.OfflineItem, shares: dict[str, np.ndarray]) -> None:
-        step = self.plan.steps[item.step]
-        assert isinstance(step, LinearStep) and item.term is not None
-        term = step.terms[item.term]
-        bits = self.plan.tensors[step.output].ring_bits
+        term = schedule.he_term(self.plan, item)
+        bits = schedule.he_ring(self.plan, item)
         x = mask(shares[term.input], bits)
         if isinstance(term, ConvTerm):
             he_sessions[bits].send_conv2d(x, term.weight_shape, *schedule.conv_geometry(term))

@@ -42,6 +42,7 @@ from ..plan import (
     Plan,
     ReluStep,
     TruncateStep,
+    he_ring_bits,
     relu_and_gates,
     truncate_and_gates,
 )
@@ -172,11 +173,11 @@ class MaterialEstimate:
         for s in plan.steps:
             if not isinstance(s, LinearStep):
                 continue
-            bits = t[s.output].ring_bits
             terms = [term for term in s.terms if isinstance(term, (ConvTerm, FCTerm))]
             if terms:
                 he_held += 8 * t[s.output].numel
             for term in terms:
+                bits = he_ring_bits(term, t[s.output].ring_bits)
                 if isinstance(term, ConvTerm):
                     lay = he.layout(t[term.input].shape, term.weight_shape, int(term.stride[0]),
                                     int(term.padding[0]), term.groups)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import he
-from ..plan import ConvTerm, FCTerm, LinearStep, Plan, ReluStep, TruncateStep
+from ..plan import ConvTerm, FCTerm, LinearStep, Plan, ReluStep, TruncateStep, he_ring_bits
 
 __all__ = ["LABEL_BYTES", "OFFLINE_EXCHANGE_BYTES", "OfflineItem", "argmax_shape", "conv_geometry", "gc_shape",
            "gc_shapes", "he_frame_bytes", "he_sessions", "offline_exchanges"]
@@ -42,11 +42,25 @@ def he_sessions(plan: Plan) -> dict[int, int]:
     outputs: dict[int, int] = {}
     for s in plan.steps:
         if isinstance(s, LinearStep):
-            n = sum(plan.tensors[s.output].numel for t in s.terms if t.op != "scale")
-            if n:
-                bits = plan.tensors[s.output].ring_bits
-                outputs[bits] = outputs.get(bits, 0) + n
+            for t in s.terms:
+                if isinstance(t, (ConvTerm, FCTerm)):
+                    bits = he_ring_bits(t, plan.tensors[s.output].ring_bits)
+                    outputs[bits] = outputs.get(bits, 0) + plan.tensors[s.output].numel
     return {bits: 1 << (2 * n - 1).bit_length() for bits, n in sorted(outputs.items())}
+
+
+def he_term(plan: Plan, item: OfflineItem) -> ConvTerm | FCTerm:
+    """The conv or fc term an HE offline item computes."""
+    step = plan.steps[item.step]
+    assert isinstance(step, LinearStep) and item.term is not None
+    term = step.terms[item.term]
+    assert isinstance(term, (ConvTerm, FCTerm))
+    return term
+
+
+def he_ring(plan: Plan, item: OfflineItem) -> int:
+    """The ring (HE session) an HE offline item's product is computed in."""
+    return he_ring_bits(he_term(plan, item), plan.tensors[plan.steps[item.step].output].ring_bits)
 
 
 def gc_shapes(plan: Plan) -> list[tuple[int, int, int, bool]]:
@@ -127,7 +141,7 @@ LABEL_BYTES = 16  # one OT block / wire label
 def he_frame_bytes(plan: Plan, step: LinearStep, term: ConvTerm | FCTerm) -> int:
     """A bound on one HE term's input frame: its seeded ciphertexts (one
     polynomial in every top-level limb each)."""
-    params = he.he_parameters(plan.tensors[step.output].ring_bits)
+    params = he.he_parameters(he_ring_bits(term, plan.tensors[step.output].ring_bits))
     src = plan.tensors[term.input]
     if isinstance(term, ConvTerm):
         lay = he.layout(src.shape, term.weight_shape, *conv_geometry(term))

@@ -19,7 +19,7 @@ from .. import gc, he
 from ..channel import Channel
 from ..compiler import compile as compile_plan
 from ..plan import ConvTerm, FCTerm, LinearStep, Plan
-from ..plan.reference import conv2d_ring, fc_ring, mask, prepare_weight, reduce
+from ..plan.reference import mask, prepare_weight, reduce, term_product
 from . import schedule, wire
 from .party import SessionStateError, exchange_parts, garbled_engines
 
@@ -80,11 +80,8 @@ class Server:
         acc = reduce(step.bias, bits).astype(np.uint64)
         for k, term in enumerate(step.terms):
             x = values[term.input]
-            if isinstance(term, ConvTerm):
-                acc = acc + conv2d_ring(x, self._weights[index, k], term.stride, term.padding,
-                                        term.groups, bits)
-            elif isinstance(term, FCTerm):
-                acc = acc + fc_ring(x, self._weights[index, k], bits)
+            if isinstance(term, (ConvTerm, FCTerm)):
+                acc = acc + term_product(x, term, self._weights[index, k], bits)
             else:
                 acc = acc + (x << np.uint64(term.shift))
         return mask(acc, bits)
@@ -246,9 +243,8 @@ class ServerSession:
             for it in garbled:
                 self._gc[it.step].garble(material.gc[it.step])
             for it, inputs in zip(linear, received):
-                step = plan.steps[it.step]
-                assert isinstance(step, LinearStep) and it.term is not None
-                s = he_sessions[t[step.output].ring_bits].reply(inputs, step.terms[it.term].weight)
+                term = schedule.he_term(plan, it)
+                s = he_sessions[schedule.he_ring(plan, it)].reply(inputs, term.weight) << np.uint64(term.shift)
                 masks[it.step] = s if it.step not in masks else masks[it.step] + s
         for i, acc in masks.items():
             out = t[plan.steps[i].output]
@@ -261,10 +257,8 @@ class ServerSession:
         return material
 
     def _receive_he(self, he_sessions: dict[int, Any], item: schedule.OfflineItem) -> Any:
-        step = self.plan.steps[item.step]
-        assert isinstance(step, LinearStep) and item.term is not None
-        term = step.terms[item.term]
-        party = he_sessions[self.plan.tensors[step.output].ring_bits]
+        term = schedule.he_term(self.plan, item)
+        party = he_sessions[schedule.he_ring(self.plan, item)]
         if isinstance(term, ConvTerm):
             return party.receive_conv2d(self.plan.tensors[term.input].shape, term.weight.shape,
                                         *schedule.conv_geometry(term))
