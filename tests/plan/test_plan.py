@@ -6,6 +6,8 @@ import pytest
 import pie.plan as planmod
 from pie import gc
 from pie.compiler import compile
+import dataclasses
+
 from pie.plan import LinearStep, Plan, PlanFormatError, ReluStep, TensorSpec
 
 from netutil import random_images
@@ -46,7 +48,7 @@ def _py_plan_run(p: Plan, x: np.ndarray) -> list[int]:
             elif t.op == "fc":
                 flat = [src[k] for k in sorted(src)]
                 for (o,) in list(acc):
-                    acc[(o,)] += sum(int(w) * v for w, v in zip(t.weight[o], flat))
+                    acc[(o,)] += sum(int(w) * v for w, v in zip(t.weight[o], flat)) << t.shift
             else:
                 c, h, w = p.tensors[t.input].shape
                 og = t.weight_shape[0] // t.groups
@@ -60,7 +62,7 @@ def _py_plan_run(p: Plan, x: np.ndarray) -> list[int]:
                                 z = j * t.stride[1] - t.padding[1] + e
                                 if 0 <= y < h and 0 <= z < w:
                                     acc[(o, i, j)] += int(t.weight[o, ci, a, e]) * src[
-                                        (g * cg + ci, y, z)]
+                                        (g * cg + ci, y, z)] << t.shift
         vals[s.output] = {k: v % mod for k, v in acc.items()}
     raise AssertionError("no output step")
 
@@ -200,3 +202,42 @@ def test_inputs_outside_the_unit_range_are_refused_not_clipped(plan, bad, match)
     edge = np.zeros((3, 8, 8))
     edge[0, 0, 0] = 1.0
     assert plan.encode_input(edge).max() == plan.pixel_max  # 0 and 1 themselves are fine
+
+
+def _shift_fc(plan: Plan, shift: int, input_ring: int | None = None) -> Plan:
+    """The plan with its fc term times ``2^shift`` (output frac raised to match)."""
+    steps, tensors = list(plan.steps), dict(plan.tensors)
+    k, step = next((k, s) for k, s in enumerate(steps)
+                   if isinstance(s, LinearStep) and s.terms[0].op == "fc")
+    steps[k] = dataclasses.replace(step, terms=[dataclasses.replace(step.terms[0], shift=shift)])
+    out = tensors[step.output]
+    tensors[out.name] = TensorSpec(out.name, out.shape, out.ring_bits, out.frac_bits + shift)
+    steps[-1] = dataclasses.replace(steps[-1], frac_bits=out.frac_bits + shift)
+    if input_ring is not None:
+        src = tensors[step.terms[0].input]
+        tensors[src.name] = TensorSpec(src.name, src.shape, input_ring, src.frac_bits)
+    return Plan(plan.input, plan.pixel_max, tensors, steps, plan.policy, plan.private)
+
+
+def test_shifted_term_matches_interpreter_and_round_trips(plan, tmp_path):
+    shifted = _shift_fc(plan, 3)
+    pixels = np.random.default_rng(7).integers(0, 256, (2, 3, 8, 8))
+    got = shifted.run_reference_int(pixels)
+    for b in range(2):
+        assert [int(v) for v in got[b]] == _py_plan_run(shifted, pixels[b])
+    assert shifted.digest() != plan.digest()
+    shifted.save(tmp_path / "shifted.plan")
+    loaded = Plan.load(tmp_path / "shifted.plan")
+    assert loaded.digest() == shifted.digest()
+    np.testing.assert_array_equal(loaded.run_reference_int(pixels), got)
+    fc = next(t for s in loaded.steps if isinstance(s, LinearStep) for t in s.terms if t.op == "fc")
+    assert fc.shift == 3
+
+
+def test_validation_rejects_bad_term_shifts(plan):
+    out_ring = next(plan.tensors[s.output].ring_bits for s in plan.steps
+                    if isinstance(s, LinearStep) and s.terms[0].op == "fc")
+    with pytest.raises(PlanFormatError, match="shift"):
+        _shift_fc(plan, out_ring)
+    with pytest.raises(PlanFormatError):
+        _shift_fc(plan, 2, input_ring=out_ring - 3)
