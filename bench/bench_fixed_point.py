@@ -102,6 +102,7 @@ def figures(plan: pie.Plan) -> dict[str, object]:
 def test_fixed_point(benchmark, name):
     start = time.perf_counter()
     plan = benchmark.pedantic(_compile, args=(name,), rounds=1, iterations=1)
+    benchmark.extra_info["network"] = name
     benchmark.extra_info.update(figures(plan))
     benchmark.extra_info["compile_seconds"] = time.perf_counter() - start
     info = benchmark.extra_info

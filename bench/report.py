@@ -17,7 +17,10 @@ prediction from the fresh profile) and ``PIE_BENCH_LINK`` from ``--links``
 ``bench_serving.py`` with ``PIE_BENCH_NET=DRD_C100_12K`` (throughput with 1
 and 4 clients, prepared vs single-query online latency, time to first result,
 batches), ``bench_latency_floor.py`` with 9 inputs per transport and
-``bench_transcript.py`` with 13 inputs per configuration. The report has a table per link (offline and online time, bytes and
+``bench_transcript.py`` with 13 inputs per configuration, ``bench_accuracy.py``
+with its DRD_C100_12K-shaped model trained for 30 epochs, ``bench_fixed_point.py``
+with ``PIE_BENCH_FP=all`` (the compiled Plan of every DRD_C100 and DRD_TINY
+configuration, ResNet-18 and the demo model). The report has a table per link (offline and online time, bytes and
 round trips, and the cost model's prediction for that link) and a plot of
 online latency against ReLUs with one line per link.
 """
@@ -36,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SUITES = ["crypto", "channel", "ot", "gc", "he", "latency_floor", "transcript", "network", "serving"]
+SUITES = ["crypto", "channel", "ot", "gc", "he", "latency_floor", "transcript", "accuracy", "fixed_point", "network",
+          "serving"]
 SERVING_NET = "DRD_C100_12K"
 TOLERANCE = 0.25  # the cost model's target: within 25% of measured time
 LINK_TOLERANCE = 0.20  # on emulated links: within 20%
@@ -110,6 +114,8 @@ def run_all(out: Path, networks: str, profile_seconds: float, links: str = "loop
         "serving": {"PIE_BENCH_NET": SERVING_NET},
         "latency_floor": {"PIE_BENCH_INPUTS": "9"},
         "transcript": {"PIE_BENCH_INPUTS": "13"},
+        "accuracy": {"PIE_BENCH_TRAIN_EPOCHS": "30"},
+        "fixed_point": {"PIE_BENCH_FP": "all"},
     }
     for suite in SUITES:
         print(f"bench_{suite} ...", flush=True)
@@ -303,6 +309,43 @@ def _targets(out: Path, nets: dict[tuple[str, str], dict[str, Any]]) -> list[str
             tr["check_share_of_online"] <= tr["target_share"], "bench_transcript")
     else:
         row(what, "<= 3%", "not measured", None, "bench_transcript")
+    accuracy = _benchmarks(out, "accuracy")
+    for test, model in (("test_demo_accuracy", "the demo model"),
+                        ("test_trained_12k_accuracy", "DRD_C100_12K shape trained by pie.reduce")):
+        acc = _find(accuracy, test)
+        what = f"fixed-point vs float top-1 on held-out built-in images, {model}"
+        if acc:
+            ok = (abs(acc["top1_difference_points"]) <= acc["target_top1_difference_points"]
+                  and acc["top1_agreement"] >= acc["target_agreement"])
+            row(what, "within 0.2 points; agreement >= 99.5%",
+                f"{100 * acc['fixed_top1']:.2f}% vs {100 * acc['float_top1']:.2f}% "
+                f"({acc['top1_difference_points']:+.2f} points), agreement {100 * acc['top1_agreement']:.2f}%, "
+                f"logit error {100 * acc['relative_logit_error']:.2f}% of max |logit|, {acc['images']} images"
+                + (f", {acc['epochs']} epochs" if "epochs" in acc else ""), ok, f"bench_accuracy::{test}")
+        else:
+            row(what, "within 0.2 points; agreement >= 99.5%", "not measured", None, "bench_accuracy")
+    fixed = _fixed_point_runs(out)
+    if fixed:
+        truncating = [n for n, e in fixed.items() if e["truncation_steps"]]
+        row("no truncation steps at default settings (DRD_C100, DRD_TINY, ResNet-18, demo)", "0 networks with any",
+            f"{len(truncating)} of {len(fixed)} have some" + (f" ({', '.join(truncating)})" if truncating else ""),
+            not truncating, "bench_fixed_point")
+        drd = {n: e for n, e in fixed.items() if n.startswith("DRD_C100")}
+        if drd:
+            worst_median = max(e["relu_ring_median_elements"] for e in drd.values())
+            worst_max = max(e["relu_ring_max"] for e in drd.values())
+            row("DRD_C100 ReLU input rings", "median <= 32 bits, largest <= 40",
+                f"median {worst_median:.0f} bits at worst, largest {worst_max}; per network in the table below",
+                worst_median <= 32 and worst_max <= 40, "bench_fixed_point")
+        for name, key, limit in (("DRD_C100_12K", "online_bytes", 7e6), ("DRD_C100_230K", "offline_bytes", 1.1e9)):
+            if name in fixed:
+                what = "online" if key == "online_bytes" else "offline"
+                row(f"{name} {what} bytes (exact, from the Plan)", f"<= {_fmt_bytes(limit)}",
+                    _fmt_bytes(fixed[name][key]), fixed[name][key] <= limit, "bench_fixed_point")
+        extra = [n for n, e in drd.items() if e["online_rounds"] > e["relu_depth"]]
+        row("DRD_C100 online GC rounds equal to the ReLU depth", "no extra rounds",
+            f"{len(extra)} of {len(drd)} networks with extra rounds" + (f" ({', '.join(extra)})" if extra else ""),
+            not extra, "bench_fixed_point")
     lin = [(e["server_linear_to_torch_ratio"], k[0]) for k, e in nets.items() if k[1] == "memory"]
     if lin:
         worst, name = max(lin)
@@ -324,6 +367,26 @@ def _targets(out: Path, nets: dict[tuple[str, str], dict[str, Any]]) -> list[str
         row("secure output vs fixed-point reference", "bit-exact, always",
             f"{exact}/{exact} network runs bit-exact (every run asserts it)", True, "bench_network")
     return rows
+
+
+def _fixed_point_runs(out: Path) -> dict[str, dict[str, Any]]:
+    return {b["extra_info"]["network"]: b["extra_info"] for b in _benchmarks(out, "fixed_point")
+            if "network" in b["extra_info"]}
+
+
+def _fixed_point_table(out: Path) -> list[str]:
+    rows = ["| network | ReLUs | truncation steps (elements) | ReLU input rings: median (by element) / largest "
+            "| histogram (ring: ReLU layers) | online bytes (truncations' share) | offline bytes "
+            "| GC rounds / ReLU depth |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, e in _fixed_point_runs(out).items():
+        hist = ", ".join(f"{ring}: {count}" for ring, count in e["relu_ring_histogram"].items())
+        share = e["truncate_online_bytes"] / e["online_bytes"] if e["online_bytes"] else 0.0
+        rows.append(f"| {name} | {e['relus']:,} | {e['truncation_steps']} ({e['truncated_elements']:,}) "
+                    f"| {e['relu_ring_median_elements']:.0f} / {e['relu_ring_max']} | {hist} "
+                    f"| {_fmt_bytes(e['online_bytes'])} ({100 * share:.0f}%) | {_fmt_bytes(e['offline_bytes'])} "
+                    f"| {e['online_rounds']} / {e['relu_depth']} |")
+    return rows if len(rows) > 2 else []
 
 
 def _network_table(nets: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
@@ -642,6 +705,12 @@ def render(out: Path) -> None:
               "bandwidth (a 32 MiB transfer as in `bench_channel`), both measured in the same run. Target: online "
               "time within 1.5x of the kernel floor for every DRD_C100 network.", ""]
     lines += _network_table(nets) + [""]
+    fixed_rows = _fixed_point_table(out)
+    if fixed_rows:
+        lines += ["## Fixed point", "",
+                  "The compiled Plan of each network at `pie.compile`'s default settings (random weights and "
+                  "batch-norm statistics as above; the demo model as bundled), from `bench_fixed_point.py`: "
+                  "bytes are exact (`pie.cost.traffic`), no protocol runs.", ""] + fixed_rows + [""]
     plots = _plots(out, nets)
     for p in plots:
         lines += [f"![{p}]({p})", ""]
