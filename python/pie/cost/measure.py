@@ -326,26 +326,36 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float
     from ..plan.reference import conv2d_ring, fc_ring, prepare_weight
 
     rng = np.random.default_rng(2)
-    rows, times = [], []
-    for bits in (37, 58):
-        for layer in layers:
-            w = _random_weight(layer, rng)
-            pw = prepare_weight(w)  # as the server does, once per weight
-            x = rng.integers(0, 1 << bits, _in_shape(layer), dtype=np.uint64)[None]
-            runs = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                if layer[0] == "conv":
-                    _, _, _, _, _, s, p = layer
-                    y = conv2d_ring(x, pw, (s, s), (p, p), 1, bits)
-                else:
-                    y = fc_ring(x, pw, bits)
-                runs.append(time.perf_counter() - t0)
-            limbs = max(1, -(-(bits - 1) // pw.limb_bits))
-            k = int(np.prod(w.shape[1:]))
-            for seconds in runs:  # _nnls takes the median of each layer's runs
-                rows.append([limbs * y.size * k, limbs * (x.size + y.size), limbs * w.size, 1.0])
-                times.append(seconds)
+    rows: list[list[float]] = []
+    times: list[float] = []
+
+    def run() -> None:
+        for bits in (37, 58):
+            for layer in layers:
+                w = _random_weight(layer, rng)
+                pw = prepare_weight(w)  # as the server does, once per weight
+                x = rng.integers(0, 1 << bits, _in_shape(layer), dtype=np.uint64)[None]
+                runs = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    if layer[0] == "conv":
+                        _, _, _, _, _, s, p = layer
+                        y = conv2d_ring(x, pw, (s, s), (p, p), 1, bits)
+                    else:
+                        y = fc_ring(x, pw, bits)
+                    runs.append(time.perf_counter() - t0)
+                limbs = max(1, -(-(bits - 1) // pw.limb_bits))
+                k = int(np.prod(w.shape[1:]))
+                for seconds in runs:  # _nnls takes the median of each layer's runs
+                    rows.append([limbs * y.size * k, limbs * (x.size + y.size), limbs * w.size, 1.0])
+                    times.append(seconds)
+
+    # Timed on a thread of its own, as a server session computes: torch's
+    # OpenMP team on a thread other than the main one is a second team, and
+    # with more OpenMP threads than cores its workers sleep between regions
+    # instead of spinning, which makes small convolutions up to ~1.7x slower
+    # on two cores than the same calls on the main thread.
+    _run_pair(run, lambda: None)
     per_mac, per_element, per_weight, per_term = _nnls(rows, times)
     return {"linear_per_limb_mac_s": per_mac, "linear_per_limb_element_s": per_element,
             "linear_per_limb_weight_s": per_weight, "linear_per_term_s": per_term}
