@@ -3,12 +3,14 @@
 
 #include <memory>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "he/conv_layout.h"
 #include "he/inspection.h"
 #include "he/linear_protocol.h"
 #include "he/params.h"
+#include "he/ring_conv.h"
 #include "he/seal_check.h"
 #include "register.h"
 
@@ -91,6 +93,46 @@ py::bytes to_bytes(const std::vector<std::uint8_t>& v) {
 
 void register_he(py::module_& m) {
   m.def("seal_version", &he::seal_version, "Version of the SEAL library pie was built with.");
+  m.def(
+      "ring_conv2d",
+      [](const U64Array& x, const U64Array& weight, std::pair<std::size_t, std::size_t> stride,
+         std::pair<std::size_t, std::size_t> padding, std::size_t groups, unsigned bits, int threads,
+         bool simd) {
+        if (x.ndim() != 4) throw std::invalid_argument("x: expected (N, C, H, W)");
+        if (weight.ndim() != 4) throw std::invalid_argument("weight: expected (C / groups, kh, kw, O)");
+        he::RingConvShape s;
+        s.n = static_cast<std::size_t>(x.shape(0));
+        s.c = static_cast<std::size_t>(x.shape(1));
+        s.h = static_cast<std::size_t>(x.shape(2));
+        s.w = static_cast<std::size_t>(x.shape(3));
+        s.kh = static_cast<std::size_t>(weight.shape(1));
+        s.kw = static_cast<std::size_t>(weight.shape(2));
+        s.o = static_cast<std::size_t>(weight.shape(3));
+        std::tie(s.stride_h, s.stride_w) = stride;
+        std::tie(s.pad_h, s.pad_w) = padding;
+        s.groups = groups;
+        if (groups == 0 || static_cast<std::size_t>(weight.shape(0)) * groups != s.c) {
+          throw std::invalid_argument("weight: its input channels times groups differ from x's channels");
+        }
+        he::check_ring_conv(s);
+        py::array_t<std::uint64_t> y({static_cast<py::ssize_t>(s.n), static_cast<py::ssize_t>(s.o),
+                                      static_cast<py::ssize_t>(s.out_h()), static_cast<py::ssize_t>(s.out_w())});
+        const std::uint64_t* xp = x.data();
+        const std::uint64_t* wp = weight.data();
+        std::uint64_t* yp = y.mutable_data();
+        {
+          py::gil_scoped_release release;
+          he::ring_conv2d(s, xp, wp, yp, bits, threads, simd);
+        }
+        return y;
+      },
+      py::arg("x"), py::arg("weight"), py::arg("stride"), py::arg("padding"), py::arg("groups"), py::arg("bits"),
+      py::arg("threads") = 1, py::arg("simd") = true,
+      "Exact conv2d(x, weight) mod 2^bits of uint64 residues x (N, C, H, W); weight is the int64 "
+      "(O, C/groups, kh, kw) weight mod 2^64, transposed to (C/groups, kh, kw, O). Zero padding. threads: OpenMP threads (0: all); "
+      "simd=False: the portable loop even where AVX-512 is available.");
+  m.def("ring_conv_vectorised", &he::ring_conv_vectorised,
+        "Whether ring_conv2d uses AVX-512 on this CPU.");
   m.def("bfv_roundtrip", &he::bfv_roundtrip, py::arg("coeffs"), py::arg("plain_bits") = 37,
         py::arg("poly_degree") = 8192, py::call_guard<py::gil_scoped_release>(),
         "Encrypt and decrypt a plaintext polynomial with BFV (t = 2^plain_bits); "

@@ -1,10 +1,12 @@
 """Exactness of the reference executor's ring arithmetic against plain Python ints."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pie.plan.reference import (_conv_direct, _conv_limbs, conv2d_ring, fc_ring, prepare_weight, relu_shift, to_signed,
+from pie import _core
+from pie.plan.reference import (_conv_limbs, _conv_native, conv2d_ring, fc_ring, prepare_weight, relu_shift, to_signed,
                                 truncate_shift)
 
 BITS = st.integers(min_value=1, max_value=64)
@@ -75,14 +77,50 @@ def _conv_oracle(x, w, stride, padding, groups, bits):
 @settings(max_examples=150, deadline=None)
 @given(conv_case())
 def test_conv2d_ring_is_exact(case):
-    """Both ways of computing it (float64 limbs; uint64 products for small
-    convolutions) and the choice between them."""
+    """Every way of computing it (float64 limbs; the native uint64 kernel, with
+    and without AVX-512) and the choice between them."""
     x, w, stride, padding, groups, bits = case
     want = _conv_oracle(x, w, stride, padding, groups, bits)
     np.testing.assert_array_equal(conv2d_ring(x, w, stride, padding, groups, bits), want)
     np.testing.assert_array_equal(_conv_limbs(x, prepare_weight(w), stride, padding, groups, bits), want)
-    residues = w.view(np.uint64)
-    np.testing.assert_array_equal(_conv_direct(x, residues, stride, padding, groups, bits), want)
+    taps = prepare_weight(w).taps
+    for simd in (True, False):
+        np.testing.assert_array_equal(_conv_native(x, taps, stride, padding, groups, bits, simd), want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_native_conv_fills_vector_lanes(data):
+    """Output channels per group spanning whole 8-lane vectors and a remainder
+    (the AVX-512 loop and its tail), against plain integers."""
+    groups = data.draw(st.sampled_from([1, 2]))
+    og, cg = data.draw(st.sampled_from([8, 9, 16, 17])), data.draw(st.integers(1, 2))
+    h = data.draw(st.integers(2, 4))
+    stride, padding = data.draw(st.integers(1, 2)), data.draw(st.integers(0, 1))
+    bits = data.draw(BITS)
+    x = np.array(_ints(data.draw, (1, cg * groups, h, h), 64), dtype=np.uint64).reshape(1, cg * groups, h, h)
+    w = np.array(_weights(data.draw, og * groups * cg * 4, data.draw(st.integers(2, 24))),
+                 dtype=np.int64).reshape(og * groups, cg, 2, 2)
+    want = _conv_oracle(x, w, (stride, stride), (padding, padding), groups, bits)
+    taps = prepare_weight(w).taps
+    for simd in (True, False):
+        got = _conv_native(x, taps, (stride, stride), (padding, padding), groups, bits, simd)
+        np.testing.assert_array_equal(got, want)
+    # Output rows split across threads give the same sums.
+    got = _core.ring_conv2d(x, taps, (stride, stride), (padding, padding), groups, bits, threads=2)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_native_conv_refuses_bad_shapes():
+    x = np.zeros((1, 4, 3, 3), dtype=np.uint64)
+    taps = prepare_weight(np.ones((2, 2, 3, 3), dtype=np.int64)).taps
+    with pytest.raises(ValueError, match="channels"):
+        _conv_native(x, taps, (1, 1), (1, 1), 3, 37)  # 4 channels, 3 groups
+    with pytest.raises(ValueError, match="kernel larger"):
+        _conv_native(np.zeros((1, 2, 1, 1), dtype=np.uint64), prepare_weight(np.ones((2, 2, 3, 3), dtype=np.int64)).taps,
+                     (1, 1), (0, 0), 1, 37)
+    with pytest.raises(ValueError, match="bits"):
+        _conv_native(x[:, :2], taps, (1, 1), (1, 1), 1, 65)
 
 
 @settings(max_examples=150, deadline=None)

@@ -323,11 +323,15 @@ def _he_timings(bits: int, jobs: list[tuple[Any, ...]],
 
 
 def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float]:
-    from ..plan.reference import conv2d_ring, fc_ring, prepare_weight
+    """Fits of the server's online ring arithmetic: the float64-limb path (fc
+    terms, large convolutions) and the native kernel (the other convolutions)."""
+    from ..plan.reference import conv2d_ring, conv_runs_native, fc_ring, prepare_weight
 
     rng = np.random.default_rng(2)
-    rows: list[list[float]] = []
-    times: list[float] = []
+    limb_rows: list[list[float]] = []
+    limb_times: list[float] = []
+    native_rows: list[list[float]] = []
+    native_times: list[float] = []
 
     def run() -> None:
         for bits in (37, 58):
@@ -344,10 +348,15 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float
                     else:
                         y = fc_ring(x, pw, bits)
                     runs.append(time.perf_counter() - t0)
-                limbs = max(1, -(-(bits - 1) // pw.limb_bits))
                 k = int(np.prod(w.shape[1:]))
+                if layer[0] == "conv" and conv_runs_native(x.shape, w.shape, (layer[5],) * 2, (layer[6],) * 2):
+                    rows, times, work = native_rows, native_times, [y.size * k, x.size + y.size, 1.0]
+                else:
+                    limbs = max(1, -(-(bits - 1) // pw.limb_bits))
+                    rows, times = limb_rows, limb_times
+                    work = [limbs * y.size * k, limbs * (x.size + y.size), limbs * w.size, 1.0]
                 for seconds in runs:  # _nnls takes the median of each layer's runs
-                    rows.append([limbs * y.size * k, limbs * (x.size + y.size), limbs * w.size, 1.0])
+                    rows.append(work)
                     times.append(seconds)
 
     # Timed on a thread of its own, as a server session computes: torch's
@@ -356,9 +365,12 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float
     # instead of spinning, which makes small convolutions up to ~1.7x slower
     # on two cores than the same calls on the main thread.
     _run_pair(run, lambda: None)
-    per_mac, per_element, per_weight, per_term = _nnls(rows, times)
+    per_mac, per_element, per_weight, per_term = _nnls(limb_rows, limb_times)
+    native_mac, native_element, native_term = _nnls(native_rows, native_times)
     return {"linear_per_limb_mac_s": per_mac, "linear_per_limb_element_s": per_element,
-            "linear_per_limb_weight_s": per_weight, "linear_per_term_s": per_term}
+            "linear_per_limb_weight_s": per_weight, "linear_per_term_s": per_term,
+            "linear_native_per_mac_s": native_mac, "linear_native_per_element_s": native_element,
+            "linear_native_per_term_s": native_term}
 
 
 def _random_weight(layer: tuple[Any, ...], rng: np.random.Generator) -> np.ndarray:

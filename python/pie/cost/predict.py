@@ -26,8 +26,9 @@ Time (a model, not a measurement): each phase is a sum of its steps.
   (:func:`pie.protocol.schedule.offline_exchanges`), per base-OT set-up and
   for the closing transcript check;
 * online: the server's ring arithmetic of every linear step
-  (``h*limb MACs + i*limb elements + h'*limb weights + j`` per conv/fc term, float64 limbs as
-  :func:`pie.plan.reference.conv2d_ring` computes them), per garbled step
+  (``h*limb MACs + i*limb elements + h'*limb weights + j`` per fc term and large
+  conv term, float64 limbs as :func:`pie.plan.reference.conv2d_ring` computes them;
+  ``h''*MACs + i''*elements + j''`` per conv term in the native kernel), per garbled step
   ``k*AND + k'*other gates + m*labels + n`` (label selection, transfer,
   evaluation -- XOR gates are free of hashing but not of memory traffic, and
   truncation circuits have more of them per AND gate -- colour bits,
@@ -71,6 +72,7 @@ from .. import gc, he
 from ..link import Link, resolve_link
 from ..plan import (ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep,
                     he_ring_bits)
+from ..plan.reference import conv_runs_native
 from ..protocol.report import InferenceTotals, StepFigures
 from ..protocol.schedule import he_sessions, offline_exchanges
 from ..tables import Column, format_table
@@ -238,9 +240,14 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
                     + max(0.0, wire.transfer(0, s2c) - server)
                     + (extra_rtt + wire.rtt if opening else 0.0)
                 )
-                macs, elements, weights = _limb_work(plan, term, bits, weight_bits)
-                est.online_seconds += (p.linear_per_limb_mac_s * macs + p.linear_per_limb_element_s * elements
-                                       + p.linear_per_limb_weight_s * weights + p.linear_per_term_s)
+                if _runs_native(plan, term):
+                    macs, elements, _ = _term_work(plan, term)
+                    est.online_seconds += (p.linear_native_per_mac_s * macs + p.linear_native_per_element_s * elements
+                                           + p.linear_native_per_term_s)
+                else:
+                    macs, elements, weights = _limb_work(plan, term, bits, weight_bits)
+                    est.online_seconds += (p.linear_per_limb_mac_s * macs + p.linear_per_limb_element_s * elements
+                                           + p.linear_per_limb_weight_s * weights + p.linear_per_term_s)
         elif isinstance(s, (ReluStep, TruncateStep)):
             l_in, l_out = t[s.input].ring_bits, t[s.output].ring_bits
             n = t[s.output].numel
@@ -350,28 +357,40 @@ class _LinkTimes:
         return self.transfer(c2s, s2c) + self.rtt
 
 
-def _limb_work(plan: Plan, term: ConvTerm | FCTerm, bits: int, weight_bits: int) -> tuple[int, int, int]:
-    """(limb MACs, limb elements in + out, limb weights) of the server's exact
-    float64 arithmetic for one term (pie.plan.reference: limbs of b bits with
-    ``max_row_L1 * 2^b <= 2^53``; the server's share is uniform, so its
-    magnitude needs ``bits - 1`` bits)."""
+def _runs_native(plan: Plan, term: ConvTerm | FCTerm) -> bool:
+    """Whether the server computes ``term`` in the native kernel (a small enough convolution)."""
+    if not isinstance(term, ConvTerm):
+        return False
+    shape = (1, *plan.tensors[term.input].shape)
+    return conv_runs_native(shape, term.weight_shape, term.stride, term.padding)
+
+
+def _term_work(plan: Plan, term: ConvTerm | FCTerm) -> tuple[int, int, int]:
+    """(multiply-accumulates, elements in + out, weights) of one term's product."""
     src = plan.tensors[term.input]
     if isinstance(term, ConvTerm):
         o, cg, kh, kw = term.weight_shape
         k = cg * kh * kw
         out = plan.tensors[_term_output(plan, term)].numel
-        macs_per_limb = out * k
     else:
         o, k = term.weight_shape
         out = o
-        macs_per_limb = o * k
+    return out * k, src.numel + out, o * k
+
+
+def _limb_work(plan: Plan, term: ConvTerm | FCTerm, bits: int, weight_bits: int) -> tuple[int, int, int]:
+    """(limb MACs, limb elements in + out, limb weights) of the server's exact
+    float64 arithmetic for one term (pie.plan.reference: limbs of b bits with
+    ``max_row_L1 * 2^b <= 2^53``; the server's share is uniform, so its
+    magnitude needs ``bits - 1`` bits)."""
+    macs, elements, weights = _term_work(plan, term)
     if term.weight is not None:
         l1 = int(np.abs(term.weight.reshape(term.weight.shape[0], -1)).sum(axis=1).max())
     else:  # public plan: a typical row, a quarter of full scale per weight
-        l1 = k << max(weight_bits - 3, 0)
+        l1 = weights // term.weight_shape[0] << max(weight_bits - 3, 0)
     b = _FLOAT_EXACT_BITS - math.ceil(math.log2(max(l1, 1))) if l1 > 1 else _FLOAT_EXACT_BITS
     limbs = max(1, -(-(bits - 1) // max(b, 1)))
-    return limbs * macs_per_limb, limbs * (src.numel + out), limbs * o * k
+    return limbs * macs, limbs * elements, limbs * weights
 
 
 def _term_output(plan: Plan, term: ConvTerm | FCTerm) -> str:

@@ -17,7 +17,7 @@ __all__ = ["Profile", "ProfileError"]
 PathLike = Union[str, "os.PathLike[str]"]
 
 PROFILE_FORMAT = "pie-profile"
-PROFILE_VERSION = 2
+PROFILE_VERSION = 3
 
 
 class ProfileError(ValueError):
@@ -53,7 +53,12 @@ class Profile:
             server online ring arithmetic of one conv/fc term: per limb
             multiply-accumulate, per limb element in and out, per limb weight
             (wide layers on small images stream their weights once per limb
-            and run below the large layers' MAC rate), fixed cost.
+            and run below the large layers' MAC rate), fixed cost -- for the
+            float64-limb path (fc terms and convolutions above
+            :data:`pie.plan.reference.NATIVE_CONV_MACS`).
+        linear_native_per_mac_s, linear_native_per_element_s, linear_native_per_term_s:
+            the same for a convolution in the native uint64 kernel: per
+            multiply-accumulate, per element in and out, fixed cost.
         bandwidth: bytes per second of each transport (``"memory"``, ``"tcp"``).
         rtt_s: round-trip time of a small message on each transport.
         speed_index_s: seconds of :func:`measure_speed_index`'s reference
@@ -80,6 +85,9 @@ class Profile:
     linear_per_limb_element_s: float
     linear_per_limb_weight_s: float
     linear_per_term_s: float
+    linear_native_per_mac_s: float
+    linear_native_per_element_s: float
+    linear_native_per_term_s: float
     bandwidth: dict[str, float]
     rtt_s: dict[str, float]
     speed_index_s: float = 0.0

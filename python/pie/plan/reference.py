@@ -4,11 +4,14 @@ Every tensor value is held as ``uint64`` residues. Arithmetic mod ``2^l`` for an
 ``l <= 64`` is plain ``uint64`` arithmetic (which wraps mod ``2^64``) followed by
 masking to the low ``l`` bits, because ``2^l`` divides ``2^64``.
 
-Convolutions and matrix products are the exception: they are computed with
-float64 arithmetic for speed (torch's CPU convolution and BLAS matrix products),
-split into limbs so that every float operation is exact. Convolutions of at
-most ``_DIRECT_CONV_MACS`` multiply-adds, where torch's fixed costs dominate,
-are plain ``uint64`` products and sums instead.
+Convolutions of at most ``NATIVE_CONV_MACS`` multiply-adds (every layer of
+the ReLU-reduced networks, whose convolutions are small) run in the native
+core (``pie._core.ring_conv2d``): plain ``uint64`` products and sums, which
+wrap mod ``2^64`` and are therefore exact, one call with the GIL released and
+no thread team to wake between protocol rounds. Larger convolutions and matrix
+products are computed with float64 arithmetic for speed (torch's CPU
+convolution and BLAS matrix products), split into limbs so that every float
+operation is exact.
 
 Exactness argument (``_limb_bits``, ``_limbs``). Let ``S = max_o sum_k |w[o, k]|``
 be the largest L1 norm of a weight row (all the weights of one output). The
@@ -41,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._native import core
 from .graph import last_uses
 from .steps import (
     ConvTerm, FCTerm, LinearStep, OutputStep, ReluStep, Step, TensorSpec, TruncateStep,
@@ -137,30 +141,38 @@ def _recombine(results: list[torch.Tensor], b: int, bits: int) -> np.ndarray:
     return mask(acc, bits)
 
 
-# Convolutions of at most this many multiply-adds run as plain uint64 products
-# (which wrap mod 2^64, hence exact): below it, torch's call and the wake-up of
-# its worker threads cost more than the product (a 1x1 conv on 4x4x4 took 90 us
-# between protocol rounds, against 20 us this way).
-_DIRECT_CONV_MACS = 1 << 12
+# Convolutions of at most this many multiply-adds run in the native core (module
+# doc): below it, torch's call and the wake-up of its worker threads cost more
+# than the product (DRD_C100_12K's online linear steps on a server thread: 9.1 ms
+# with torch, 3.9 ms native); above it, torch's float64 convolution is faster.
+NATIVE_CONV_MACS = 1 << 22
 
 
 @dataclass(frozen=True)
 class RingWeight:
     """An integer weight prepared for :func:`conv2d_ring` / :func:`fc_ring`:
-    its float64 tensor and limb width, and for weights small enough for the
-    direct product its residues mod ``2^64``. Preparing a wide layer's weight
-    costs about as much as its product, so a server prepares each weight once."""
+    its float64 tensor and limb width, and for a convolution its residues mod
+    ``2^64`` laid out for the native kernel, (C/groups, kh, kw, O). Preparing a
+    wide layer's weight costs about as much as its product, so a server
+    prepares each weight once."""
 
     tensor: torch.Tensor
     limb_bits: int
-    residues: np.ndarray | None = None
+    taps: np.ndarray | None = None
 
 
 def prepare_weight(weight: np.ndarray) -> RingWeight:
     """Prepare an int64 weight for repeated exact ring products."""
     w = np.asarray(weight)
-    residues = w.astype(np.int64).view(np.uint64) if w.size <= _DIRECT_CONV_MACS else None
-    return RingWeight(torch.from_numpy(w.astype(np.float64)), _limb_bits(weight), residues)
+    taps = (np.ascontiguousarray(w.astype(np.int64).view(np.uint64).transpose(1, 2, 3, 0))
+            if w.ndim == 4 else None)
+    return RingWeight(torch.from_numpy(w.astype(np.float64)), _limb_bits(weight), taps)
+
+
+def conv_runs_native(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, int],
+                     padding: tuple[int, int]) -> bool:
+    """Whether :func:`conv2d_ring` computes this convolution in the native core."""
+    return _conv_macs(x_shape, w_shape, stride, padding) <= NATIVE_CONV_MACS
 
 
 def _prepared(weight: np.ndarray | RingWeight) -> RingWeight:
@@ -184,8 +196,8 @@ def conv2d_ring(
         uint64 residues mod ``2^bits``, shape (N, O, Ho, Wo).
     """
     w = _prepared(weight)
-    if w.residues is not None and _conv_macs(x.shape, w.residues.shape, stride, padding) <= _DIRECT_CONV_MACS:
-        return _conv_direct(x, w.residues, stride, padding, groups, bits)
+    if w.taps is not None and conv_runs_native(x.shape, w.tensor.shape, stride, padding):
+        return _conv_native(x, w.taps, stride, padding, groups, bits)
     return _conv_limbs(x, w, stride, padding, groups, bits)
 
 
@@ -205,17 +217,12 @@ def _conv_limbs(x: np.ndarray, w: RingWeight, stride: tuple[int, int], padding: 
     return _recombine(list(out.split(x.shape[0])), w.limb_bits, bits)
 
 
-def _conv_direct(x: np.ndarray, residues: np.ndarray, stride: tuple[int, int], padding: tuple[int, int],
-                 groups: int, bits: int) -> np.ndarray:
-    """The convolution as uint64 products and sums, exact mod 2^64 (residues:
-    the weight mod 2^64, shape (O, C // groups, kh, kw))."""
-    o, cg, kh, kw = residues.shape
-    og = o // groups
-    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2)) if any(padding) else x
-    windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride[0], ::stride[1]]
-    parts = [np.einsum("ncyxij,ocij->noyx", windows[:, g * cg:(g + 1) * cg], residues[g * og:(g + 1) * og])
-             for g in range(groups)]
-    return mask(parts[0] if groups == 1 else np.concatenate(parts, axis=1), bits)
+def _conv_native(x: np.ndarray, taps: np.ndarray, stride: tuple[int, int], padding: tuple[int, int],
+                 groups: int, bits: int, simd: bool = True) -> np.ndarray:
+    """The convolution in the native core, exact mod 2^64 (taps: the weight's
+    residues, (C/groups, kh, kw, O))."""
+    return core.ring_conv2d(np.ascontiguousarray(x, dtype=np.uint64), taps, tuple(stride), tuple(padding),
+                            groups, bits, simd=simd)
 
 
 def fc_ring(x: np.ndarray, weight: np.ndarray | RingWeight, bits: int) -> np.ndarray:
