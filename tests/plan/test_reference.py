@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pie import _core
-from pie.plan.reference import (_conv_limbs, _conv_native, conv2d_ring, fc_ring, prepare_weight, relu_shift, to_signed,
-                                truncate_shift)
+from pie.plan.reference import (_conv_limbs, _conv_native, _fc_limbs, conv2d_ring, fc_ring, prepare_weight,
+                                relu_shift, to_signed, truncate_shift)
 
 BITS = st.integers(min_value=1, max_value=64)
 
@@ -133,7 +133,9 @@ def test_fc_ring_is_exact(data):
                  dtype=np.int64).reshape(o, k)
     want = [[sum(int(w[r, i]) * int(x[b, i]) for i in range(k)) % (1 << bits) for r in range(o)]
             for b in range(n)]
-    np.testing.assert_array_equal(fc_ring(x, w, bits), np.array(want, dtype=np.uint64))
+    want = np.array(want, dtype=np.uint64)
+    np.testing.assert_array_equal(fc_ring(x, w, bits), want)  # the native kernel at these sizes
+    np.testing.assert_array_equal(_fc_limbs(x, prepare_weight(w), bits), want)
 
 
 def test_large_fan_in_uses_several_limbs_exactly():

@@ -323,9 +323,9 @@ def _he_timings(bits: int, jobs: list[tuple[Any, ...]],
 
 
 def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float]:
-    """Fits of the server's online ring arithmetic: the float64-limb path (fc
-    terms, large convolutions) and the native kernel (the other convolutions)."""
-    from ..plan.reference import conv2d_ring, conv_runs_native, fc_ring, prepare_weight
+    """Fits of the server's online ring arithmetic: the float64-limb path (large
+    products) and the native kernel (the others)."""
+    from ..plan.reference import conv2d_ring, fc_ring, prepare_weight, runs_native
 
     rng = np.random.default_rng(2)
     limb_rows: list[list[float]] = []
@@ -349,7 +349,7 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float
                         y = fc_ring(x, pw, bits)
                     runs.append(time.perf_counter() - t0)
                 k = int(np.prod(w.shape[1:]))
-                if layer[0] == "conv" and conv_runs_native(x.shape, w.shape, (layer[5],) * 2, (layer[6],) * 2):
+                if runs_native(y.size * k):
                     rows, times, work = native_rows, native_times, [y.size * k, x.size + y.size, 1.0]
                 else:
                     limbs = max(1, -(-(bits - 1) // pw.limb_bits))

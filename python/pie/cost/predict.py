@@ -26,9 +26,9 @@ Time (a model, not a measurement): each phase is a sum of its steps.
   (:func:`pie.protocol.schedule.offline_exchanges`), per base-OT set-up and
   for the closing transcript check;
 * online: the server's ring arithmetic of every linear step
-  (``h*limb MACs + i*limb elements + h'*limb weights + j`` per fc term and large
-  conv term, float64 limbs as :func:`pie.plan.reference.conv2d_ring` computes them;
-  ``h''*MACs + i''*elements + j''`` per conv term in the native kernel), per garbled step
+  (``h*limb MACs + i*limb elements + h'*limb weights + j`` per large conv/fc
+  term, float64 limbs as :func:`pie.plan.reference.conv2d_ring` computes them;
+  ``h''*MACs + i''*elements + j''`` per term in the native kernel), per garbled step
   ``k*AND + k'*other gates + m*labels + n`` (label selection, transfer,
   evaluation -- XOR gates are free of hashing but not of memory traffic, and
   truncation circuits have more of them per AND gate -- colour bits,
@@ -72,7 +72,7 @@ from .. import gc, he
 from ..link import Link, resolve_link
 from ..plan import (ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep,
                     he_ring_bits)
-from ..plan.reference import conv_runs_native
+from ..plan.reference import runs_native
 from ..protocol.report import InferenceTotals, StepFigures
 from ..protocol.schedule import he_sessions, offline_exchanges
 from ..tables import Column, format_table
@@ -358,11 +358,8 @@ class _LinkTimes:
 
 
 def _runs_native(plan: Plan, term: ConvTerm | FCTerm) -> bool:
-    """Whether the server computes ``term`` in the native kernel (a small enough convolution)."""
-    if not isinstance(term, ConvTerm):
-        return False
-    shape = (1, *plan.tensors[term.input].shape)
-    return conv_runs_native(shape, term.weight_shape, term.stride, term.padding)
+    """Whether the server computes ``term`` in the native kernel (a small enough product)."""
+    return runs_native(_term_work(plan, term)[0])
 
 
 def _term_work(plan: Plan, term: ConvTerm | FCTerm) -> tuple[int, int, int]:

@@ -4,9 +4,9 @@ Every tensor value is held as ``uint64`` residues. Arithmetic mod ``2^l`` for an
 ``l <= 64`` is plain ``uint64`` arithmetic (which wraps mod ``2^64``) followed by
 masking to the low ``l`` bits, because ``2^l`` divides ``2^64``.
 
-Convolutions of at most ``NATIVE_CONV_MACS`` multiply-adds (every layer of
-the ReLU-reduced networks, whose convolutions are small) run in the native
-core (``pie._core.ring_conv2d``): plain ``uint64`` products and sums, which
+Convolutions and matrix products of at most ``NATIVE_MACS`` multiply-adds
+(every layer of the smaller ReLU-reduced networks) run in the native core
+(``pie._core.ring_conv2d``; a matrix product is a 1x1 convolution): plain ``uint64`` products and sums, which
 wrap mod ``2^64`` and are therefore exact, one call with the GIL released and
 no thread team to wake between protocol rounds. Larger convolutions and matrix
 products are computed with float64 arithmetic for speed (torch's CPU
@@ -145,34 +145,34 @@ def _recombine(results: list[torch.Tensor], b: int, bits: int) -> np.ndarray:
 # doc): below it, torch's call and the wake-up of its worker threads cost more
 # than the product (DRD_C100_12K's online linear steps on a server thread: 9.1 ms
 # with torch, 3.9 ms native); above it, torch's float64 convolution is faster.
-NATIVE_CONV_MACS = 1 << 22
+NATIVE_MACS = 1 << 22
 
 
 @dataclass(frozen=True)
 class RingWeight:
     """An integer weight prepared for :func:`conv2d_ring` / :func:`fc_ring`:
-    its float64 tensor and limb width, and for a convolution its residues mod
-    ``2^64`` laid out for the native kernel, (C/groups, kh, kw, O). Preparing a
+    its float64 tensor and limb width, and its residues mod ``2^64`` laid out
+    for the native kernel, (C/groups, kh, kw, O) (an fc weight (O, K) as (K, 1, 1, O)). Preparing a
     wide layer's weight costs about as much as its product, so a server
     prepares each weight once."""
 
     tensor: torch.Tensor
     limb_bits: int
-    taps: np.ndarray | None = None
+    taps: np.ndarray
 
 
 def prepare_weight(weight: np.ndarray) -> RingWeight:
     """Prepare an int64 weight for repeated exact ring products."""
     w = np.asarray(weight)
-    taps = (np.ascontiguousarray(w.astype(np.int64).view(np.uint64).transpose(1, 2, 3, 0))
-            if w.ndim == 4 else None)
+    residues = w.astype(np.int64).view(np.uint64)
+    as_conv = residues if residues.ndim == 4 else residues.reshape(*residues.shape, 1, 1)
+    taps = np.ascontiguousarray(as_conv.transpose(1, 2, 3, 0))
     return RingWeight(torch.from_numpy(w.astype(np.float64)), _limb_bits(weight), taps)
 
 
-def conv_runs_native(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, int],
-                     padding: tuple[int, int]) -> bool:
-    """Whether :func:`conv2d_ring` computes this convolution in the native core."""
-    return _conv_macs(x_shape, w_shape, stride, padding) <= NATIVE_CONV_MACS
+def runs_native(macs: int) -> bool:
+    """Whether a product of ``macs`` multiply-adds runs in the native core (module doc)."""
+    return macs <= NATIVE_MACS
 
 
 def _prepared(weight: np.ndarray | RingWeight) -> RingWeight:
@@ -196,7 +196,7 @@ def conv2d_ring(
         uint64 residues mod ``2^bits``, shape (N, O, Ho, Wo).
     """
     w = _prepared(weight)
-    if w.taps is not None and conv_runs_native(x.shape, w.tensor.shape, stride, padding):
+    if runs_native(_conv_macs(x.shape, tuple(w.tensor.shape), stride, padding)):
         return _conv_native(x, w.taps, stride, padding, groups, bits)
     return _conv_limbs(x, w, stride, padding, groups, bits)
 
@@ -230,6 +230,13 @@ def fc_ring(x: np.ndarray, weight: np.ndarray | RingWeight, bits: int) -> np.nda
     int64 (O, K) or its :func:`prepare_weight`)."""
     w = _prepared(weight)
     flat = x.reshape(x.shape[0], -1)
+    if runs_native(flat.size * w.tensor.shape[0]):
+        return _conv_native(flat.reshape(*flat.shape, 1, 1), w.taps, (1, 1), (0, 0), 1, bits).reshape(x.shape[0], -1)
+    return _fc_limbs(flat, w, bits)
+
+
+def _fc_limbs(flat: np.ndarray, w: RingWeight, bits: int) -> np.ndarray:
+    """The matrix product on float64 limbs (module doc)."""
     results = [torch.from_numpy(limb) @ w.tensor.T for limb in _limbs(flat, bits, w.limb_bits)]
     return _recombine(results, w.limb_bits, bits)
 
