@@ -31,39 +31,16 @@ void tap_scalar(std::uint64_t* acc, const std::uint64_t* x, std::size_t x_stride
   }
 }
 
-#ifdef PIE_HAVE_AVX512_PATH
-__attribute__((target("avx512f,avx512dq"))) void tap_avx512(std::uint64_t* acc, const std::uint64_t* x,
-                                                              std::size_t x_stride, std::size_t count,
-                                                              const std::uint64_t* w, std::size_t og) {
-  std::size_t k = 0;
-  for (; k + 8 <= og; k += 8) {  // the weight vector stays in a register across the row
-    const __m512i wv = _mm512_loadu_si512(w + k);
-    for (std::size_t i = 0; i < count; ++i) {
-      std::uint64_t* a = acc + i * og + k;
-      const __m512i p = _mm512_mullo_epi64(_mm512_set1_epi64(static_cast<long long>(x[i * x_stride])), wv);
-      _mm512_storeu_si512(a, _mm512_add_epi64(_mm512_loadu_si512(a), p));
-    }
-  }
-  if (k == og) return;
-  for (std::size_t i = 0; i < count; ++i) {  // the last og % 8 channels
-    const std::uint64_t v = x[i * x_stride];
-    for (std::size_t j = k; j < og; ++j) acc[i * og + j] += v * w[j];
-  }
-}
-#endif
-
-using Tap = void (*)(std::uint64_t*, const std::uint64_t*, std::size_t, std::size_t, const std::uint64_t*,
-                     std::size_t);
-
-Tap pick_tap() {
+bool have_avx512() {
 #ifdef PIE_HAVE_AVX512_PATH
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) return tap_avx512;
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
 #endif
-  return tap_scalar;
 }
 
-const Tap kTap = pick_tap();
+const bool kAvx512 = have_avx512();
 
 // First and one-past-last output column whose input column ox * stride + k - pad lies in [0, size).
 std::pair<std::size_t, std::size_t> valid_columns(std::size_t out, std::size_t stride, std::size_t k,
@@ -75,9 +52,10 @@ std::pair<std::size_t, std::size_t> valid_columns(std::size_t out, std::size_t s
   return {lo, hi};
 }
 
-// Output row oy of image n, every output channel; acc holds out_w * (o / groups) sums.
+// The portable path: output row oy of image n, every output channel; acc holds
+// out_w * (o / groups) sums, one kernel tap at a time over the whole row.
 void conv_row(const RingConvShape& s, const std::uint64_t* x, const std::uint64_t* weight, std::uint64_t* y,
-              std::uint64_t keep, Tap tap, std::size_t n, std::size_t oy, std::uint64_t* acc) {
+              std::uint64_t keep, std::size_t n, std::size_t oy, std::uint64_t* acc) {
   const std::size_t ho = s.out_h(), wo = s.out_w();
   const std::size_t cg = s.c / s.groups, og = s.o / s.groups;
   for (std::size_t g = 0; g < s.groups; ++g) {
@@ -90,7 +68,7 @@ void conv_row(const RingConvShape& s, const std::uint64_t* x, const std::uint64_
         if (lo >= hi) continue;
         for (std::size_t c = 0; c < cg; ++c) {
           const std::uint64_t* row = x + ((n * s.c + g * cg + c) * s.h + (iy - s.pad_h)) * s.w;
-          tap(acc + lo * og, row + lo * s.stride_w + kx - s.pad_w, s.stride_w, hi - lo,
+          tap_scalar(acc + lo * og, row + lo * s.stride_w + kx - s.pad_w, s.stride_w, hi - lo,
                weight + ((c * s.kh + ky) * s.kw + kx) * s.o + g * og, og);
         }
       }
@@ -101,6 +79,114 @@ void conv_row(const RingConvShape& s, const std::uint64_t* x, const std::uint64_
     }
   }
 }
+
+#ifdef PIE_HAVE_AVX512_PATH
+// The AVX-512 path works on a zero-padded copy of the input, so that every tap
+// of every output pixel reads memory. Its micro-kernel holds the sums of P
+// adjacent output pixels times 8V output channels in registers across all
+// C/groups * kh * kw taps (stores only at the end: the stores, not the 64-bit
+// multiplies, bound a kernel that keeps its sums in memory).
+struct PaddedInput {
+  const std::uint64_t* data;  // (n, c, hp, wp)
+  std::size_t hp, wp;
+};
+
+template <int P, int V>
+__attribute__((target("avx512f,avx512dq"))) void micro_kernel(const RingConvShape& s, const std::uint64_t* image,
+                                                                std::size_t hp, std::size_t wp, std::size_t row0,
+                                                                std::size_t col0, const std::uint64_t* w,
+                                                                std::uint64_t* y, std::size_t y_stride,
+                                                                std::uint64_t keep) {
+  __m512i acc[P][V];
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < V; ++v) acc[p][v] = _mm512_setzero_si512();
+  const std::size_t cg = s.c / s.groups;
+  for (std::size_t c = 0; c < cg; ++c) {
+    for (std::size_t ky = 0; ky < s.kh; ++ky) {
+      const std::uint64_t* xr = image + (c * hp + row0 + ky) * wp + col0;
+      const std::uint64_t* wr = w + (c * s.kh + ky) * s.kw * s.o;
+      for (std::size_t kx = 0; kx < s.kw; ++kx) {
+        __m512i wv[V];
+        for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_si512(wr + kx * s.o + 8 * v);
+        for (int p = 0; p < P; ++p) {
+          const __m512i xb = _mm512_set1_epi64(static_cast<long long>(xr[p * s.stride_w + kx]));
+          for (int v = 0; v < V; ++v) acc[p][v] = _mm512_add_epi64(acc[p][v], _mm512_mullo_epi64(xb, wv[v]));
+        }
+      }
+    }
+  }
+  const __m512i mask = _mm512_set1_epi64(static_cast<long long>(keep));
+  alignas(64) std::uint64_t lanes[8];
+  for (int p = 0; p < P; ++p) {
+    for (int v = 0; v < V; ++v) {
+      _mm512_store_si512(lanes, _mm512_and_si512(acc[p][v], mask));
+      for (int j = 0; j < 8; ++j) y[(8 * v + j) * y_stride + p] = lanes[j];
+    }
+  }
+}
+
+using Micro = void (*)(const RingConvShape&, const std::uint64_t*, std::size_t, std::size_t, std::size_t,
+                       std::size_t, const std::uint64_t*, std::uint64_t*, std::size_t, std::uint64_t);
+
+template <int P>
+Micro micro_for(int v) {
+  switch (v) {
+    case 1: return micro_kernel<P, 1>;
+    case 2: return micro_kernel<P, 2>;
+    case 3: return micro_kernel<P, 3>;
+    default: return micro_kernel<P, 4>;
+  }
+}
+
+Micro pick_micro(int p, int v) {
+  switch (p) {
+    case 1: return micro_for<1>(v);
+    case 2: return micro_for<2>(v);
+    case 3: return micro_for<3>(v);
+    default: return micro_for<4>(v);
+  }
+}
+
+// Output row oy of image n, every output channel, on the padded input.
+void conv_row_avx512(const RingConvShape& s, const PaddedInput& xp, const std::uint64_t* weight, std::uint64_t* y,
+                     std::uint64_t keep, std::size_t n, std::size_t oy) {
+  const std::size_t ho = s.out_h(), wo = s.out_w();
+  const std::size_t cg = s.c / s.groups, og = s.o / s.groups;
+  const std::size_t vectors = og / 8;
+  for (std::size_t g = 0; g < s.groups; ++g) {
+    const std::uint64_t* image = xp.data + (n * s.c + g * cg) * xp.hp * xp.wp;
+    for (std::size_t k0 = 0; k0 < 8 * vectors; k0 += 32) {
+      const int v = static_cast<int>(std::min<std::size_t>(4, vectors - k0 / 8));
+      for (std::size_t ox0 = 0; ox0 < wo; ox0 += 4) {
+        const int p = static_cast<int>(std::min<std::size_t>(4, wo - ox0));
+        pick_micro(p, v)(s, image, xp.hp, xp.wp, oy * s.stride_h, ox0 * s.stride_w, weight + g * og + k0,
+                         y + ((n * s.o + g * og + k0) * ho + oy) * wo + ox0, ho * wo, keep);
+      }
+    }
+    for (std::size_t k = 8 * vectors; k < og; ++k) {  // the last og % 8 channels
+      const std::uint64_t* wk = weight + g * og + k;
+      for (std::size_t ox = 0; ox < wo; ++ox) {
+        std::uint64_t sum = 0;
+        for (std::size_t c = 0; c < cg; ++c)
+          for (std::size_t ky = 0; ky < s.kh; ++ky)
+            for (std::size_t kx = 0; kx < s.kw; ++kx)
+              sum += image[(c * xp.hp + oy * s.stride_h + ky) * xp.wp + ox * s.stride_w + kx] *
+                     wk[((c * s.kh + ky) * s.kw + kx) * s.o];
+        y[((n * s.o + g * og + k) * ho + oy) * wo + ox] = sum & keep;
+      }
+    }
+  }
+}
+
+std::vector<std::uint64_t> pad_input(const RingConvShape& s, const std::uint64_t* x, std::size_t hp, std::size_t wp) {
+  std::vector<std::uint64_t> out(s.n * s.c * hp * wp);
+  for (std::size_t plane = 0; plane < s.n * s.c; ++plane)
+    for (std::size_t i = 0; i < s.h; ++i)
+      std::copy(x + (plane * s.h + i) * s.w, x + (plane * s.h + i + 1) * s.w,
+                out.begin() + static_cast<std::ptrdiff_t>((plane * hp + i + s.pad_h) * wp + s.pad_w));
+  return out;
+}
+#endif
 
 }  // namespace
 
@@ -125,12 +211,25 @@ void ring_conv2d(const RingConvShape& s, const std::uint64_t* x, const std::uint
   const std::uint64_t keep = bits == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << bits) - 1;
   const std::size_t rows = s.n * s.out_h();
   const std::size_t og = s.o / s.groups;
-  const Tap tap = simd ? kTap : tap_scalar;
 #ifdef PIE_HAVE_OPENMP
   const int team = std::max(1, threads <= 0 ? omp_get_max_threads() : threads);
 #else
   (void)threads;
   const int team = 1;
+#endif
+#ifdef PIE_HAVE_AVX512_PATH
+  if (simd && kAvx512) {
+    const std::size_t hp = s.h + 2 * s.pad_h, wp = s.w + 2 * s.pad_w;
+    const std::vector<std::uint64_t> padded = pad_input(s, x, hp, wp);
+    const PaddedInput xp{padded.data(), hp, wp};
+#ifdef PIE_HAVE_OPENMP
+#pragma omp parallel for schedule(static) num_threads(team) if (team > 1 && rows > 1)
+#endif
+    for (std::size_t r = 0; r < rows; ++r) conv_row_avx512(s, xp, weight, y, keep, r / s.out_h(), r % s.out_h());
+    return;
+  }
+#else
+  (void)simd;
 #endif
   // One accumulator row per thread, allocated here: nothing may throw inside the parallel region.
   const std::size_t row_sums = s.out_w() * og;
@@ -144,10 +243,10 @@ void ring_conv2d(const RingConvShape& s, const std::uint64_t* x, const std::uint
 #else
     std::uint64_t* mine = acc.data();
 #endif
-    conv_row(s, x, weight, y, keep, tap, r / s.out_h(), r % s.out_h(), mine);
+    conv_row(s, x, weight, y, keep, r / s.out_h(), r % s.out_h(), mine);
   }
 }
 
-bool ring_conv_vectorised() { return kTap != tap_scalar; }
+bool ring_conv_vectorised() { return kAvx512; }
 
 }  // namespace pie::he

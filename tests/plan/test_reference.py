@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pie import _core
-from pie.plan.reference import (_conv_limbs, _conv_native, _fc_limbs, conv2d_ring, fc_ring, prepare_weight,
-                                relu_shift, to_signed, truncate_shift)
+from pie.plan.reference import (_conv_native, conv2d_limbs, conv2d_ring, fc_limbs, fc_ring, native_threads,
+                                prepare_weight, relu_shift, to_signed, truncate_shift)
 
 BITS = st.integers(min_value=1, max_value=64)
 
@@ -82,7 +82,7 @@ def test_conv2d_ring_is_exact(case):
     x, w, stride, padding, groups, bits = case
     want = _conv_oracle(x, w, stride, padding, groups, bits)
     np.testing.assert_array_equal(conv2d_ring(x, w, stride, padding, groups, bits), want)
-    np.testing.assert_array_equal(_conv_limbs(x, prepare_weight(w), stride, padding, groups, bits), want)
+    np.testing.assert_array_equal(conv2d_limbs(x, prepare_weight(w), stride, padding, groups, bits), want)
     taps = prepare_weight(w).taps
     for simd in (True, False):
         np.testing.assert_array_equal(_conv_native(x, taps, stride, padding, groups, bits, simd), want)
@@ -111,6 +111,20 @@ def test_native_conv_fills_vector_lanes(data):
     np.testing.assert_array_equal(got, want)
 
 
+def test_large_products_agree_across_paths():
+    """Above the one-thread size the native core splits the output rows across
+    threads: it must equal the float64-limb path, an independent implementation."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 1 << 59, (1, 64, 16, 16), dtype=np.uint64)
+    w = prepare_weight(rng.integers(-2048, 2048, (64, 64, 3, 3), dtype=np.int64))
+    assert native_threads(64 * 64 * 9 * 256) != 1
+    np.testing.assert_array_equal(conv2d_ring(x, w, (1, 1), (1, 1), 1, 59),
+                                  conv2d_limbs(x, w, (1, 1), (1, 1), 1, 59))
+    xf = rng.integers(0, 1 << 40, (1, 4096), dtype=np.uint64)
+    wf = prepare_weight(rng.integers(-2048, 2048, (2048, 4096), dtype=np.int64))
+    np.testing.assert_array_equal(fc_ring(xf, wf, 40), fc_limbs(xf, wf, 40))
+
+
 def test_native_conv_refuses_bad_shapes():
     x = np.zeros((1, 4, 3, 3), dtype=np.uint64)
     taps = prepare_weight(np.ones((2, 2, 3, 3), dtype=np.int64)).taps
@@ -135,7 +149,7 @@ def test_fc_ring_is_exact(data):
             for b in range(n)]
     want = np.array(want, dtype=np.uint64)
     np.testing.assert_array_equal(fc_ring(x, w, bits), want)  # the native kernel at these sizes
-    np.testing.assert_array_equal(_fc_limbs(x, prepare_weight(w), bits), want)
+    np.testing.assert_array_equal(fc_limbs(x, prepare_weight(w), bits), want)
 
 
 def test_large_fan_in_uses_several_limbs_exactly():

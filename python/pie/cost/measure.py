@@ -9,6 +9,7 @@ is described in :mod:`pie.cost.predict`).
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import threading
@@ -94,7 +95,7 @@ def measure_profile(seconds: float = 60.0, threads: int = 0,
     say("HE linear layers")
     he_fit = _measure_he(layers, reps)
     say("online linear arithmetic")
-    lin_fit = _measure_linear(layers + _LINEAR_ONLY_SAMPLES, max(3, reps + 1))
+    lin_fit = _measure_linear(layers + _LINEAR_ONLY_SAMPLES, max(3, reps + 1), nthreads)
     say("speed index")
     speed.append(measure_speed_index(threads, repeat=2))
     import torch
@@ -322,10 +323,12 @@ def _he_timings(bits: int, jobs: list[tuple[Any, ...]],
     return keygen[0], [(w, e, c, d) for (w, e, d), c in zip(client_side, compute)]
 
 
-def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float]:
-    """Fits of the server's online ring arithmetic: the float64-limb path (large
-    products) and the native kernel (the others)."""
-    from ..plan.reference import conv2d_ring, fc_ring, prepare_weight, runs_native
+def _measure_linear(layers: list[tuple[Any, ...]], reps: int, threads: int) -> dict[str, float]:
+    """Fits of the server's online ring arithmetic: the native kernel on every
+    sampled layer it computes, and the float64-limb path on every layer above
+    the one-thread size (what runs there on a CPU without AVX-512)."""
+    from ..plan.reference import (SMALL_PRODUCT_MACS, conv2d_limbs, conv2d_ring, fc_limbs, fc_ring,
+                                  native_threads, prepare_weight)
 
     rng = np.random.default_rng(2)
     limb_rows: list[list[float]] = []
@@ -333,31 +336,41 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float
     native_rows: list[list[float]] = []
     native_times: list[float] = []
 
+    def timed(product: Callable[[], np.ndarray]) -> tuple[list[float], np.ndarray]:
+        runs = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            y = product()
+            runs.append(time.perf_counter() - t0)
+        return runs, y
+
     def run() -> None:
         for bits in (37, 58):
             for layer in layers:
                 w = _random_weight(layer, rng)
                 pw = prepare_weight(w)  # as the server does, once per weight
                 x = rng.integers(0, 1 << bits, _in_shape(layer), dtype=np.uint64)[None]
-                runs = []
-                for _ in range(reps):
-                    t0 = time.perf_counter()
-                    if layer[0] == "conv":
-                        _, _, _, _, _, s, p = layer
-                        y = conv2d_ring(x, pw, (s, s), (p, p), 1, bits)
-                    else:
-                        y = fc_ring(x, pw, bits)
-                    runs.append(time.perf_counter() - t0)
-                k = int(np.prod(w.shape[1:]))
-                if runs_native(y.size * k):
-                    rows, times, work = native_rows, native_times, [y.size * k, x.size + y.size, 1.0]
+                if layer[0] == "conv":
+                    _, _, _, _, _, s, p = layer
+                    dispatched = functools.partial(conv2d_ring, x, pw, (s, s), (p, p), 1, bits)
+                    limb_path = functools.partial(conv2d_limbs, x, pw, (s, s), (p, p), 1, bits)
                 else:
+                    dispatched = functools.partial(fc_ring, x, pw, bits)
+                    limb_path = functools.partial(fc_limbs, x.reshape(1, -1), pw, bits)
+                runs, y = timed(dispatched)
+                k = int(np.prod(w.shape[1:]))
+                macs = y.size * k
+                team = native_threads(macs)
+                if team is not None:  # per thread of the team it splits across, as predict counts it
+                    share = 1.0 if team == 1 else 1.0 / threads
+                    native_rows.extend([[macs * share, (x.size + y.size) * share, 1.0]] * len(runs))
+                    native_times.extend(runs)  # _nnls takes the median of each layer's runs
+                if macs > SMALL_PRODUCT_MACS:
+                    limb_runs = runs if team is None else timed(limb_path)[0]
                     limbs = max(1, -(-(bits - 1) // pw.limb_bits))
-                    rows, times = limb_rows, limb_times
-                    work = [limbs * y.size * k, limbs * (x.size + y.size), limbs * w.size, 1.0]
-                for seconds in runs:  # _nnls takes the median of each layer's runs
-                    rows.append(work)
-                    times.append(seconds)
+                    limb_rows.extend([[limbs * macs, limbs * (x.size + y.size), limbs * w.size, 1.0]]
+                                     * len(limb_runs))
+                    limb_times.extend(limb_runs)
 
     # Timed on a thread of its own, as a server session computes: torch's
     # OpenMP team on a thread other than the main one is a second team, and

@@ -28,7 +28,7 @@ Time (a model, not a measurement): each phase is a sum of its steps.
 * online: the server's ring arithmetic of every linear step
   (``h*limb MACs + i*limb elements + h'*limb weights + j`` per large conv/fc
   term, float64 limbs as :func:`pie.plan.reference.conv2d_ring` computes them;
-  ``h''*MACs + i''*elements + j''`` per term in the native kernel), per garbled step
+  ``(h''*MACs + i''*elements) / threads + j''`` per term in the native kernel), per garbled step
   ``k*AND + k'*other gates + m*labels + n`` (label selection, transfer,
   evaluation -- XOR gates are free of hashing but not of memory traffic, and
   truncation circuits have more of them per AND gate -- colour bits,
@@ -72,7 +72,7 @@ from .. import gc, he
 from ..link import Link, resolve_link
 from ..plan import (ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep,
                     he_ring_bits)
-from ..plan.reference import runs_native
+from ..plan.reference import native_threads
 from ..protocol.report import InferenceTotals, StepFigures
 from ..protocol.schedule import he_sessions, offline_exchanges
 from ..tables import Column, format_table
@@ -240,10 +240,12 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
                     + max(0.0, wire.transfer(0, s2c) - server)
                     + (extra_rtt + wire.rtt if opening else 0.0)
                 )
-                if _runs_native(plan, term):
-                    macs, elements, _ = _term_work(plan, term)
-                    est.online_seconds += (p.linear_native_per_mac_s * macs + p.linear_native_per_element_s * elements
-                                           + p.linear_native_per_term_s)
+                macs, elements, _ = _term_work(plan, term)
+                threads = native_threads(macs)
+                if threads is not None:
+                    team = 1 if threads == 1 else p.threads  # the work splits across the team
+                    est.online_seconds += ((p.linear_native_per_mac_s * macs + p.linear_native_per_element_s * elements)
+                                           / team + p.linear_native_per_term_s)
                 else:
                     macs, elements, weights = _limb_work(plan, term, bits, weight_bits)
                     est.online_seconds += (p.linear_per_limb_mac_s * macs + p.linear_per_limb_element_s * elements
@@ -355,11 +357,6 @@ class _LinkTimes:
     def round_trip(self, c2s: int, s2c: int) -> float:
         """A request of ``c2s`` bytes and its answer of ``s2c`` bytes."""
         return self.transfer(c2s, s2c) + self.rtt
-
-
-def _runs_native(plan: Plan, term: ConvTerm | FCTerm) -> bool:
-    """Whether the server computes ``term`` in the native kernel (a small enough product)."""
-    return runs_native(_term_work(plan, term)[0])
 
 
 def _term_work(plan: Plan, term: ConvTerm | FCTerm) -> tuple[int, int, int]:

@@ -54,9 +54,11 @@ class Profile:
             multiply-accumulate, per limb element in and out, per limb weight
             (wide layers on small images stream their weights once per limb
             and run below the large layers' MAC rate), fixed cost -- for the
-            float64-limb path (products above :data:`pie.plan.reference.NATIVE_MACS`).
+            float64-limb path (large products on a CPU without AVX-512, see
+            :func:`pie.plan.reference.native_threads`).
         linear_native_per_mac_s, linear_native_per_element_s, linear_native_per_term_s:
-            the same for a product in the native uint64 kernel: per
+            the same for a product in the native uint64 kernel, per thread of
+            its team: per
             multiply-accumulate, per element in and out, fixed cost.
         bandwidth: bytes per second of each transport (``"memory"``, ``"tcp"``).
         rtt_s: round-trip time of a small message on each transport.

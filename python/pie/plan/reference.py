@@ -4,14 +4,14 @@ Every tensor value is held as ``uint64`` residues. Arithmetic mod ``2^l`` for an
 ``l <= 64`` is plain ``uint64`` arithmetic (which wraps mod ``2^64``) followed by
 masking to the low ``l`` bits, because ``2^l`` divides ``2^64``.
 
-Convolutions and matrix products of at most ``NATIVE_MACS`` multiply-adds
-(every layer of the smaller ReLU-reduced networks) run in the native core
-(``pie._core.ring_conv2d``; a matrix product is a 1x1 convolution): plain ``uint64`` products and sums, which
-wrap mod ``2^64`` and are therefore exact, one call with the GIL released and
-no thread team to wake between protocol rounds. Larger convolutions and matrix
-products are computed with float64 arithmetic for speed (torch's CPU
-convolution and BLAS matrix products), split into limbs so that every float
-operation is exact.
+Convolutions and matrix products (a matrix product is a 1x1 convolution) run
+in the native core (``pie._core.ring_conv2d``): plain ``uint64`` products and
+sums, which wrap mod ``2^64`` and are therefore exact, in one call with the
+GIL released; products of at most ``SMALL_PRODUCT_MACS`` multiply-adds on one
+thread, so no thread team is woken between protocol rounds. On a CPU without
+AVX-512 the larger ones are computed with float64 arithmetic instead (torch's
+CPU convolution and BLAS matrix products), split into limbs so that every
+float operation is exact.
 
 Exactness argument (``_limb_bits``, ``_limbs``). Let ``S = max_o sum_k |w[o, k]|``
 be the largest L1 norm of a weight row (all the weights of one output). The
@@ -58,6 +58,10 @@ __all__ = [
     "truncate_shift",
     "RingWeight",
     "conv2d_ring",
+    "conv2d_limbs",
+    "fc_limbs",
+    "native_threads",
+    "SMALL_PRODUCT_MACS",
     "fc_ring",
     "term_product",
     "prepare_weight",
@@ -141,11 +145,12 @@ def _recombine(results: list[torch.Tensor], b: int, bits: int) -> np.ndarray:
     return mask(acc, bits)
 
 
-# Convolutions of at most this many multiply-adds run in the native core (module
-# doc): below it, torch's call and the wake-up of its worker threads cost more
-# than the product (DRD_C100_12K's online linear steps on a server thread: 9.1 ms
-# with torch, 3.9 ms native); above it, torch's float64 convolution is faster.
-NATIVE_MACS = 1 << 22
+# Products of at most this many multiply-adds run natively on one thread: a
+# second thread's wake-up costs more than it saves. Larger ones run natively on
+# every core where the CPU has AVX-512 (faster than torch's float64 convolution
+# at every DRD_C100 and ResNet-18 size: DRD_C100_230K's online linear steps on a
+# server thread 46.8 -> 28.6 ms), else on torch's float64 limbs.
+SMALL_PRODUCT_MACS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -170,9 +175,12 @@ def prepare_weight(weight: np.ndarray) -> RingWeight:
     return RingWeight(torch.from_numpy(w.astype(np.float64)), _limb_bits(weight), taps)
 
 
-def runs_native(macs: int) -> bool:
-    """Whether a product of ``macs`` multiply-adds runs in the native core (module doc)."""
-    return macs <= NATIVE_MACS
+def native_threads(macs: int) -> int | None:
+    """Threads the native core computes a product of ``macs`` multiply-adds
+    with (0: every core), or None when it runs on torch's float64 limbs."""
+    if macs <= SMALL_PRODUCT_MACS:
+        return 1
+    return 0 if core.ring_conv_vectorised() else None
 
 
 def _prepared(weight: np.ndarray | RingWeight) -> RingWeight:
@@ -196,9 +204,10 @@ def conv2d_ring(
         uint64 residues mod ``2^bits``, shape (N, O, Ho, Wo).
     """
     w = _prepared(weight)
-    if runs_native(_conv_macs(x.shape, tuple(w.tensor.shape), stride, padding)):
-        return _conv_native(x, w.taps, stride, padding, groups, bits)
-    return _conv_limbs(x, w, stride, padding, groups, bits)
+    threads = native_threads(_conv_macs(x.shape, tuple(w.tensor.shape), stride, padding))
+    if threads is not None:
+        return _conv_native(x, w.taps, stride, padding, groups, bits, threads=threads)
+    return conv2d_limbs(x, w, stride, padding, groups, bits)
 
 
 def _conv_macs(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, int],
@@ -209,20 +218,21 @@ def _conv_macs(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple
     return n * o * ho * wo * cg * kh * kw
 
 
-def _conv_limbs(x: np.ndarray, w: RingWeight, stride: tuple[int, int], padding: tuple[int, int],
+def conv2d_limbs(x: np.ndarray, w: RingWeight, stride: tuple[int, int], padding: tuple[int, int],
                 groups: int, bits: int) -> np.ndarray:
-    """The convolution on float64 limbs (module doc)."""
+    """The convolution on float64 limbs (module doc): what :func:`conv2d_ring`
+    runs for large products on a CPU without AVX-512; public for measuring it."""
     limbs = torch.from_numpy(np.concatenate(_limbs(x, bits, w.limb_bits)))
     out = F.conv2d(limbs, w.tensor, None, stride, padding, 1, groups)
     return _recombine(list(out.split(x.shape[0])), w.limb_bits, bits)
 
 
 def _conv_native(x: np.ndarray, taps: np.ndarray, stride: tuple[int, int], padding: tuple[int, int],
-                 groups: int, bits: int, simd: bool = True) -> np.ndarray:
+                 groups: int, bits: int, simd: bool = True, threads: int = 1) -> np.ndarray:
     """The convolution in the native core, exact mod 2^64 (taps: the weight's
     residues, (C/groups, kh, kw, O))."""
     return core.ring_conv2d(np.ascontiguousarray(x, dtype=np.uint64), taps, tuple(stride), tuple(padding),
-                            groups, bits, simd=simd)
+                            groups, bits, threads=threads, simd=simd)
 
 
 def fc_ring(x: np.ndarray, weight: np.ndarray | RingWeight, bits: int) -> np.ndarray:
@@ -230,13 +240,15 @@ def fc_ring(x: np.ndarray, weight: np.ndarray | RingWeight, bits: int) -> np.nda
     int64 (O, K) or its :func:`prepare_weight`)."""
     w = _prepared(weight)
     flat = x.reshape(x.shape[0], -1)
-    if runs_native(flat.size * w.tensor.shape[0]):
-        return _conv_native(flat.reshape(*flat.shape, 1, 1), w.taps, (1, 1), (0, 0), 1, bits).reshape(x.shape[0], -1)
-    return _fc_limbs(flat, w, bits)
+    threads = native_threads(flat.size * w.tensor.shape[0])
+    if threads is not None:
+        return _conv_native(flat.reshape(*flat.shape, 1, 1), w.taps, (1, 1), (0, 0), 1, bits,
+                            threads=threads).reshape(x.shape[0], -1)
+    return fc_limbs(flat, w, bits)
 
 
-def _fc_limbs(flat: np.ndarray, w: RingWeight, bits: int) -> np.ndarray:
-    """The matrix product on float64 limbs (module doc)."""
+def fc_limbs(flat: np.ndarray, w: RingWeight, bits: int) -> np.ndarray:
+    """The matrix product on float64 limbs (module doc), as :func:`conv2d_limbs`."""
     results = [torch.from_numpy(limb) @ w.tensor.T for limb in _limbs(flat, bits, w.limb_bits)]
     return _recombine(results, w.limb_bits, bits)
 
