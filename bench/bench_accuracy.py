@@ -29,16 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import pie
 from pie import serve
-from pie.models.checkpoint import save_checkpoint
 from pie.reduce.data import load_builtin
+from pie.reduce.pipeline import save_model
 from pie.reduce.train import TrainConfig, fit
 
 EPOCHS = int(os.environ.get("PIE_BENCH_TRAIN_EPOCHS", "2"))
-CALIBRATION_IMAGES = 64
 
 
 def held_out(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,16 +78,12 @@ def test_demo_accuracy(benchmark) -> None:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def trained_12k(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DRD_C100_12K-shaped network trained on the built-in digits at 32x32,
-    saved with the metadata and calibration sample ``pie.reduce`` stores."""
+    saved as ``pie.reduce`` saves its models (metadata and calibration sample)."""
     splits = load_builtin(32)
     net = pie.models.build("DRD_C100_12K", num_classes=len(splits.train.classes))
     fit(net, splits, TrainConfig(epochs=EPOCHS, batch_size=64, lr=0.05), device="cpu")
     path = tmp_path_factory.mktemp("trained") / "model.pt"
-    meta = {"input_norm": {"mean": list(splits.mean), "std": list(splits.std)},
-            "input_shape": list(splits.image_shape), "classes": list(splits.train.classes),
-            "dataset": splits.name}
-    save_checkpoint(net.eval(), path, meta=meta,
-                    calibration=splits.train.subset(CALIBRATION_IMAGES, seed=0).images)
+    save_model(net.eval(), path, splits)
     return path
 
 
@@ -100,4 +94,3 @@ def test_trained_12k_accuracy(benchmark, trained_12k: Path) -> None:  # type: ig
     info["epochs"] = EPOCHS
     benchmark.extra_info.update(info)
     assert info["calibration"].endswith("stored in the checkpoint")
-    torch.manual_seed(0)  # the fixture's training seeded torch; leave it as other suites expect

@@ -58,8 +58,7 @@ class Profile:
             :func:`pie.plan.reference.native_threads`).
         linear_native_per_mac_s, linear_native_per_element_s, linear_native_per_term_s:
             the same for a product in the native uint64 kernel, per thread of
-            its team: per
-            multiply-accumulate, per element in and out, fixed cost.
+            its team: per multiply-accumulate, per element in and out, fixed cost.
         bandwidth: bytes per second of each transport (``"memory"``, ``"tcp"``).
         rtt_s: round-trip time of a small message on each transport.
         speed_index_s: seconds of :func:`measure_speed_index`'s reference

@@ -157,9 +157,9 @@ SMALL_PRODUCT_MACS = 1 << 22
 class RingWeight:
     """An integer weight prepared for :func:`conv2d_ring` / :func:`fc_ring`:
     its float64 tensor and limb width, and its residues mod ``2^64`` laid out
-    for the native kernel, (C/groups, kh, kw, O) (an fc weight (O, K) as (K, 1, 1, O)). Preparing a
-    wide layer's weight costs about as much as its product, so a server
-    prepares each weight once."""
+    for the native kernel, (C/groups, kh, kw, O) (an fc weight (O, K) as
+    (K, 1, 1, O)). Preparing a wide layer's weight costs about as much as its
+    product, so a server prepares each weight once."""
 
     tensor: torch.Tensor
     limb_bits: int
@@ -219,7 +219,7 @@ def _conv_macs(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple
 
 
 def conv2d_limbs(x: np.ndarray, w: RingWeight, stride: tuple[int, int], padding: tuple[int, int],
-                groups: int, bits: int) -> np.ndarray:
+                 groups: int, bits: int) -> np.ndarray:
     """The convolution on float64 limbs (module doc): what :func:`conv2d_ring`
     runs for large products on a CPU without AVX-512; public for measuring it."""
     limbs = torch.from_numpy(np.concatenate(_limbs(x, bits, w.limb_bits)))

@@ -50,6 +50,7 @@ __all__ = [
     "criticality",
     "reduce_to_budget",
     "run",
+    "save_model",
     "stage_only",
 ]
 
@@ -302,8 +303,7 @@ def run(
         teacher = models.from_config(base)
         base_acc = _train_or_resume(teacher, splits, train_cfg, out, "baseline", None, dev, progress)
         base_relus = relu_count(teacher, shape)
-        save_checkpoint(teacher, out / "baseline.pt", meta=_model_meta(splits),
-                        calibration=_calibration_sample(splits))
+        save_model(teacher, out / "baseline.pt", splits)
     teacher.eval()
 
     if ranking is None:
@@ -317,8 +317,7 @@ def run(
     chosen = reduce_to_budget(base, ranking, shape, relu_budget, thin=thin, min_width=min_width)
     reduced = models.from_config(chosen.config)
     red_acc = _train_or_resume(reduced, splits, train_cfg, out, "reduced", teacher, dev, progress)
-    save_checkpoint(reduced, out / "model.pt", meta=_model_meta(splits),
-                    calibration=_calibration_sample(splits))
+    save_model(reduced, out / "model.pt", splits)
     no_kd = None
     if compare_kd:
         plain = models.from_config(chosen.config)
@@ -343,18 +342,16 @@ def run(
     return report
 
 
-def _model_meta(splits: Splits) -> dict:
-    """What a server needs besides weights: the input normalisation to fold
-    into the stem, the input shape and the class names."""
-    return {"input_norm": {"mean": list(splits.mean), "std": list(splits.std)},
+def save_model(model: nn.Module, path: Path, splits: Splits) -> None:
+    """Save a network trained on ``splits`` as the pipeline does: pie's
+    checkpoint with what a server needs besides weights (the input
+    normalisation to fold into the stem, the input shape, the class names) and
+    a few training images (uint8, exact) to compile it with
+    (:func:`pie.models.checkpoint.calibration_sample`)."""
+    meta = {"input_norm": {"mean": list(splits.mean), "std": list(splits.std)},
             "input_shape": list(splits.image_shape), "classes": list(splits.train.classes),
             "dataset": splits.name}
-
-
-def _calibration_sample(splits: Splits) -> torch.Tensor:
-    """A few training images (uint8, exact) that a server compiles the model
-    with (:func:`pie.models.checkpoint.calibration_sample`)."""
-    return splits.train.subset(CALIBRATION_IMAGES, seed=0).images
+    save_checkpoint(model, path, meta=meta, calibration=splits.train.subset(CALIBRATION_IMAGES, seed=0).images)
 
 
 def _evaluate_cpu(model: nn.Module, splits: Splits) -> float:
