@@ -95,11 +95,12 @@ void register_he(py::module_& m) {
   m.def("seal_version", &he::seal_version, "Version of the SEAL library pie was built with.");
   m.def(
       "ring_conv2d",
-      [](const U64Array& x, const U64Array& weight, std::pair<std::size_t, std::size_t> stride,
+      [](const U64Array& x, const py::array& weight, std::pair<std::size_t, std::size_t> stride,
          std::pair<std::size_t, std::size_t> padding, std::size_t groups, unsigned bits, int threads,
          bool simd) {
         if (x.ndim() != 4) throw std::invalid_argument("x: expected (N, C, H, W)");
         if (weight.ndim() != 4) throw std::invalid_argument("weight: expected (C / groups, kh, kw, O)");
+        if (!(weight.flags() & py::array::c_style)) throw std::invalid_argument("weight: must be C-contiguous");
         he::RingConvShape s;
         s.n = static_cast<std::size_t>(x.shape(0));
         s.c = static_cast<std::size_t>(x.shape(1));
@@ -118,18 +119,28 @@ void register_he(py::module_& m) {
         py::array_t<std::uint64_t> y({static_cast<py::ssize_t>(s.n), static_cast<py::ssize_t>(s.o),
                                       static_cast<py::ssize_t>(s.out_h()), static_cast<py::ssize_t>(s.out_w())});
         const std::uint64_t* xp = x.data();
-        const std::uint64_t* wp = weight.data();
         std::uint64_t* yp = y.mutable_data();
-        {
+        const auto run = [&](const auto* wp) {
           py::gil_scoped_release release;
           he::ring_conv2d(s, xp, wp, yp, bits, threads, simd);
+        };
+        if (py::isinstance<py::array_t<std::int16_t>>(weight)) {
+          run(static_cast<const std::int16_t*>(weight.data()));
+        } else if (py::isinstance<py::array_t<std::int32_t>>(weight)) {
+          run(static_cast<const std::int32_t*>(weight.data()));
+        } else if (py::isinstance<py::array_t<std::int64_t>>(weight) ||
+                   py::isinstance<py::array_t<std::uint64_t>>(weight)) {
+          run(static_cast<const std::int64_t*>(weight.data()));  // uint64: the same residues mod 2^64
+        } else {
+          throw std::invalid_argument("weight: expected int16, int32, int64 or uint64 entries");
         }
         return y;
       },
       py::arg("x"), py::arg("weight"), py::arg("stride"), py::arg("padding"), py::arg("groups"), py::arg("bits"),
       py::arg("threads") = 1, py::arg("simd") = true,
-      "Exact conv2d(x, weight) mod 2^bits of uint64 residues x (N, C, H, W); weight is the int64 "
-      "(O, C/groups, kh, kw) weight mod 2^64, transposed to (C/groups, kh, kw, O). Zero padding. threads: OpenMP threads (0: all); "
+      "Exact conv2d(x, weight) mod 2^bits of uint64 residues x (N, C, H, W); weight is the "
+      "(O, C/groups, kh, kw) integer weight transposed to (C/groups, kh, kw, O), C-contiguous, as "
+      "int16, int32 or int64 (or uint64 residues mod 2^64). Zero padding. threads: OpenMP threads (0: all); "
       "simd=False: the portable loop even where AVX-512 is available.");
   m.def("ring_conv_vectorised", &he::ring_conv_vectorised,
         "Whether ring_conv2d uses AVX-512 on this CPU.");

@@ -21,13 +21,14 @@ namespace {
 
 // For i < count and k < og: acc[i * og + k] += x[i * x_stride] * w[k], mod 2^64
 // (one kernel tap applied to `count` output pixels of one row).
+template <typename W>
 void tap_scalar(std::uint64_t* acc, const std::uint64_t* x, std::size_t x_stride, std::size_t count,
-                const std::uint64_t* w, std::size_t og) {
+                const W* w, std::size_t og) {
   for (std::size_t i = 0; i < count; ++i) {
     const std::uint64_t v = x[i * x_stride];
     if (v == 0) continue;
     std::uint64_t* a = acc + i * og;
-    for (std::size_t k = 0; k < og; ++k) a[k] += v * w[k];
+    for (std::size_t k = 0; k < og; ++k) a[k] += v * static_cast<std::uint64_t>(static_cast<std::int64_t>(w[k]));
   }
 }
 
@@ -54,7 +55,8 @@ std::pair<std::size_t, std::size_t> valid_columns(std::size_t out, std::size_t s
 
 // The portable path: output row oy of image n, every output channel; acc holds
 // out_w * (o / groups) sums, one kernel tap at a time over the whole row.
-void conv_row(const RingConvShape& s, const std::uint64_t* x, const std::uint64_t* weight, std::uint64_t* y,
+template <typename W>
+void conv_row(const RingConvShape& s, const std::uint64_t* x, const W* weight, std::uint64_t* y,
               std::uint64_t keep, std::size_t n, std::size_t oy, std::uint64_t* acc) {
   const std::size_t ho = s.out_h(), wo = s.out_w();
   const std::size_t cg = s.c / s.groups, og = s.o / s.groups;
@@ -83,33 +85,54 @@ void conv_row(const RingConvShape& s, const std::uint64_t* x, const std::uint64_
 #ifdef PIE_HAVE_AVX512_PATH
 // The AVX-512 path works on a zero-padded copy of the input, so that every tap
 // of every output pixel reads memory. Its micro-kernel holds the sums of P
-// adjacent output pixels times 8V output channels in registers across all
-// C/groups * kh * kw taps (stores only at the end: the stores, not the 64-bit
-// multiplies, bound a kernel that keeps its sums in memory).
+// output pixels (consecutive in row-major order, so a tile may span rows)
+// times 8V output channels in registers across all C/groups * kh * kw taps
+// (stores only at the end: the stores, not the 64-bit multiplies, bound a
+// kernel that keeps its sums in memory).
 struct PaddedInput {
   const std::uint64_t* data;  // (n, c, hp, wp)
   std::size_t hp, wp;
 };
 
-template <int P, int V>
+constexpr std::size_t kTilePixels = 4;     // P at most
+constexpr std::size_t kBlockChannels = 32;  // 8V at most
+
+// Eight taps sign-extended to 64-bit lanes. (GCC 12 warns, wrongly, that the
+// widening intrinsics read an uninitialised register.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f,avx512dq"), always_inline)) inline __m512i load8(const std::int64_t* p) {
+  return _mm512_loadu_si512(p);
+}
+__attribute__((target("avx512f,avx512dq"), always_inline)) inline __m512i load8(const std::int32_t* p) {
+  return _mm512_cvtepi32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+__attribute__((target("avx512f,avx512dq"), always_inline)) inline __m512i load8(const std::int16_t* p) {
+  return _mm512_cvtepi16_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#pragma GCC diagnostic pop
+
+template <int P, int V, typename W>
 __attribute__((target("avx512f,avx512dq"))) void micro_kernel(const RingConvShape& s, const std::uint64_t* image,
-                                                                std::size_t hp, std::size_t wp, std::size_t row0,
-                                                                std::size_t col0, const std::uint64_t* w,
+                                                                std::size_t hp, std::size_t wp,
+                                                                const std::size_t* offsets, const W* w,
                                                                 std::uint64_t* y, std::size_t y_stride,
                                                                 std::uint64_t keep) {
   __m512i acc[P][V];
   for (int p = 0; p < P; ++p)
     for (int v = 0; v < V; ++v) acc[p][v] = _mm512_setzero_si512();
+  const std::uint64_t* base[P];
+  for (int p = 0; p < P; ++p) base[p] = image + offsets[p];
   const std::size_t cg = s.c / s.groups;
   for (std::size_t c = 0; c < cg; ++c) {
     for (std::size_t ky = 0; ky < s.kh; ++ky) {
-      const std::uint64_t* xr = image + (c * hp + row0 + ky) * wp + col0;
-      const std::uint64_t* wr = w + (c * s.kh + ky) * s.kw * s.o;
+      const std::size_t row = (c * hp + ky) * wp;
+      const W* wr = w + (c * s.kh + ky) * s.kw * s.o;
       for (std::size_t kx = 0; kx < s.kw; ++kx) {
         __m512i wv[V];
-        for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_si512(wr + kx * s.o + 8 * v);
+        for (int v = 0; v < V; ++v) wv[v] = load8(wr + kx * s.o + 8 * v);
         for (int p = 0; p < P; ++p) {
-          const __m512i xb = _mm512_set1_epi64(static_cast<long long>(xr[p * s.stride_w + kx]));
+          const __m512i xb = _mm512_set1_epi64(static_cast<long long>(base[p][row + kx]));
           for (int v = 0; v < V; ++v) acc[p][v] = _mm512_add_epi64(acc[p][v], _mm512_mullo_epi64(xb, wv[v]));
         }
       }
@@ -125,55 +148,80 @@ __attribute__((target("avx512f,avx512dq"))) void micro_kernel(const RingConvShap
   }
 }
 
-using Micro = void (*)(const RingConvShape&, const std::uint64_t*, std::size_t, std::size_t, std::size_t,
-                       std::size_t, const std::uint64_t*, std::uint64_t*, std::size_t, std::uint64_t);
+template <typename W>
+using Micro = void (*)(const RingConvShape&, const std::uint64_t*, std::size_t, std::size_t, const std::size_t*,
+                       const W*, std::uint64_t*, std::size_t, std::uint64_t);
 
-template <int P>
-Micro micro_for(int v) {
+template <int P, typename W>
+Micro<W> micro_for(int v) {
   switch (v) {
-    case 1: return micro_kernel<P, 1>;
-    case 2: return micro_kernel<P, 2>;
-    case 3: return micro_kernel<P, 3>;
-    default: return micro_kernel<P, 4>;
+    case 1: return micro_kernel<P, 1, W>;
+    case 2: return micro_kernel<P, 2, W>;
+    case 3: return micro_kernel<P, 3, W>;
+    default: return micro_kernel<P, 4, W>;
   }
 }
 
-Micro pick_micro(int p, int v) {
+template <typename W>
+Micro<W> pick_micro(int p, int v) {
   switch (p) {
-    case 1: return micro_for<1>(v);
-    case 2: return micro_for<2>(v);
-    case 3: return micro_for<3>(v);
-    default: return micro_for<4>(v);
+    case 1: return micro_for<1, W>(v);
+    case 2: return micro_for<2, W>(v);
+    case 3: return micro_for<3, W>(v);
+    default: return micro_for<4, W>(v);
   }
 }
 
-// Output row oy of image n, every output channel, on the padded input.
-void conv_row_avx512(const RingConvShape& s, const PaddedInput& xp, const std::uint64_t* weight, std::uint64_t* y,
-                     std::uint64_t keep, std::size_t n, std::size_t oy) {
-  const std::size_t ho = s.out_h(), wo = s.out_w();
+// The work is split into items of one image, one group, one block of up to 32
+// output channels (or the group's last og % 8 channels) and one tile of up to
+// 4 output pixels. Items are numbered tile-fastest, so a thread's contiguous
+// share of them walks few channel blocks: each block's taps are read from
+// memory once and reused from cache across the tiles (a wide layer at small
+// resolution is bound by reading its taps, not by its multiplies).
+struct WorkItems {
+  std::size_t tiles, vectors, blocks;
+
+  explicit WorkItems(const RingConvShape& s)
+      : tiles((s.out_h() * s.out_w() + kTilePixels - 1) / kTilePixels),
+        vectors((s.o / s.groups) / 8),
+        blocks((vectors + kBlockChannels / 8 - 1) / (kBlockChannels / 8) + ((s.o / s.groups) % 8 != 0)) {}
+  std::size_t count(const RingConvShape& s) const { return s.n * s.groups * blocks * tiles; }
+};
+
+template <typename W>
+void conv_item_avx512(const RingConvShape& s, const PaddedInput& xp, const WorkItems& items, const W* weight,
+                      std::uint64_t* y, std::uint64_t keep, std::size_t item) {
+  const std::size_t tile = item % items.tiles;
+  std::size_t rest = item / items.tiles;
+  const std::size_t block = rest % items.blocks;
+  rest /= items.blocks;
+  const std::size_t g = rest % s.groups, n = rest / s.groups;
+  const std::size_t ho = s.out_h(), wo = s.out_w(), plane = ho * wo;
   const std::size_t cg = s.c / s.groups, og = s.o / s.groups;
-  const std::size_t vectors = og / 8;
-  for (std::size_t g = 0; g < s.groups; ++g) {
-    const std::uint64_t* image = xp.data + (n * s.c + g * cg) * xp.hp * xp.wp;
-    for (std::size_t k0 = 0; k0 < 8 * vectors; k0 += 32) {
-      const int v = static_cast<int>(std::min<std::size_t>(4, vectors - k0 / 8));
-      for (std::size_t ox0 = 0; ox0 < wo; ox0 += 4) {
-        const int p = static_cast<int>(std::min<std::size_t>(4, wo - ox0));
-        pick_micro(p, v)(s, image, xp.hp, xp.wp, oy * s.stride_h, ox0 * s.stride_w, weight + g * og + k0,
-                         y + ((n * s.o + g * og + k0) * ho + oy) * wo + ox0, ho * wo, keep);
-      }
-    }
-    for (std::size_t k = 8 * vectors; k < og; ++k) {  // the last og % 8 channels
-      const std::uint64_t* wk = weight + g * og + k;
-      for (std::size_t ox = 0; ox < wo; ++ox) {
-        std::uint64_t sum = 0;
-        for (std::size_t c = 0; c < cg; ++c)
-          for (std::size_t ky = 0; ky < s.kh; ++ky)
-            for (std::size_t kx = 0; kx < s.kw; ++kx)
-              sum += image[(c * xp.hp + oy * s.stride_h + ky) * xp.wp + ox * s.stride_w + kx] *
-                     wk[((c * s.kh + ky) * s.kw + kx) * s.o];
-        y[((n * s.o + g * og + k) * ho + oy) * wo + ox] = sum & keep;
-      }
+  const std::size_t q0 = tile * kTilePixels, count = std::min(kTilePixels, plane - q0);
+  std::size_t offsets[kTilePixels];
+  for (std::size_t p = 0; p < count; ++p) {
+    const std::size_t q = q0 + p;
+    offsets[p] = (q / wo) * s.stride_h * xp.wp + (q % wo) * s.stride_w;
+  }
+  const std::uint64_t* image = xp.data + (n * s.c + g * cg) * xp.hp * xp.wp;
+  const std::size_t k0 = block * kBlockChannels;
+  if (k0 < 8 * items.vectors) {
+    const int v = static_cast<int>(std::min<std::size_t>(kBlockChannels / 8, items.vectors - k0 / 8));
+    pick_micro<W>(static_cast<int>(count), v)(s, image, xp.hp, xp.wp, offsets, weight + g * og + k0,
+                                              y + (n * s.o + g * og + k0) * plane + q0, plane, keep);
+    return;
+  }
+  for (std::size_t k = 8 * items.vectors; k < og; ++k) {  // the last og % 8 channels
+    const W* wk = weight + g * og + k;
+    for (std::size_t p = 0; p < count; ++p) {
+      std::uint64_t sum = 0;
+      for (std::size_t c = 0; c < cg; ++c)
+        for (std::size_t ky = 0; ky < s.kh; ++ky)
+          for (std::size_t kx = 0; kx < s.kw; ++kx)
+            sum += image[offsets[p] + (c * xp.hp + ky) * xp.wp + kx] *
+                   static_cast<std::uint64_t>(static_cast<std::int64_t>(wk[((c * s.kh + ky) * s.kw + kx) * s.o]));
+      y[(n * s.o + g * og + k) * plane + q0 + p] = sum & keep;
     }
   }
 }
@@ -204,13 +252,12 @@ void check_ring_conv(const RingConvShape& s) {
   }
 }
 
-void ring_conv2d(const RingConvShape& s, const std::uint64_t* x, const std::uint64_t* weight, std::uint64_t* y,
-                 unsigned bits, int threads, bool simd) {
+template <typename W>
+void ring_conv2d(const RingConvShape& s, const std::uint64_t* x, const W* weight, std::uint64_t* y, unsigned bits,
+                 int threads, bool simd) {
   check_ring_conv(s);
   if (bits < 1 || bits > 64) throw std::invalid_argument("ring conv: bits must be in [1, 64]");
   const std::uint64_t keep = bits == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << bits) - 1;
-  const std::size_t rows = s.n * s.out_h();
-  const std::size_t og = s.o / s.groups;
 #ifdef PIE_HAVE_OPENMP
   const int team = std::max(1, threads <= 0 ? omp_get_max_threads() : threads);
 #else
@@ -222,15 +269,19 @@ void ring_conv2d(const RingConvShape& s, const std::uint64_t* x, const std::uint
     const std::size_t hp = s.h + 2 * s.pad_h, wp = s.w + 2 * s.pad_w;
     const std::vector<std::uint64_t> padded = pad_input(s, x, hp, wp);
     const PaddedInput xp{padded.data(), hp, wp};
+    const WorkItems items(s);
+    const std::size_t count = items.count(s);
 #ifdef PIE_HAVE_OPENMP
-#pragma omp parallel for schedule(static) num_threads(team) if (team > 1 && rows > 1)
+#pragma omp parallel for schedule(static) num_threads(team) if (team > 1 && count > 1)
 #endif
-    for (std::size_t r = 0; r < rows; ++r) conv_row_avx512(s, xp, weight, y, keep, r / s.out_h(), r % s.out_h());
+    for (std::size_t i = 0; i < count; ++i) conv_item_avx512(s, xp, items, weight, y, keep, i);
     return;
   }
 #else
   (void)simd;
 #endif
+  const std::size_t rows = s.n * s.out_h();
+  const std::size_t og = s.o / s.groups;
   // One accumulator row per thread, allocated here: nothing may throw inside the parallel region.
   const std::size_t row_sums = s.out_w() * og;
   std::vector<std::uint64_t> acc(static_cast<std::size_t>(team) * row_sums);
@@ -246,6 +297,13 @@ void ring_conv2d(const RingConvShape& s, const std::uint64_t* x, const std::uint
     conv_row(s, x, weight, y, keep, r / s.out_h(), r % s.out_h(), mine);
   }
 }
+
+template void ring_conv2d<std::int16_t>(const RingConvShape&, const std::uint64_t*, const std::int16_t*,
+                                        std::uint64_t*, unsigned, int, bool);
+template void ring_conv2d<std::int32_t>(const RingConvShape&, const std::uint64_t*, const std::int32_t*,
+                                        std::uint64_t*, unsigned, int, bool);
+template void ring_conv2d<std::int64_t>(const RingConvShape&, const std::uint64_t*, const std::int64_t*,
+                                        std::uint64_t*, unsigned, int, bool);
 
 bool ring_conv_vectorised() { return kAvx512; }
 

@@ -5,7 +5,9 @@
 //
 // Arithmetic is uint64, which wraps mod 2^64; 2^l divides 2^64, so the result
 // masked to l bits is exact for any l <= 64 whatever the order of the sums.
-// Weights are int64 taken mod 2^64 (two's complement). Inner loops run over
+// Weights are signed integers taken mod 2^64 (two's complement), stored in the
+// narrowest of int16 / int32 / int64 that holds them: a wide layer at small
+// resolution is bound by reading its weights, not by its multiplies. Inner loops run over
 // output channels, so every layer shape vectorises (AVX-512's 64-bit multiply
 // where the CPU has it, chosen at run time; plain 64-bit multiplies else).
 #pragma once
@@ -39,10 +41,12 @@ void check_ring_conv(const RingConvShape& s);
 ///   weight: (c / groups, kh, kw, o) -- the (o, c / groups, kh, kw) weight
 ///           transposed so that output channels are contiguous
 ///   y:      (n, o, out_h, out_w), in [0, 2^bits)
-/// threads > 1 splits output rows across OpenMP threads (0: all); simd =
+/// threads > 1 splits the work across OpenMP threads (0: all); simd =
 /// false keeps to the portable loop (tests compare both).
 /// @throws std::invalid_argument if the shape is invalid or bits is not in [1, 64].
-void ring_conv2d(const RingConvShape& s, const std::uint64_t* x, const std::uint64_t* weight, std::uint64_t* y,
+/// W is std::int16_t, std::int32_t or std::int64_t.
+template <typename W>
+void ring_conv2d(const RingConvShape& s, const std::uint64_t* x, const W* weight, std::uint64_t* y,
                  unsigned bits, int threads = 1, bool simd = true);
 
 /// Whether ring_conv2d uses AVX-512 on this CPU.

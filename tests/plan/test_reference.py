@@ -106,9 +106,25 @@ def test_native_conv_fills_vector_lanes(data):
     for simd in (True, False):
         got = _conv_native(x, taps, (stride, stride), (padding, padding), groups, bits, simd)
         np.testing.assert_array_equal(got, want)
-    # Output rows split across threads give the same sums.
-    got = _core.ring_conv2d(x, taps, (stride, stride), (padding, padding), groups, bits, threads=2)
-    np.testing.assert_array_equal(got, want)
+    # The work split across threads gives the same sums, and so does every
+    # wider storage of the same taps (the kernel sign-extends what it reads).
+    for wide in (taps, taps.astype(np.int32), taps.astype(np.int64), taps.astype(np.int64).view(np.uint64)):
+        got = _core.ring_conv2d(x, wide, (stride, stride), (padding, padding), groups, bits, threads=2)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("largest, dtype", [(0, np.int16), (2**15 - 1, np.int16), (2**15, np.int32),
+                                            (2**31 - 1, np.int32), (2**31, np.int64), (2**40, np.int64)])
+def test_taps_take_the_narrowest_type(largest, dtype):
+    """A weight's taps are stored in the narrowest signed type that holds them,
+    and the native product is the same in it (negative extremes included)."""
+    w = np.array([[[[largest]], [[-largest]]], [[[1]], [[-1]]]], dtype=np.int64)  # (2, 2, 1, 1)
+    taps = prepare_weight(w).taps
+    assert taps.dtype == dtype
+    x = np.array([[[[3]], [[(1 << 64) - 5]]]], dtype=np.uint64)
+    want = _conv_oracle(x, w, (1, 1), (0, 0), 1, 64)
+    for simd in (True, False):
+        np.testing.assert_array_equal(_conv_native(x, taps, (1, 1), (0, 0), 1, 64, simd), want)
 
 
 def test_large_products_agree_across_paths():
@@ -135,6 +151,10 @@ def test_native_conv_refuses_bad_shapes():
                      (1, 1), (0, 0), 1, 37)
     with pytest.raises(ValueError, match="bits"):
         _conv_native(x[:, :2], taps, (1, 1), (1, 1), 1, 65)
+    with pytest.raises(ValueError, match="int16, int32, int64 or uint64"):
+        _conv_native(x[:, :2], taps.astype(np.float64), (1, 1), (1, 1), 1, 37)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _conv_native(x[:, :2], np.asfortranarray(np.ones((2, 3, 3, 3), dtype=np.int16)), (1, 1), (1, 1), 1, 37)
 
 
 @settings(max_examples=150, deadline=None)

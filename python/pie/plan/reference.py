@@ -156,10 +156,11 @@ SMALL_PRODUCT_MACS = 1 << 22
 @dataclass(frozen=True)
 class RingWeight:
     """An integer weight prepared for :func:`conv2d_ring` / :func:`fc_ring`:
-    its float64 tensor and limb width, and its residues mod ``2^64`` laid out
-    for the native kernel, (C/groups, kh, kw, O) (an fc weight (O, K) as
-    (K, 1, 1, O)). Preparing a wide layer's weight costs about as much as its
-    product, so a server prepares each weight once."""
+    its float64 tensor and limb width, and its taps laid out for the native
+    kernel, (C/groups, kh, kw, O) (an fc weight (O, K) as (K, 1, 1, O)), in the
+    narrowest of int16 / int32 / int64 that holds them (a wide layer at small
+    resolution is bound by reading its taps). Preparing a wide layer's weight
+    costs about as much as its product, so a server prepares each weight once."""
 
     tensor: torch.Tensor
     limb_bits: int
@@ -168,10 +169,11 @@ class RingWeight:
 
 def prepare_weight(weight: np.ndarray) -> RingWeight:
     """Prepare an int64 weight for repeated exact ring products."""
-    w = np.asarray(weight)
-    residues = w.astype(np.int64).view(np.uint64)
-    as_conv = residues if residues.ndim == 4 else residues.reshape(*residues.shape, 1, 1)
-    taps = np.ascontiguousarray(as_conv.transpose(1, 2, 3, 0))
+    w = np.asarray(weight).astype(np.int64)
+    largest = int(np.abs(w).max(initial=0))
+    narrow = next(t for t in (np.int16, np.int32, np.int64) if largest <= np.iinfo(t).max)
+    as_conv = w if w.ndim == 4 else w.reshape(*w.shape, 1, 1)
+    taps = np.ascontiguousarray(as_conv.transpose(1, 2, 3, 0), dtype=narrow)
     return RingWeight(torch.from_numpy(w.astype(np.float64)), _limb_bits(weight), taps)
 
 
