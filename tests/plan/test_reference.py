@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from pie import _core
 from pie.plan.reference import (_conv_native, conv2d_limbs, conv2d_ring, fc_limbs, fc_ring, native_threads,
-                                prepare_weight, relu_shift, to_signed, truncate_shift)
+                                native_work, prepare_weight, relu_shift, to_signed, truncate_shift)
 
 BITS = st.integers(min_value=1, max_value=64)
 
@@ -111,6 +111,15 @@ def test_native_conv_fills_vector_lanes(data):
     for wide in (taps, taps.astype(np.int32), taps.astype(np.int64), taps.astype(np.int64).view(np.uint64)):
         got = _core.ring_conv2d(x, wide, (stride, stride), (padding, padding), groups, bits, threads=2)
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("images, groups, out_per_group, pixels, taps, tile_macs", [
+    (1, 1, 100, 1, 8192, 4 * 104 * 8192),  # a classifier: one pixel of a 4-pixel tile, 100 of 104 channels
+    (1, 1, 64, 1024, 27, 64 * 1024 * 27),  # whole tiles and vectors: nothing padded
+    (2, 3, 5, 6, 9, 2 * 3 * 8 * 8 * 9),    # per image and group: 6 -> 8 pixels, 5 -> 8 channels
+])
+def test_native_work_counts_whole_tiles(images, groups, out_per_group, pixels, taps, tile_macs):
+    assert native_work(images, groups, out_per_group, pixels, taps) == (tile_macs, images * groups * pixels * out_per_group)
 
 
 @pytest.mark.parametrize("largest, dtype", [(0, np.int16), (2**15 - 1, np.int16), (2**15, np.int32),

@@ -41,14 +41,19 @@ _CONV_SAMPLES = [
     (32, 32, 32, 3, 1, 1),
     (64, 16, 64, 3, 1, 1),
 ]
-# The server's online arithmetic also samples full-width ResNet-18 layers: its
-# per-MAC cost only shows on layers of millions of MACs.
+# The server's online arithmetic also samples full-width ResNet-18 layers (its
+# per-MAC cost only shows on layers of millions of MACs), a full-resolution stem
+# (few taps per output: its per-output cost shows), a wide classifier and
+# wide layers at 2x2 (their taps' memory traffic shows).
 _LINEAR_ONLY_SAMPLES = [
+    ("conv", 3, 32, 64, 3, 1, 1),
+    ("fc", 8192, 100),
     ("conv", 64, 32, 64, 3, 1, 1),
     ("conv", 128, 8, 128, 3, 1, 1),
     ("conv", 128, 16, 128, 3, 1, 1),
     ("conv", 256, 4, 256, 3, 1, 1),
     ("conv", 512, 4, 512, 3, 1, 1),
+    ("conv", 512, 2, 512, 3, 1, 1),
 ]
 _FC_SAMPLES = [(256, 100), (512, 100)]
 _SAMPLE_LAYERS: list[tuple[Any, ...]] = [("conv", *c) for c in _CONV_SAMPLES] + [("fc", *f) for f in _FC_SAMPLES]
@@ -328,7 +333,7 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int, threads: int) -> d
     sampled layer it computes, and the float64-limb path on every layer above
     the one-thread size (what runs there on a CPU without AVX-512)."""
     from ..plan.reference import (SMALL_PRODUCT_MACS, conv2d_limbs, conv2d_ring, fc_limbs, fc_ring,
-                                  native_threads, prepare_weight)
+                                  native_threads, native_work, prepare_weight)
 
     rng = np.random.default_rng(2)
     limb_rows: list[list[float]] = []
@@ -336,15 +341,22 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int, threads: int) -> d
     native_rows: list[list[float]] = []
     native_times: list[float] = []
 
-    def timed(product: Callable[[], np.ndarray]) -> tuple[list[float], np.ndarray]:
-        runs = []
+    def passes(products: list[Callable[[], np.ndarray]]) -> list[list[float]]:
+        # One product after the other, as a plan's steps run: each reads its
+        # weights and input from memory rather than from a cache that timing it
+        # twice in a row would have warmed (wide layers on small images stream
+        # megabytes of taps).
+        runs: list[list[float]] = [[] for _ in products]
         for _ in range(reps):
-            t0 = time.perf_counter()
-            y = product()
-            runs.append(time.perf_counter() - t0)
-        return runs, y
+            for product, times in zip(products, runs):
+                t0 = time.perf_counter()
+                product()
+                times.append(time.perf_counter() - t0)
+        return runs
 
     def run() -> None:
+        # (bits, weight, prepared weight, output, product on the dispatched path, on the limb path)
+        jobs = []
         for bits in (37, 58):
             for layer in layers:
                 w = _random_weight(layer, rng)
@@ -357,20 +369,25 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int, threads: int) -> d
                 else:
                     dispatched = functools.partial(fc_ring, x, pw, bits)
                     limb_path = functools.partial(fc_limbs, x.reshape(1, -1), pw, bits)
-                runs, y = timed(dispatched)
-                k = int(np.prod(w.shape[1:]))
-                macs = y.size * k
-                team = native_threads(macs)
-                if team is not None:  # per thread of the team it splits across, as predict counts it
-                    share = 1.0 if team == 1 else 1.0 / threads
-                    native_rows.extend([[macs * share, (x.size + y.size) * share, 1.0]] * len(runs))
-                    native_times.extend(runs)  # _nnls takes the median of each layer's runs
-                if macs > SMALL_PRODUCT_MACS:
-                    limb_runs = runs if team is None else timed(limb_path)[0]
-                    limbs = max(1, -(-(bits - 1) // pw.limb_bits))
-                    limb_rows.extend([[limbs * macs, limbs * (x.size + y.size), limbs * w.size, 1.0]]
-                                     * len(limb_runs))
-                    limb_times.extend(limb_runs)
+                jobs.append((bits, w, pw, x, dispatched(), dispatched, limb_path))
+        native_runs = passes([job[5] for job in jobs])
+        macs = [y.size * (w.size // w.shape[0]) for _, w, _, _, y, _, _ in jobs]
+        large = [i for i, m in enumerate(macs) if m > SMALL_PRODUCT_MACS]
+        limb_runs = dict(zip(large, passes([jobs[i][6] for i in large])))
+        for i, (bits, w, pw, x, y, _, _) in enumerate(jobs):
+            team = native_threads(macs[i])
+            if team is not None:  # per thread of the team it splits across, as predict counts it
+                share = 1.0 if team == 1 else 1.0 / threads
+                o = w.shape[0]
+                tile_macs, outputs = native_work(1, 1, o, y.size // o, w.size // o)
+                native_rows.extend([[tile_macs * share, outputs * share, w.size * share, 1.0,
+                                     float(team != 1)]] * reps)
+                native_times.extend(native_runs[i])  # _nnls takes the median of each layer's runs
+            if i in limb_runs:
+                runs = native_runs[i] if team is None else limb_runs[i]
+                limbs = max(1, -(-(bits - 1) // pw.limb_bits))
+                limb_rows.extend([[limbs * macs[i], limbs * (x.size + y.size), limbs * w.size, 1.0]] * reps)
+                limb_times.extend(runs)
 
     # Timed on a thread of its own, as a server session computes: torch's
     # OpenMP team on a thread other than the main one is a second team, and
@@ -379,11 +396,12 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int, threads: int) -> d
     # on two cores than the same calls on the main thread.
     _run_pair(run, lambda: None)
     per_mac, per_element, per_weight, per_term = _nnls(limb_rows, limb_times)
-    native_mac, native_element, native_term = _nnls(native_rows, native_times)
+    native_mac, native_element, native_weight, native_term, native_team = _nnls(native_rows, native_times)
     return {"linear_per_limb_mac_s": per_mac, "linear_per_limb_element_s": per_element,
             "linear_per_limb_weight_s": per_weight, "linear_per_term_s": per_term,
             "linear_native_per_mac_s": native_mac, "linear_native_per_element_s": native_element,
-            "linear_native_per_term_s": native_term}
+            "linear_native_per_weight_s": native_weight, "linear_native_per_term_s": native_term,
+            "linear_native_team_s": native_team}
 
 
 def _random_weight(layer: tuple[Any, ...], rng: np.random.Generator) -> np.ndarray:

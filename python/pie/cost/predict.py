@@ -28,7 +28,9 @@ Time (a model, not a measurement): each phase is a sum of its steps.
 * online: the server's ring arithmetic of every linear step
   (``h*limb MACs + i*limb elements + h'*limb weights + j`` per large conv/fc
   term, float64 limbs as :func:`pie.plan.reference.conv2d_ring` computes them;
-  ``(h''*MACs + i''*elements) / threads + j''`` per term in the native kernel), per garbled step
+  ``(h''*tile MACs + i''*outputs + w''*weights) / threads + j''`` per term in the native
+  kernel, whose tiles of 4 pixels x 8 channels a product pays for whole, plus ``t''`` when
+  it runs on every core), per garbled step
   ``k*AND + k'*other gates + m*labels + n`` (label selection, transfer,
   evaluation -- XOR gates are free of hashing but not of memory traffic, and
   truncation circuits have more of them per AND gate -- colour bits,
@@ -72,7 +74,7 @@ from .. import gc, he
 from ..link import Link, resolve_link
 from ..plan import (ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, TruncateStep,
                     he_ring_bits)
-from ..plan.reference import native_threads
+from ..plan.reference import native_threads, native_work
 from ..protocol.report import InferenceTotals, StepFigures
 from ..protocol.schedule import he_sessions, offline_exchanges
 from ..tables import Column, format_table
@@ -240,12 +242,17 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
                     + max(0.0, wire.transfer(0, s2c) - server)
                     + (extra_rtt + wire.rtt if opening else 0.0)
                 )
-                macs, elements, _ = _term_work(plan, term)
+                macs, _, _ = _term_work(plan, term)
                 threads = native_threads(macs)
                 if threads is not None:
                     team = 1 if threads == 1 else p.threads  # the work splits across the team
-                    est.online_seconds += ((p.linear_native_per_mac_s * macs + p.linear_native_per_element_s * elements)
-                                           / team + p.linear_native_per_term_s)
+                    tile_macs, outputs = _native_work(plan, term)
+                    weights = _term_work(plan, term)[2]
+                    est.online_seconds += ((p.linear_native_per_mac_s * tile_macs
+                                            + p.linear_native_per_element_s * outputs
+                                            + p.linear_native_per_weight_s * weights) / team
+                                           + p.linear_native_per_term_s
+                                           + (p.linear_native_team_s if team != 1 else 0.0))
                 else:
                     macs, elements, weights = _limb_work(plan, term, bits, weight_bits)
                     est.online_seconds += (p.linear_per_limb_mac_s * macs + p.linear_per_limb_element_s * elements
@@ -370,6 +377,17 @@ def _term_work(plan: Plan, term: ConvTerm | FCTerm) -> tuple[int, int, int]:
         o, k = term.weight_shape
         out = o
     return out * k, src.numel + out, o * k
+
+
+def _native_work(plan: Plan, term: ConvTerm | FCTerm) -> tuple[int, int]:
+    """(multiply-adds in whole tiles, output elements) of one term's product in
+    the native kernel (:func:`pie.plan.reference.native_work`)."""
+    if isinstance(term, ConvTerm):
+        o, cg, kh, kw = term.weight_shape
+        out = plan.tensors[_term_output(plan, term)]
+        return native_work(1, term.groups, o // term.groups, out.numel // o, cg * kh * kw)
+    o, k = term.weight_shape
+    return native_work(1, 1, o, 1, k)
 
 
 def _limb_work(plan: Plan, term: ConvTerm | FCTerm, bits: int, weight_bits: int) -> tuple[int, int, int]:

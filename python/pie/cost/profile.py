@@ -17,7 +17,7 @@ __all__ = ["Profile", "ProfileError"]
 PathLike = Union[str, "os.PathLike[str]"]
 
 PROFILE_FORMAT = "pie-profile"
-PROFILE_VERSION = 3
+PROFILE_VERSION = 4
 
 
 class ProfileError(ValueError):
@@ -56,9 +56,14 @@ class Profile:
             and run below the large layers' MAC rate), fixed cost -- for the
             float64-limb path (large products on a CPU without AVX-512, see
             :func:`pie.plan.reference.native_threads`).
-        linear_native_per_mac_s, linear_native_per_element_s, linear_native_per_term_s:
+        linear_native_per_mac_s, linear_native_per_element_s, linear_native_per_weight_s, linear_native_per_term_s:
             the same for a product in the native uint64 kernel, per thread of
-            its team: per multiply-accumulate, per element in and out, fixed cost.
+            its team: per multiply-accumulate of its whole tiles
+            (:func:`pie.plan.reference.native_work`), per output element, per
+            weight (layers on small images stream their taps from memory),
+            fixed cost.
+        linear_native_team_s: what a product on every core pays on top
+            (waking the sleeping workers of the server thread's OpenMP team).
         bandwidth: bytes per second of each transport (``"memory"``, ``"tcp"``).
         rtt_s: round-trip time of a small message on each transport.
         speed_index_s: seconds of :func:`measure_speed_index`'s reference
@@ -87,7 +92,9 @@ class Profile:
     linear_per_term_s: float
     linear_native_per_mac_s: float
     linear_native_per_element_s: float
+    linear_native_per_weight_s: float
     linear_native_per_term_s: float
+    linear_native_team_s: float
     bandwidth: dict[str, float]
     rtt_s: dict[str, float]
     speed_index_s: float = 0.0

@@ -61,6 +61,7 @@ __all__ = [
     "conv2d_limbs",
     "fc_limbs",
     "native_threads",
+    "native_work",
     "SMALL_PRODUCT_MACS",
     "fc_ring",
     "term_product",
@@ -183,6 +184,20 @@ def native_threads(macs: int) -> int | None:
     if macs <= SMALL_PRODUCT_MACS:
         return 1
     return 0 if core.ring_conv_vectorised() else None
+
+
+def native_work(images: int, groups: int, out_per_group: int, pixels: int, taps: int) -> tuple[int, int]:
+    """(multiply-adds, output elements) the native kernel computes for a product
+    with ``pixels`` output pixels per image and ``taps`` taps per output.
+
+    It works in tiles of 4 output pixels (a matrix product is one pixel) times
+    vectors of 8 output channels per group, so a product pays for whole tiles
+    and vectors: a classifier of 100 outputs costs 4 x 104 multiply-adds per
+    input, four times its own count."""
+    tile_pixels = -(-pixels // 4) * 4
+    vector_channels = -(-out_per_group // 8) * 8
+    return (images * groups * tile_pixels * vector_channels * taps,
+            images * groups * pixels * out_per_group)
 
 
 def _prepared(weight: np.ndarray | RingWeight) -> RingWeight:
