@@ -706,7 +706,8 @@ def render(out: Path) -> None:
               + f"; profile {run.get('profile_seconds', 0):.0f} s.", ""]
     lines += ["## Targets", ""] + _targets(out, nets) + [""]
     lines += ["## Networks", "",
-              f"{NETWORK_INPUTS} inputs per network and transport (figures are medians), each bit-exact against the Plan's reference. Untrained networks "
+              f"{NETWORK_INPUTS} inputs per network and transport (figures are medians), each bit-exact "
+              "against the Plan's reference. Untrained networks "
               "with random batch-norm statistics, compiled with the default policy of "
               "`pie.compile`. *offline* includes the session set-up; *online* is the client's wall time from "
               "the masked input to the decoded output; *torch fp32* is a float32 forward pass of the same "
