@@ -52,18 +52,59 @@ def test_culled_network_structure():
     relu_steps = [s for s in plan.steps if isinstance(s, ReluStep)]
     assert len(relu_steps) == len(relu_layers) == 4
     assert plan.relu_count() == 12_288
-    # Culled stages 1 and 4 hold no ReLU steps: only linear steps and the truncations that
-    # keep their ReLU-free chains within 59 bits.
+    # Culled stages 1 and 4 hold no ReLU steps: stage 1 (with the stem) is folded into
+    # dense layers of the input, stage 4 into the classifier, so no truncation is needed
+    # to keep their ReLU-free chains within 59 bits and every online round is a ReLU's.
     for s in plan.steps:
         if isinstance(s, ReluStep):
             assert s.source[0].startswith(("layer2", "layer3"))
     culled = [s for s in plan.steps if any(n.startswith(("layer1", "layer4")) for n in
                                            getattr(s, "source", ()))]
     assert culled and all(isinstance(s, LinearStep) for s in culled)
+    assert plan.policy["folded_head"] == ["layer2_0_bn1", "add_2.head"]
+    assert plan.policy["folded_tail"] == "add_5"
+    assert not any(isinstance(s, TruncateStep) for s in plan.steps)
+    assert len(set(plan.rounds().values())) == 4
+    assert plan.gc_cost()["truncations"] == 0
+
+
+def test_culled_head_is_folded_into_exact_dense_layers():
+    from pie.compiler.folding import fold_linear_head
+    from pie.compiler.lowering import lower
+    from pie.compiler.tracing import trace
+
+    net, plan = compiled("DRD_C100_12K")
+    # The stem and culled stage 1 became two fc terms of the input: the first ReLU's
+    # input, and the shortcut part of the first residual add.
+    first = [s for s in plan.steps if isinstance(s, LinearStep)][:2]
+    assert [s.output for s in first] == ["layer2_0_bn1", "add_2.head"]
+    assert all([t.op for t in s.terms] == ["fc"] and s.terms[0].input == "input" for s in first)
+    assert all(any(n.startswith("layer1") for n in s.source) for s in first)
+    add = next(s for s in plan.steps if s.output == "add_2")
+    assert sorted(t.input for t in add.terms) == ["add_2.head", "layer2_0_relu1"]
+    # The fold is exact up to float32 rounding: every tensor after it keeps its value.
+    graph = lower(trace(net, (3, 32, 32)), 255, *CIFAR_NORM)
+    pixels = torch.from_numpy(np.rint(random_images(8, seed=3) * 255))
+    before = graph.run(pixels)
+    assert fold_linear_head(graph, 1 << 25) == ["layer2_0_bn1", "add_2.head"]
+    after = graph.run(pixels)
+    for name in ("layer2_0_bn1", "add_2", graph.output):
+        scale = float(before[name].abs().max())
+        assert torch.allclose(before[name], after[name], rtol=0, atol=1e-5 * scale), name
+    # Not folded beyond the weight budget, nor a head of one product.
+    assert fold_linear_head(lower(trace(net, (3, 32, 32)), 255, *CIFAR_NORM), (1 << 24) - 1) is None
+    base = lower(trace(models.build("resnet18").eval(), (3, 32, 32)), 255, *CIFAR_NORM)
+    assert fold_linear_head(base, 1 << 30) is None
+
+
+def test_unfolded_culled_stage_needs_a_truncation():
+    # Without the head fold, culled stage 1 chains more products than 59 bits hold.
+    net, _ = compiled("DRD_C100_12K")
+    plan = compile(net, (3, 32, 32), input_norm=CIFAR_NORM, fold_head_weights=0)
+    assert plan.policy["folded_head"] is None
     truncs = [s for s in plan.steps if isinstance(s, TruncateStep)]
     assert truncs and all("bits >" in s.reason for s in truncs)
-    cost = plan.gc_cost()
-    assert cost["truncations"] == sum(plan.tensors[s.output].numel for s in truncs)
+    assert plan.gc_cost()["truncations"] == sum(plan.tensors[s.output].numel for s in truncs)
 
 
 def test_rings_and_scales_policy():
@@ -90,7 +131,9 @@ def test_rings_and_scales_policy():
 def test_residual_stream_scale_does_not_grow():
     # Bottom-thinned: the stream never passes a ReLU. Each block's ReLU branch arrives
     # at the stream's scale, so an identity shortcut is never lifted; only shortcut
-    # convs (and the culled stage, fitted by truncation) change the stream's scale.
+    # convs change the stream's scale (the culled stage 1 is folded into dense layers
+    # of the input; the stream starts at the first block, from the folded shortcut part
+    # lifted to the ReLU branch's scale if that is the larger).
     _, plan = compiled("DRD_C100_12K")
     relu_outputs = {s.output for s in plan.steps if isinstance(s, ReluStep)}
     identities = 0
@@ -98,7 +141,7 @@ def test_residual_stream_scale_does_not_grow():
         if not isinstance(s, LinearStep) or not any(t.input in relu_outputs for t in s.terms):
             continue
         for t in s.terms:
-            if t.op == "scale":
+            if t.op == "scale" and t.input not in plan.policy["folded_head"]:
                 identities += 1
                 assert t.shift == 0, (s.output, t.input, t.shift)
                 assert plan.tensors[s.output].frac_bits == plan.tensors[t.input].frac_bits
@@ -106,7 +149,8 @@ def test_residual_stream_scale_does_not_grow():
 
 
 def test_culled_tail_is_folded_into_one_exact_layer():
-    from pie.compiler.lowering import fold_linear_tail, lower
+    from pie.compiler.folding import fold_linear_tail
+    from pie.compiler.lowering import lower
     from pie.compiler.tracing import trace
 
     net, plan = compiled("DRD_C100_12K")
@@ -238,7 +282,7 @@ def test_bad_arguments():
 
 
 def test_truncations_share_rounds_with_relus_and_schedule_is_topological():
-    _, plan = compiled("DRD_C100_12K")
+    _, plan = compiled("DRD_C100_29K")  # its culled stage 1 is too large to fold
     rounds = plan.rounds()
     truncs = [s for s in plan.steps if isinstance(s, TruncateStep)]
     relu_rounds = {rounds[s.output] for s in plan.steps if isinstance(s, ReluStep)}
@@ -293,14 +337,16 @@ def _public_fields(d: dict, prefix: str = "") -> set[str]:
 
 
 def test_every_public_plan_field_is_listed_in_what_it_reveals():
-    """A compiled Plan with truncations, a folded tail and lowered layers:
-    each field of its public part (what the client gets) is listed, or is
+    """Compiled Plans with truncations, folded heads and tails and lowered layers:
+    each field of their public part (what the client gets) is listed, or is
     covered by its parent's entry, in REVEALED_FIELDS; a new field fails here."""
     from pie.compiler import REVEALED_FIELDS
 
-    _, plan = compiled("DRD_C100_12K")
-    assert any(isinstance(s, TruncateStep) and s.reason for s in plan.steps)
-    fields = _public_fields(plan.public_dict()) - {"format", "version", "steps", "policy"}
+    (_, plan), (_, truncated) = compiled("DRD_C100_12K"), compiled("DRD_C100_29K")
+    assert plan.policy["folded_head"] and plan.policy["folded_tail"]
+    assert any(isinstance(s, TruncateStep) and s.reason for s in truncated.steps)
+    fields = (_public_fields(plan.public_dict()) | _public_fields(truncated.public_dict())) - {
+        "format", "version", "steps", "policy"}
     generic = {"steps.input", "steps.output", "steps.terms.op", "steps.terms.input",
                "steps.terms.weight_shape", "steps.terms.stride", "steps.terms.padding",
                "steps.terms.groups", "steps.terms.shift", "steps.frac_bits", "steps.shape",

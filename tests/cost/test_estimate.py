@@ -32,11 +32,13 @@ def _small_cnn() -> pie.Plan:
         nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 10),
     ).eval()
-    return pie.compile(net, (3, 16, 16), calibration=np.random.default_rng(0).random((16, 3, 16, 16)))
+    return pie.compile(net, (3, 16, 16), calibration=np.random.default_rng(0).random((16, 3, 16, 16)),
+                       fold_head_weights=0)
 
 
 def _small_drd() -> pie.Plan:
-    """Culled stage 1 and bottom thinning: truncations, several rings and GC shapes."""
+    """Culled stage 1 (not folded, so that it keeps its truncation) and bottom
+    thinning: truncations, several rings and GC shapes."""
     torch.manual_seed(2)
     cfg = ResNetConfig(blocks=(1, 1, 1, 1), alpha=0.125, rho=1.0, culled=(True, False, False, False),
                        thinned=(False, True), num_classes=10)
@@ -46,7 +48,8 @@ def _small_drd() -> pie.Plan:
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
             m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-    return pie.compile(net, (3, 16, 16), calibration=np.random.default_rng(0).random((16, 3, 16, 16)))
+    return pie.compile(net, (3, 16, 16), calibration=np.random.default_rng(0).random((16, 3, 16, 16)),
+                       fold_head_weights=0)
 
 
 @pytest.fixture(scope="module", params=["cnn", "drd", "cnn-label"])

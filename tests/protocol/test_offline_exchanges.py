@@ -21,13 +21,13 @@ SHAPE = (3, 16, 16)
 
 @pytest.fixture(scope="module")
 def plan() -> pie.Plan:
-    # Culled stage 1 and bottom thinning: HE chains through the culled stage
-    # and the shortcut convolutions, truncations, several garbled shapes.
+    # Culled stage 1 (not folded) and bottom thinning: HE chains through the
+    # culled stage and the shortcut convolutions, truncations, several garbled shapes.
     torch.manual_seed(3)
     cfg = ResNetConfig(alpha=0.125, blocks=(1, 1, 1, 1), culled=(True, False, False, False),
                        thinned=(False, True), num_classes=10, input_size=16)
     net = from_config(cfg).eval()
-    return pie.compile(net, SHAPE, calibration=np.random.default_rng(0).random((8, *SHAPE)))
+    return pie.compile(net, SHAPE, calibration=np.random.default_rng(0).random((8, *SHAPE)), fold_head_weights=0)
 
 
 def _items(plan: pie.Plan) -> list[tuple[int, int | None]]:

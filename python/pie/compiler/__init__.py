@@ -4,10 +4,12 @@ Stages, in order:
 
 1. :mod:`.tracing`: trace the network with ``torch.fx`` and propagate shapes.
 2. :mod:`.lowering`: lower it to a float graph of linear steps and ReLUs (batch
-   norm and input normalisation folded; the ReLU-free tail folded into one layer).
-3. :mod:`.precision`: calibrate magnitudes on images and search the fewest
+   norm and input normalisation folded).
+3. :mod:`.folding`: fold the ReLU-free tail into one layer and the ReLU-free head
+   (a culled first stage) into dense layers of the input.
+4. :mod:`.precision`: calibrate magnitudes on images and search the fewest
    weight and activation bits within a tolerance of the float model.
-4. :mod:`.assign`: assign scales, shifts, truncations and rings, and quantise
+5. :mod:`.assign`: assign scales, shifts, truncations and rings, and quantise
    into the Plan.
 
 :mod:`.driver` runs them (:func:`compile`); :mod:`.relu_count` counts a

@@ -89,20 +89,28 @@ _MAX_FW_LOWERING = 3
 _MAX_LOWERING_NEED = 6
 
 
-def _preferred_frac_w(weight: np.ndarray, weight_bits: int) -> int:
-    """Fractional bits so that ``|round(w * 2^f)| <= 2^(weight_bits-1) - 1`` for the largest
-    ``|w|``; fewer if every weight is exactly representable with fewer."""
+def _weight_exponents(weight: np.ndarray) -> tuple[float, int]:
+    """The largest ``|w|`` and the fractional bits that hold every weight exactly
+    (0 and 0 for all-zero weights): what :func:`_preferred_frac_w` needs, for any
+    number of weight bits."""
     nonzero = weight[weight != 0]
     if nonzero.size == 0:
-        return 0
-    m = float(np.abs(nonzero).max())
-    f = max(0, math.floor(math.log2((2 ** (weight_bits - 1) - 1) / m)))
+        return 0.0, 0
     # Bits each float needs: w = M * 2^(e-53) with integer M; minus M's trailing zeros.
     mant, exp = np.frexp(np.abs(nonzero))
     ints = (mant * 2.0**53).astype(np.int64)
     trailing = np.log2((ints & -ints).astype(np.float64)).astype(np.int64)
-    exact = int((53 - exp - trailing).max())
-    return min(f, exact)
+    return float(np.abs(nonzero).max()), int((53 - exp - trailing).max())
+
+
+def _preferred_frac_w(exponents: tuple[float, int], weight_bits: int) -> int:
+    """Fractional bits so that ``|round(w * 2^f)| <= 2^(weight_bits-1) - 1`` for the largest
+    ``|w|``; fewer if every weight is exactly representable with fewer (``exponents``:
+    :func:`_weight_exponents`)."""
+    m, exact = exponents
+    if m == 0:
+        return 0
+    return min(max(0, math.floor(math.log2((2 ** (weight_bits - 1) - 1) / m))), exact)
 
 
 def _frac_for(magnitude: float, bits: int) -> int:
@@ -122,7 +130,7 @@ class Assigner:
 
     def __init__(self, graph: FloatGraph, maxabs: dict[str, float], params: Params,
                  precision: Precision,
-                 frac_w_cache: dict[tuple[int, int], int] | None = None) -> None:
+                 exponent_cache: dict[int, tuple[float, int]] | None = None) -> None:
         self.g = graph
         self.maxabs = maxabs
         self.p = params
@@ -131,14 +139,13 @@ class Assigner:
         self.terms: dict[int, FloatTerm] = {
             id(t): t for op in graph.ops if isinstance(op, FloatLinear) for t in op.terms
         }
-        cache = frac_w_cache if frac_w_cache is not None else {}
+        cache = exponent_cache if exponent_cache is not None else {}
         self.fw_pref: dict[int, int] = {}
         for t in self.terms.values():
             if t.op != "scale":
-                key = (id(t), precision.weight[id(t)])
-                if key not in cache:
-                    cache[key] = _preferred_frac_w(t.weight, key[1])
-                self.fw_pref[id(t)] = cache[key]
+                if id(t) not in cache:
+                    cache[id(t)] = _weight_exponents(t.weight)
+                self.fw_pref[id(t)] = _preferred_frac_w(cache[id(t)], precision.weight[id(t)])
         # The scale a ReLU output asks for: ``act`` significant bits of its largest value.
         self.act_frac: dict[str, int] = {
             name: min(params.frac_bits, _frac_for(maxabs.get(name, 0.0), bits))
@@ -328,8 +335,9 @@ class Assigner:
         if t.op == "scale":
             return ScaleTerm(src, shift)
         assert t.weight is not None
-        w = np.rint(t.weight * 2.0**fw)
-        if np.abs(w).max(initial=0) >= 2**40:
+        w = t.weight * 2.0**fw
+        np.rint(w, out=w)
+        if max(w.max(initial=0), -w.min(initial=0)) >= 2**40:
             raise CompileError(f"weights of a term reading '{t.input}' need more than 40 bits")
         wi = w.astype(np.int64)
         if t.op == "conv2d":

@@ -4,7 +4,8 @@ to a fixed-point :class:`~pie.plan.Plan`, and what the Plan reveals (:data:`REVE
 Pipeline: trace with ``torch.fx`` (:mod:`.tracing`) -> lower to linear steps and
 ReLUs (batch norm, residual adds, pooling and input normalisation folded;
 :mod:`.lowering`) -> fold the ReLU-free chain that ends at the output into one
-layer -> calibrate magnitudes on a batch and search the precision
+layer, and the ReLU-free region that starts at the input into dense layers of the
+input -> calibrate magnitudes on a batch and search the precision
 (:mod:`.precision`) -> assign scales, shifts and rings and quantise
 (:mod:`.assign`).
 
@@ -19,8 +20,12 @@ Fixed-point policy (all of it public and recorded in ``plan.policy``):
   float model on the calibration images.
 * **Folding.** Culled last stages, the pool and the classifier form a ReLU-free
   chain whose composition is one affine map; it is folded into one fully
-  connected layer, quantised once (:func:`pie.compiler.lowering.fold_linear_tail`),
-  instead of multiplying the scales of every layer on the way.
+  connected layer, quantised once (:func:`pie.compiler.folding.fold_linear_tail`),
+  instead of multiplying the scales of every layer on the way. A culled first
+  stage likewise becomes one dense layer of the input per tensor the network
+  reads from it (:func:`pie.compiler.folding.fold_linear_head`), where those
+  matrices fit ``fold_head_weights``: the residual stream then starts at one
+  product's scale, and no truncation is needed before the first ReLU.
 * Linear steps never truncate; ReLU shifts choose the scales; rings are sized
   from the calibrated magnitudes, and a ring over ``max_ring_bits`` is fitted by
   lowering ``frac_w`` or by a truncation step, each reported with its reason and
@@ -42,7 +47,8 @@ from torch import nn
 
 from ..plan import MAX_HE_RING_BITS, OUTPUT_REVEALS, Plan
 from .assign import Assigner, Params
-from .lowering import CompileError, UnsupportedOpError, fold_linear_tail, lower
+from .folding import fold_linear_head, fold_linear_tail
+from .lowering import CompileError, UnsupportedOpError, lower
 from .precision import DEFAULT_CALIBRATION_IMAGES, Search, Tolerance, calibrate, calibration_pixels
 from .tracing import trace
 
@@ -85,6 +91,8 @@ REVEALED_FIELDS: dict[str, str] = {
                                  "the model is to rounding its weights",
     "policy.chosen_act_bits": "per ReLU the chosen activation bits, likewise",
     "policy.folded_tail": "which ReLU-free chain at the output was folded into one linear map",
+    "policy.folded_head": "which tensors of the ReLU-free region at the input were folded into dense "
+                          "layers of the input",
     "policy.ring_margin_bits": "the compile option",
     "policy.max_ring_bits": "the compile option",
     "policy.round_cost_and_gates": "the compile option",
@@ -112,6 +120,7 @@ def compile(  # noqa: A001 - the public name the package exposes
     round_cost_and_gates: int = 1 << 18,
     search_budget: int = 12,
     fold_tail_weights: int = 1 << 22,
+    fold_head_weights: int = 1 << 25,
     output: str = "logits",
 ) -> Plan:
     """Compile a float network into a fixed-point Plan.
@@ -145,6 +154,13 @@ def compile(  # noqa: A001 - the public name the package exposes
         search_budget: the most candidate precisions the per-layer search tries.
         fold_tail_weights: the largest weight matrix (entries) that the ReLU-free
             chain ending at the output is folded into (0: never fold).
+        fold_head_weights: the most weights (entries, all matrices together) that
+            the ReLU-free region starting at the input (a culled first stage) is
+            folded into, one dense fully connected layer of the input per tensor
+            the rest of the network reads from it (0: never fold). The default
+            folds a culled stage 1 at 16x16 (DRD_C100_7K, 12K, 14K: 25M
+            weights, the server's online product ~2 ms); larger ones keep a
+            truncation instead.
         output: what the client learns: ``"logits"``, or ``"label"`` (only the
             index of the largest logit, by a garbled argmax; see
             :meth:`Plan.with_output`).
@@ -172,8 +188,8 @@ def compile(  # noqa: A001 - the public name the package exposes
         raise ValueError(f"pixel_max must be positive, got {pixel_max}")
     if round_cost_and_gates < 0:
         raise ValueError(f"round_cost_and_gates must be >= 0, got {round_cost_and_gates}")
-    if search_budget < 0 or fold_tail_weights < 0:
-        raise ValueError("search_budget and fold_tail_weights must be >= 0")
+    if search_budget < 0 or fold_tail_weights < 0 or fold_head_weights < 0:
+        raise ValueError("search_budget, fold_tail_weights and fold_head_weights must be >= 0")
     if output not in OUTPUT_REVEALS:
         raise ValueError(f"output must be one of {OUTPUT_REVEALS}, got {output!r}")
     tol = tolerance if tolerance is not None else Tolerance()
@@ -182,6 +198,7 @@ def compile(  # noqa: A001 - the public name the package exposes
     graph = lower(traced, pixel_max, mean, std)
     shape = traced.input_shape
     folded = fold_linear_tail(graph, fold_tail_weights) if fold_tail_weights else None
+    folded_head = fold_linear_head(graph, fold_head_weights) if fold_head_weights else None
 
     pixels, calibration_desc = calibration_pixels(calibration, shape, pixel_max)
     maxabs, want = calibrate(graph, pixels)
@@ -211,6 +228,7 @@ def compile(  # noqa: A001 - the public name the package exposes
         "chosen_weight_bits": search.weight_table(prec),
         "chosen_act_bits": dict(sorted(prec.act.items())),
         "folded_tail": folded,
+        "folded_head": folded_head,
         "ring_margin_bits": ring_margin_bits,
         "max_ring_bits": max_ring_bits,
         "round_cost_and_gates": round_cost_and_gates,

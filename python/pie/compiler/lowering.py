@@ -30,7 +30,6 @@ __all__ = [
     "FloatRelu",
     "FloatTerm",
     "UnsupportedOpError",
-    "fold_linear_tail",
     "lower",
 ]
 
@@ -122,7 +121,8 @@ class FloatGraph:
                     w = torch.from_numpy(t.weight).to(dtype)
                     acc = acc + F.conv2d(x, w, None, t.stride, t.padding, 1, t.groups)
                 else:
-                    acc = acc + x.reshape(x.shape[0], -1) @ torch.from_numpy(t.weight).to(dtype).T
+                    flat = x.reshape(x.shape[0], -1) @ torch.from_numpy(t.weight).to(dtype).T
+                    acc = acc + flat.reshape(acc.shape)
             values[op.output] = acc
         return values
 
@@ -495,73 +495,3 @@ def lower(
         raise ValueError(f"input_norm must be (mean, std) with {c} values each and std > 0")
     _fold_input_norm(g, pixel_max, m, s)
     return g
-
-
-def _tail_region(g: FloatGraph, cut: str) -> list[FloatLinear] | None:
-    """The ops between ``cut`` and the output if every path into the output starts at
-    ``cut`` and passes no ReLU (so the output is an affine map of ``cut``); else None."""
-    producers = g.producers()
-    region: dict[str, FloatLinear] = {}
-    todo = [g.output]
-    while todo:
-        name = todo.pop()
-        if name == cut or name in region:
-            continue
-        op = producers.get(name)
-        if not isinstance(op, FloatLinear):
-            return None  # a ReLU, or the graph input, lies on a path that avoids the cut
-        region[name] = op
-        todo.extend(t.input for t in op.terms)
-    return [op for op in g.ops if isinstance(op, FloatLinear) and op.output in region]
-
-
-def fold_linear_tail(g: FloatGraph, max_weights: int) -> str | None:
-    """Fold the ReLU-free chain that ends at the output into one ``fc`` term.
-
-    Culled last stages, the average pool and the classifier form a chain of linear
-    layers with no ReLU in between; quantising each layer separately multiplies
-    their scales. Their composition is one affine map ``y = M x + c`` of the
-    chain's input ``x`` (the tensor every path into the output starts from),
-    exact in real arithmetic, so it is replaced by a single fully connected layer
-    quantised once. Only done when ``M`` has at most ``max_weights`` entries and
-    the chain has more than one layer. Returns the cut tensor's name, or None.
-    """
-    best: tuple[str, list[FloatLinear]] | None = None
-    out_numel = math.prod(g.output_shape)
-    for op in g.ops:
-        cut = op.output
-        if cut == g.output or math.prod(g.shapes[cut]) * out_numel > max_weights:
-            continue
-        region = _tail_region(g, cut)
-        if region is not None and len(region) > 1 and (best is None or len(region) > len(best[1])):
-            best = (cut, region)
-    if best is None:
-        return None
-    cut, region = best
-    shape = g.shapes[cut]
-    n = math.prod(shape)
-    sub = FloatGraph({**g.shapes, INPUT: shape}, region, g.output, g.output_shape)
-    with torch.no_grad():
-        zero = _run_region(sub, cut, torch.zeros((1, *shape), dtype=torch.float64))[0]
-    # The Jacobian of an affine map is its matrix: reverse mode, one pass per output.
-    jac = torch.autograd.functional.jacobian(
-        lambda v: _run_region(sub, cut, v.reshape(1, *shape))[0].reshape(-1),
-        torch.zeros(n, dtype=torch.float64), vectorize=True)
-    weight = jac.detach().numpy()
-    sources = [name for op in region for name in op.source]
-    for op in region:
-        g.ops.remove(op)
-        if op.output != g.output:
-            del g.shapes[op.output]
-    g.ops.append(FloatLinear(g.output, [FloatTerm("fc", cut, weight)],
-                             zero.reshape(g.shapes[g.output]).numpy(), sources))
-    return cut
-
-
-def _run_region(sub: FloatGraph, cut: str, x: torch.Tensor) -> torch.Tensor:
-    """Evaluate a region of ops that reads only ``cut`` (float64); its output."""
-    renamed = [FloatLinear(op.output, [FloatTerm(t.op, INPUT if t.input == cut else t.input,
-                                                 t.weight, t.stride, t.padding, t.groups)
-                                       for t in op.terms], op.bias) for op in sub.ops]
-    graph = FloatGraph(sub.shapes, renamed, sub.output, sub.output_shape)
-    return graph.run(x)[sub.output]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..plan import ConvTerm, LinearStep, Plan, ReluStep, ScaleTerm, TruncateStep
+from ..plan import ConvTerm, FCTerm, LinearStep, Plan, ReluStep, ScaleTerm, TruncateStep
 from .assign import Assigner, Params, Precision
 from .lowering import CompileError, FloatGraph, FloatLinear, FloatRelu
 
@@ -86,6 +86,10 @@ def _float_run(plan: Plan, pixels: np.ndarray, chunk: int = 32) -> np.ndarray:
     without the ring arithmetic. Much faster than the exact reference and within
     float32 rounding of it wherever the rings hold the values."""
     out = []
+    # Each weight once per run, not once per chunk (a folded head holds millions).
+    weights = {id(t): torch.from_numpy(t.weight.astype(np.float32)) * 2.0**-t.frac_w
+               for step in plan.steps if isinstance(step, LinearStep) for t in step.terms
+               if isinstance(t, (ConvTerm, FCTerm)) and t.weight is not None}
     with torch.no_grad():
         for start in range(0, pixels.shape[0], chunk):
             x = torch.from_numpy(np.asarray(pixels[start : start + chunk], dtype=np.float32))
@@ -101,12 +105,11 @@ def _float_run(plan: Plan, pixels: np.ndarray, chunk: int = 32) -> np.ndarray:
                         if isinstance(t, ScaleTerm):
                             acc += v
                             continue
-                        assert t.weight is not None
-                        w = torch.from_numpy(t.weight.astype(np.float64) / 2.0**t.frac_w).float()
+                        w = weights[id(t)]
                         if isinstance(t, ConvTerm):
                             acc += F.conv2d(v, w, None, t.stride, t.padding, 1, t.groups)
                         else:
-                            acc += v.reshape(v.shape[0], -1) @ w.T
+                            acc += (v.reshape(v.shape[0], -1) @ w.T).reshape(acc.shape)
                     values[step.output] = acc
                 elif isinstance(step, (ReluStep, TruncateStep)):
                     v = values[step.input]
@@ -140,7 +143,7 @@ class Search:
         self.owner = {id(t): op.output for op in graph.ops if isinstance(op, FloatLinear)
                       for t in op.terms}
         self._err_cache: dict[tuple, tuple[float, float] | None] = {}
-        self._fw: dict[tuple[int, int], int] = {}  # (term id, weight bits) -> frac_w
+        self._exponents: dict[int, tuple[float, int]] = {}  # term id -> its weights' exponents
 
     def _key(self, prec: Precision) -> tuple:
         return (tuple(prec.weight[id(t)] for t in self.weighted),
@@ -151,7 +154,7 @@ class Search:
 
     def build(self, prec: Precision) -> Plan | None:
         try:
-            return Assigner(self.g, self.maxabs, self.p, prec, self._fw).build(self.pixel_max)
+            return Assigner(self.g, self.maxabs, self.p, prec, self._exponents).build(self.pixel_max)
         except CompileError:
             return None
 
@@ -177,7 +180,7 @@ class Search:
 
     def cost(self, prec: Precision) -> float:
         try:
-            return Assigner(self.g, self.maxabs, self.p, prec, self._fw).gc_work()
+            return Assigner(self.g, self.maxabs, self.p, prec, self._exponents).gc_work()
         except CompileError:
             return math.inf
 

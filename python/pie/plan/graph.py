@@ -202,7 +202,7 @@ def _validate_linear(where: str, t: Mapping[str, TensorSpec], s: LinearStep) -> 
             if cg * term.groups != c or o % term.groups or out.shape != (o, ho, wo):
                 raise PlanFormatError(f"{where}: conv shapes do not fit {term.input!r}")
         else:
-            if term.weight_shape != (out.numel, src.numel) or len(out.shape) != 1:
+            if term.weight_shape != (out.numel, src.numel):
                 raise PlanFormatError(f"{where}: fc shapes do not fit {term.input!r}")
         if term.weight is not None and (
             term.weight.dtype != np.int64 or term.weight.shape != term.weight_shape

@@ -354,7 +354,7 @@ def _execute(
                 if term.op == "scale":
                     acc += src << np.uint64(term.shift)
                 else:
-                    acc += term_product(src, term, _weight(term), bits)
+                    acc += term_product(src, term, _weight(term), bits).reshape(acc.shape)
             values[step.output] = mask(acc, bits)
         elif isinstance(step, ReluStep):
             src = gc_input(step.input)

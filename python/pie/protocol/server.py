@@ -75,13 +75,14 @@ class Server:
         step = self.plan.steps[index]
         if not isinstance(step, LinearStep):
             raise ValueError(f"step {index} is a {step.kind} step, not a linear one")
-        bits = self.plan.tensors[step.output].ring_bits
+        bits, out_shape = self.plan.tensors[step.output].ring_bits, self.plan.tensors[step.output].shape
         assert step.bias is not None  # checked in __init__
         acc = reduce(step.bias, bits).astype(np.uint64)
         for k, term in enumerate(step.terms):
             x = values[term.input]
             if isinstance(term, (ConvTerm, FCTerm)):
-                acc = acc + term_product(x, term, self._weights[index, k], bits)
+                product = term_product(x, term, self._weights[index, k], bits)
+                acc = acc + product.reshape(len(x), *out_shape)  # an fc of the input may fill a (C, H, W) tensor
             else:
                 acc = acc + (x << np.uint64(term.shift))
         return mask(acc, bits)
