@@ -45,6 +45,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..plan import (ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, ScaleTerm, Step,
                     TensorSpec, Term, TruncateStep, truncate_and_gates)
@@ -113,6 +114,49 @@ def _preferred_frac_w(exponents: tuple[float, int], weight_bits: int) -> int:
     return min(max(0, math.floor(math.log2((2 ** (weight_bits - 1) - 1) / m))), exact)
 
 
+class WeightCache:
+    """What every candidate precision reuses per float term: its weights'
+    exponents, and its weights quantised at the last ``frac_w`` asked for (with
+    their float32 image for the float run), so that a folded dense layer of
+    millions of weights is not requantised for each candidate the search tries."""
+
+    def __init__(self) -> None:
+        self._exponents: dict[int, tuple[float, int]] = {}
+        self._quantised: dict[int, tuple[int, np.ndarray]] = {}  # term id -> (frac_w, weights)
+        self._floats: dict[int, tuple[np.ndarray, int, torch.Tensor]] = {}  # id(weights) -> (weights, frac_w, floats)
+
+    def exponents(self, t: FloatTerm) -> tuple[float, int]:
+        if id(t) not in self._exponents:
+            self._exponents[id(t)] = _weight_exponents(t.weight)
+        return self._exponents[id(t)]
+
+    def quantised(self, t: FloatTerm, fw: int) -> np.ndarray:
+        """``round(w * 2^fw)`` as int64 (shared: callers must not modify it)."""
+        cached = self._quantised.get(id(t))
+        if cached is not None and cached[0] == fw:
+            return cached[1]
+        assert t.weight is not None
+        w = t.weight * 2.0**fw
+        np.rint(w, out=w)
+        if max(w.max(initial=0), -w.min(initial=0)) >= 2**40:
+            raise CompileError(f"weights of a term reading '{t.input}' need more than 40 bits")
+        wi = w.astype(np.int64)
+        if cached is not None:
+            self._floats.pop(id(cached[1]), None)
+        self._quantised[id(t)] = (fw, wi)
+        return wi
+
+    def as_float(self, weight: np.ndarray, fw: int) -> torch.Tensor:
+        """``weight / 2^fw`` in float32, kept for a weight this cache quantised."""
+        cached = self._floats.get(id(weight))
+        if cached is not None and cached[0] is weight and cached[1] == fw:
+            return cached[2]
+        floats = torch.from_numpy(weight.astype(np.float32)) * 2.0**-fw
+        if any(q is weight for _, q in self._quantised.values()):
+            self._floats[id(weight)] = (weight, fw, floats)
+        return floats
+
+
 def _frac_for(magnitude: float, bits: int) -> int:
     """Fractional bits that give a value of at most ``magnitude`` (>= 0) ``bits``
     significant bits: ``magnitude * 2^f < 2^bits``; never negative."""
@@ -130,7 +174,7 @@ class Assigner:
 
     def __init__(self, graph: FloatGraph, maxabs: dict[str, float], params: Params,
                  precision: Precision,
-                 exponent_cache: dict[int, tuple[float, int]] | None = None) -> None:
+                 weights: WeightCache | None = None) -> None:
         self.g = graph
         self.maxabs = maxabs
         self.p = params
@@ -139,13 +183,11 @@ class Assigner:
         self.terms: dict[int, FloatTerm] = {
             id(t): t for op in graph.ops if isinstance(op, FloatLinear) for t in op.terms
         }
-        cache = exponent_cache if exponent_cache is not None else {}
-        self.fw_pref: dict[int, int] = {}
-        for t in self.terms.values():
-            if t.op != "scale":
-                if id(t) not in cache:
-                    cache[id(t)] = _weight_exponents(t.weight)
-                self.fw_pref[id(t)] = _preferred_frac_w(cache[id(t)], precision.weight[id(t)])
+        self.weights = weights if weights is not None else WeightCache()
+        self.fw_pref: dict[int, int] = {
+            id(t): _preferred_frac_w(self.weights.exponents(t), precision.weight[id(t)])
+            for t in self.terms.values() if t.op != "scale"
+        }
         # The scale a ReLU output asks for: ``act`` significant bits of its largest value.
         self.act_frac: dict[str, int] = {
             name: min(params.frac_bits, _frac_for(maxabs.get(name, 0.0), bits))
@@ -334,12 +376,7 @@ class Assigner:
     def _quantise_term(self, t: FloatTerm, src: str, fw: int, shift: int) -> Term:
         if t.op == "scale":
             return ScaleTerm(src, shift)
-        assert t.weight is not None
-        w = t.weight * 2.0**fw
-        np.rint(w, out=w)
-        if max(w.max(initial=0), -w.min(initial=0)) >= 2**40:
-            raise CompileError(f"weights of a term reading '{t.input}' need more than 40 bits")
-        wi = w.astype(np.int64)
+        wi = self.weights.quantised(t, fw)
         if t.op == "conv2d":
             o, cg, kh, kw = wi.shape
             return ConvTerm(src, (o, cg, kh, kw), t.stride, t.padding, t.groups, fw, wi, shift)

@@ -206,7 +206,7 @@ def compile(  # noqa: A001 - the public name the package exposes
     params = Params(frac_bits, ring_margin_bits, max_ring_bits, round_cost_and_gates)
     search = Search(graph, maxabs, params, pixel_max, pixels, want, tol)
     prec = search.run(weight_bits, act_bits, search_budget)
-    assigner = Assigner(graph, maxabs, params, prec)
+    assigner = Assigner(graph, maxabs, params, prec, search.weights)
     plan = assigner.build(pixel_max)
     measured = search.error(prec)  # the search measured this precision already
     assert measured is not None  # it was laid out just above

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..plan import ConvTerm, FCTerm, LinearStep, Plan, ReluStep, ScaleTerm, TruncateStep
-from .assign import Assigner, Params, Precision
+from .assign import Assigner, Params, Precision, WeightCache
 from .lowering import CompileError, FloatGraph, FloatLinear, FloatRelu
 
 __all__ = ["DEFAULT_CALIBRATION_IMAGES", "Search", "Tolerance", "calibrate", "calibration_pixels"]
@@ -80,16 +80,16 @@ def calibrate(graph: FloatGraph, pixels: np.ndarray,
     return maxabs, np.concatenate(logits)
 
 
-def _float_run(plan: Plan, pixels: np.ndarray, chunk: int = 32) -> np.ndarray:
+def _float_run(plan: Plan, pixels: np.ndarray, weights: WeightCache, chunk: int = 32) -> np.ndarray:
     """The Plan's output on integer pixels in float32 (values in real units): every
     rounding the fixed point makes (weights, biases, ReLU and truncation shifts)
     without the ring arithmetic. Much faster than the exact reference and within
     float32 rounding of it wherever the rings hold the values."""
     out = []
     # Each weight once per run, not once per chunk (a folded head holds millions).
-    weights = {id(t): torch.from_numpy(t.weight.astype(np.float32)) * 2.0**-t.frac_w
-               for step in plan.steps if isinstance(step, LinearStep) for t in step.terms
-               if isinstance(t, (ConvTerm, FCTerm)) and t.weight is not None}
+    floats = {id(t): weights.as_float(t.weight, t.frac_w)
+              for step in plan.steps if isinstance(step, LinearStep) for t in step.terms
+              if isinstance(t, (ConvTerm, FCTerm)) and t.weight is not None}
     with torch.no_grad():
         for start in range(0, pixels.shape[0], chunk):
             x = torch.from_numpy(np.asarray(pixels[start : start + chunk], dtype=np.float32))
@@ -105,7 +105,7 @@ def _float_run(plan: Plan, pixels: np.ndarray, chunk: int = 32) -> np.ndarray:
                         if isinstance(t, ScaleTerm):
                             acc += v
                             continue
-                        w = weights[id(t)]
+                        w = floats[id(t)]
                         if isinstance(t, ConvTerm):
                             acc += F.conv2d(v, w, None, t.stride, t.padding, 1, t.groups)
                         else:
@@ -143,7 +143,7 @@ class Search:
         self.owner = {id(t): op.output for op in graph.ops if isinstance(op, FloatLinear)
                       for t in op.terms}
         self._err_cache: dict[tuple, tuple[float, float] | None] = {}
-        self._exponents: dict[int, tuple[float, int]] = {}  # term id -> its weights' exponents
+        self.weights = WeightCache()
 
     def _key(self, prec: Precision) -> tuple:
         return (tuple(prec.weight[id(t)] for t in self.weighted),
@@ -154,12 +154,12 @@ class Search:
 
     def build(self, prec: Precision) -> Plan | None:
         try:
-            return Assigner(self.g, self.maxabs, self.p, prec, self._exponents).build(self.pixel_max)
+            return Assigner(self.g, self.maxabs, self.p, prec, self.weights).build(self.pixel_max)
         except CompileError:
             return None
 
     def accuracy(self, plan: Plan) -> tuple[float, float]:
-        got = _float_run(plan, self.pixels)
+        got = _float_run(plan, self.pixels, self.weights)
         agreement = float(np.mean(got.argmax(1) == self.want.argmax(1)))
         scale = float(np.abs(self.want).max()) or 1.0
         return agreement, float(np.abs(got - self.want).max()) / scale
@@ -180,7 +180,7 @@ class Search:
 
     def cost(self, prec: Precision) -> float:
         try:
-            return Assigner(self.g, self.maxabs, self.p, prec, self._exponents).gc_work()
+            return Assigner(self.g, self.maxabs, self.p, prec, self.weights).gc_work()
         except CompileError:
             return math.inf
 
