@@ -95,6 +95,7 @@ def figures(plan: pie.Plan) -> dict[str, object]:
         "chosen_weight_bits": sorted(set(plan.policy.get("chosen_weight_bits", {}).values())),
         "chosen_act_bits": sorted(set(plan.policy.get("chosen_act_bits", {}).values())),
         "folded_tail": plan.policy.get("folded_tail"),
+        "folded_head": plan.policy.get("folded_head"),
     }
 
 

@@ -388,15 +388,16 @@ def _fixed_point_runs(out: Path) -> dict[str, dict[str, Any]]:
 def _fixed_point_table(out: Path) -> list[str]:
     rows = ["| network | ReLUs | truncation steps (elements) | ReLU input rings: median (by element) / largest "
             "| histogram (ring: ReLU layers) | online bytes (truncations' share) | offline bytes "
-            "| GC rounds / ReLU depth |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| GC rounds / ReLU depth | folded head |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for name, e in _fixed_point_runs(out).items():
+        head = ", ".join(e.get("folded_head") or []) or "no"
         hist = ", ".join(f"{ring}: {count}" for ring, count in e["relu_ring_histogram"].items())
         share = e["truncate_online_bytes"] / e["online_bytes"] if e["online_bytes"] else 0.0
         rows.append(f"| {name} | {e['relus']:,} | {e['truncation_steps']} ({e['truncated_elements']:,}) "
                     f"| {e['relu_ring_median_elements']:.0f} / {e['relu_ring_max']} | {hist} "
                     f"| {_fmt_bytes(e['online_bytes'])} ({100 * share:.0f}%) | {_fmt_bytes(e['offline_bytes'])} "
-                    f"| {e['online_rounds']} / {e['relu_depth']} |")
+                    f"| {e['online_rounds']} / {e['relu_depth']} | {head} |")
     return rows if len(rows) > 2 else []
 
 
@@ -723,7 +724,9 @@ def render(out: Path) -> None:
         lines += ["## Fixed point", "",
                   "The compiled Plan of each network at `pie.compile`'s default settings (random weights and "
                   "batch-norm statistics as above; the demo model as bundled), from `bench_fixed_point.py`: "
-                  "bytes are exact (`pie.cost.traffic`), no protocol runs.", ""] + fixed_rows + [""]
+                  "bytes are exact (`pie.cost.traffic`), no protocol runs. *folded head*: the tensors the "
+                  "ReLU-free region at the input was folded into (dense layers of the input, "
+                  "`fold_head_weights`).", ""] + fixed_rows + [""]
     plots = _plots(out, nets)
     for p in plots:
         lines += [f"![{p}]({p})", ""]
