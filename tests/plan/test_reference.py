@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -120,6 +121,16 @@ def test_native_conv_fills_vector_lanes(data):
 ])
 def test_native_work_counts_whole_tiles(images, groups, out_per_group, pixels, taps, tile_macs):
     assert native_work(images, groups, out_per_group, pixels, taps) == (tile_macs, images * groups * pixels * out_per_group)
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 3, 3), (7, 20)])
+def test_prepared_weight_makes_its_float64_tensor_on_first_use(shape):
+    w = np.random.default_rng(4).integers(-(2**20), 2**20, shape)
+    prepared = prepare_weight(w)
+    assert not prepared._floats  # nothing for the limb path until it runs
+    assert prepared.shape == shape and prepared.tensor.dtype == torch.float64
+    assert np.array_equal(prepared.tensor.numpy(), w.astype(np.float64))
+    assert prepared.tensor is prepared.tensor
 
 
 @pytest.mark.parametrize("largest, dtype", [(0, np.int16), (2**15 - 1, np.int16), (2**15, np.int32),

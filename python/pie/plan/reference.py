@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -157,15 +157,26 @@ SMALL_PRODUCT_MACS = 1 << 22
 @dataclass(frozen=True)
 class RingWeight:
     """An integer weight prepared for :func:`conv2d_ring` / :func:`fc_ring`:
-    its float64 tensor and limb width, and its taps laid out for the native
-    kernel, (C/groups, kh, kw, O) (an fc weight (O, K) as (K, 1, 1, O)), in the
+    its shape and limb width, its taps laid out for the native kernel,
+    (C/groups, kh, kw, O) (an fc weight (O, K) as (K, 1, 1, O)), in the
     narrowest of int16 / int32 / int64 that holds them (a wide layer at small
-    resolution is bound by reading its taps). Preparing a wide layer's weight
+    resolution is bound by reading its taps), and its float64 tensor for the
+    limb path, made on first use (a folded dense layer's would be hundreds of
+    MB that a CPU with AVX-512 never reads). Preparing a wide layer's weight
     costs about as much as its product, so a server prepares each weight once."""
 
-    tensor: torch.Tensor
+    shape: tuple[int, ...]
     limb_bits: int
     taps: np.ndarray
+    _floats: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The weight as float64, (O, C/groups, kh, kw) or (O, K)."""
+        if "tensor" not in self._floats:
+            as_conv = self.taps.transpose(3, 0, 1, 2).astype(np.float64)
+            self._floats["tensor"] = torch.from_numpy(as_conv.reshape(self.shape).copy())
+        return self._floats["tensor"]
 
 
 def prepare_weight(weight: np.ndarray) -> RingWeight:
@@ -175,7 +186,7 @@ def prepare_weight(weight: np.ndarray) -> RingWeight:
     narrow = next(t for t in (np.int16, np.int32, np.int64) if largest <= np.iinfo(t).max)
     as_conv = w if w.ndim == 4 else w.reshape(*w.shape, 1, 1)
     taps = np.ascontiguousarray(as_conv.transpose(1, 2, 3, 0), dtype=narrow)
-    return RingWeight(torch.from_numpy(w.astype(np.float64)), _limb_bits(weight), taps)
+    return RingWeight(w.shape, _limb_bits(weight), taps)
 
 
 def native_threads(macs: int) -> int | None:
@@ -221,7 +232,7 @@ def conv2d_ring(
         uint64 residues mod ``2^bits``, shape (N, O, Ho, Wo).
     """
     w = _prepared(weight)
-    threads = native_threads(_conv_macs(x.shape, tuple(w.tensor.shape), stride, padding))
+    threads = native_threads(_conv_macs(x.shape, w.shape, stride, padding))
     if threads is not None:
         return _conv_native(x, w.taps, stride, padding, groups, bits, threads=threads)
     return conv2d_limbs(x, w, stride, padding, groups, bits)
@@ -257,7 +268,7 @@ def fc_ring(x: np.ndarray, weight: np.ndarray | RingWeight, bits: int) -> np.nda
     int64 (O, K) or its :func:`prepare_weight`)."""
     w = _prepared(weight)
     flat = x.reshape(x.shape[0], -1)
-    threads = native_threads(flat.size * w.tensor.shape[0])
+    threads = native_threads(flat.size * w.shape[0])
     if threads is not None:
         return _conv_native(flat.reshape(*flat.shape, 1, 1), w.taps, (1, 1), (0, 0), 1, bits,
                             threads=threads).reshape(x.shape[0], -1)
