@@ -115,11 +115,11 @@ def test_native_conv_fills_vector_lanes(data):
 
 
 @pytest.mark.parametrize("images, groups, out_per_group, pixels, taps, tile_macs", [
-    (1, 1, 100, 1, 8192, 4 * 104 * 8192),  # a classifier: one pixel of a 4-pixel tile, 100 of 104 channels
-    (1, 1, 64, 1024, 27, 64 * 1024 * 27),  # whole tiles and vectors: nothing padded
-    (2, 3, 5, 6, 9, 2 * 3 * 8 * 8 * 9),    # per image and group: 6 -> 8 pixels, 5 -> 8 channels
+    (1, 1, 100, 1, 8192, 104 * 8192),    # a classifier: 100 of 104 channels
+    (1, 1, 64, 1024, 27, 64 * 1024 * 27),  # whole vectors: nothing padded
+    (2, 3, 5, 6, 9, 2 * 3 * 6 * 8 * 9),    # per image and group: 5 -> 8 channels
 ])
-def test_native_work_counts_whole_tiles(images, groups, out_per_group, pixels, taps, tile_macs):
+def test_native_work_counts_whole_vectors(images, groups, out_per_group, pixels, taps, tile_macs):
     assert native_work(images, groups, out_per_group, pixels, taps) == (tile_macs, images * groups * pixels * out_per_group)
 
 

@@ -43,11 +43,13 @@ _CONV_SAMPLES = [
 ]
 # The server's online arithmetic also samples full-width ResNet-18 layers (its
 # per-MAC cost only shows on layers of millions of MACs), a full-resolution stem
-# (few taps per output: its per-output cost shows), a wide classifier and
-# wide layers at 2x2 (their taps' memory traffic shows).
+# (few taps per output: its per-output cost shows), a wide classifier, a dense
+# layer of the input as a folded head is (it streams its taps from memory) and
+# wide layers at 2x2.
 _LINEAR_ONLY_SAMPLES = [
     ("conv", 3, 32, 64, 3, 1, 1),
     ("fc", 8192, 100),
+    ("fc", 3072, 4096),
     ("conv", 64, 32, 64, 3, 1, 1),
     ("conv", 128, 8, 128, 3, 1, 1),
     ("conv", 128, 16, 128, 3, 1, 1),

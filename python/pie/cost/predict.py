@@ -28,8 +28,8 @@ Time (a model, not a measurement): each phase is a sum of its steps.
 * online: the server's ring arithmetic of every linear step
   (``h*limb MACs + i*limb elements + h'*limb weights + j`` per large conv/fc
   term, float64 limbs as :func:`pie.plan.reference.conv2d_ring` computes them;
-  ``(h''*tile MACs + i''*outputs + w''*weights) / threads + j''`` per term in the native
-  kernel, whose tiles of 4 pixels x 8 channels a product pays for whole, plus ``t''`` when
+  ``(h''*MACs + i''*outputs + w''*weights) / threads + j''`` per term in the native
+  kernel, whose vectors of 8 channels a product pays for whole, plus ``t''`` when
   it runs on every core), per garbled step
   ``k*AND + k'*other gates + m*labels + n`` (label selection, transfer,
   evaluation -- XOR gates are free of hashing but not of memory traffic, and
@@ -380,7 +380,7 @@ def _term_work(plan: Plan, term: ConvTerm | FCTerm) -> tuple[int, int, int]:
 
 
 def _native_work(plan: Plan, term: ConvTerm | FCTerm) -> tuple[int, int]:
-    """(multiply-adds in whole tiles, output elements) of one term's product in
+    """(multiply-adds in whole vectors, output elements) of one term's product in
     the native kernel (:func:`pie.plan.reference.native_work`)."""
     if isinstance(term, ConvTerm):
         o, cg, kh, kw = term.weight_shape

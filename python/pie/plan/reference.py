@@ -201,13 +201,12 @@ def native_work(images: int, groups: int, out_per_group: int, pixels: int, taps:
     """(multiply-adds, output elements) the native kernel computes for a product
     with ``pixels`` output pixels per image and ``taps`` taps per output.
 
-    It works in tiles of 4 output pixels (a matrix product is one pixel) times
-    vectors of 8 output channels per group, so a product pays for whole tiles
-    and vectors: a classifier of 100 outputs costs 4 x 104 multiply-adds per
-    input, four times its own count."""
-    tile_pixels = -(-pixels // 4) * 4
+    It works in vectors of 8 output channels per group (a group's last
+    ``out_per_group % 8`` channels take a scalar loop, counted as a whole
+    vector), so a product pays for whole vectors: a classifier of 100 outputs
+    costs 104 multiply-adds per input."""
     vector_channels = -(-out_per_group // 8) * 8
-    return (images * groups * tile_pixels * vector_channels * taps,
+    return (images * groups * pixels * vector_channels * taps,
             images * groups * pixels * out_per_group)
 
 
