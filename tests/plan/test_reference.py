@@ -192,6 +192,28 @@ def test_fc_ring_is_exact(data):
     np.testing.assert_array_equal(fc_limbs(x, prepare_weight(w), bits), want)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_native_matrix_vector_path(data):
+    """One output pixel from 1x1 taps (a fully connected layer, or a 1x1 conv whose
+    stride leaves one pixel) runs row by row: output channels in whole 8-lane
+    vectors and a remainder, split across threads, every tap storage, against
+    plain integers."""
+    n, k = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 12))
+    o = data.draw(st.sampled_from([1, 7, 8, 9, 16, 17, 33, 100]))
+    side = data.draw(st.sampled_from([1, 2]))  # 2: a stride-2 1x1 conv reads pixel (0, 0) only
+    bits = data.draw(BITS)
+    x = np.array(_ints(data.draw, (n, k, side, side), 64), dtype=np.uint64).reshape(n, k, side, side)
+    w = np.array(_weights(data.draw, o * k, data.draw(st.integers(2, 40))), dtype=np.int64).reshape(o, k, 1, 1)
+    want = _conv_oracle(x, w, (side, side), (0, 0), 1, bits)
+    taps = prepare_weight(w).taps
+    for wide in [taps.astype(t) for t in (np.int16, np.int32, np.int64) if np.dtype(t).itemsize >= taps.itemsize]:
+        for threads in (1, 2):
+            got = _core.ring_conv2d(x, wide, (side, side), (0, 0), 1, bits, threads=threads)
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(_conv_native(x, taps, (side, side), (0, 0), 1, bits, False), want)
+
+
 def test_large_fan_in_uses_several_limbs_exactly():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 2**63, size=(1, 512, 3, 3), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
