@@ -43,13 +43,11 @@ _CONV_SAMPLES = [
 ]
 # The server's online arithmetic also samples full-width ResNet-18 layers (its
 # per-MAC cost only shows on layers of millions of MACs), a full-resolution stem
-# (few taps per output: its per-output cost shows), a wide classifier, a dense
-# layer of the input as a folded head is (it streams its taps from memory) and
+# (few taps per output: its per-output cost shows), a wide classifier and
 # wide layers at 2x2.
 _LINEAR_ONLY_SAMPLES = [
     ("conv", 3, 32, 64, 3, 1, 1),
     ("fc", 8192, 100),
-    ("fc", 3072, 4096),
     ("conv", 64, 32, 64, 3, 1, 1),
     ("conv", 128, 8, 128, 3, 1, 1),
     ("conv", 128, 16, 128, 3, 1, 1),
@@ -57,7 +55,8 @@ _LINEAR_ONLY_SAMPLES = [
     ("conv", 512, 4, 512, 3, 1, 1),
     ("conv", 512, 2, 512, 3, 1, 1),
 ]
-_FC_SAMPLES = [(256, 100), (512, 100)]
+# The last: a dense layer of the input, as a folded culled stage 1 is (DRD_C100_12K).
+_FC_SAMPLES = [(256, 100), (512, 100), (3072, 4096)]
 _SAMPLE_LAYERS: list[tuple[Any, ...]] = [("conv", *c) for c in _CONV_SAMPLES] + [("fc", *f) for f in _FC_SAMPLES]
 # Garbled-step samples: (l_in, l_out, shift, truncate) -- ReLUs and truncations
 # at the rings compiled DeepReDuce plans use.
