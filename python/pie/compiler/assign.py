@@ -117,13 +117,14 @@ def _preferred_frac_w(exponents: tuple[float, int], weight_bits: int) -> int:
 class WeightCache:
     """What every candidate precision reuses per float term: its weights'
     exponents, and its weights quantised at the last ``frac_w`` asked for (with
-    their float32 image for the float run), so that a folded dense layer of
-    millions of weights is not requantised for each candidate the search tries."""
+    their float32 image for the float run, made on first use), so that a folded
+    dense layer of millions of weights is not requantised for each candidate the
+    search tries."""
 
     def __init__(self) -> None:
         self._exponents: dict[int, tuple[float, int]] = {}
-        self._quantised: dict[int, tuple[int, np.ndarray]] = {}  # term id -> (frac_w, weights)
-        self._floats: dict[int, tuple[np.ndarray, int, torch.Tensor]] = {}  # id(weights) -> (weights, frac_w, floats)
+        # term id -> [frac_w, quantised weights, their float32 image or None]
+        self._quantised: dict[int, list] = {}
 
     def exponents(self, t: FloatTerm) -> tuple[float, int]:
         if id(t) not in self._exponents:
@@ -141,19 +142,17 @@ class WeightCache:
         if max(w.max(initial=0), -w.min(initial=0)) >= 2**40:
             raise CompileError(f"weights of a term reading '{t.input}' need more than 40 bits")
         wi = w.astype(np.int64)
-        if cached is not None:
-            self._floats.pop(id(cached[1]), None)
-        self._quantised[id(t)] = (fw, wi)
+        self._quantised[id(t)] = [fw, wi, None]
         return wi
 
     def as_float(self, weight: np.ndarray, fw: int) -> torch.Tensor:
         """``weight / 2^fw`` in float32, kept for a weight this cache quantised."""
-        cached = self._floats.get(id(weight))
-        if cached is not None and cached[0] is weight and cached[1] == fw:
-            return cached[2]
+        entry = next((e for e in self._quantised.values() if e[1] is weight and e[0] == fw), None)
+        if entry is not None and entry[2] is not None:
+            return entry[2]
         floats = torch.from_numpy(weight.astype(np.float32)) * 2.0**-fw
-        if any(q is weight for _, q in self._quantised.values()):
-            self._floats[id(weight)] = (weight, fw, floats)
+        if entry is not None:
+            entry[2] = floats
         return floats
 
 

@@ -159,8 +159,8 @@ def compile(  # noqa: A001 - the public name the package exposes
             folded into, one dense fully connected layer of the input per tensor
             the rest of the network reads from it (0: never fold). The default
             folds a culled stage 1 at 16x16 (DRD_C100_7K, 12K, 14K: 25M
-            weights, the server's online product ~2 ms); larger ones keep a
-            truncation instead.
+            weights, the server's online products ~4.6 ms on two cores); larger
+            ones keep a truncation instead.
         output: what the client learns: ``"logits"``, or ``"label"`` (only the
             index of the largest logit, by a garbled argmax; see
             :meth:`Plan.with_output`).

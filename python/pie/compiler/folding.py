@@ -149,10 +149,11 @@ def fold_linear_head(g: FloatGraph, max_weights: int, chunk: int = 256) -> list[
                         folded[0], shapes[folded[0]])
     shape = g.shapes[INPUT]
     columns: dict[str, list[torch.Tensor]] = {name: [] for name in folded}
+    eye = torch.eye(n_in, dtype=torch.float32).reshape(n_in, *shape)
     with torch.no_grad():
         zero = sub.run(torch.zeros((1, *shape), dtype=torch.float64))
         for start in range(0, n_in, chunk):
-            basis = torch.eye(n_in, dtype=torch.float32)[start : start + chunk].reshape(-1, *shape)
+            basis = eye[start : start + chunk]
             values = linear.run(basis, torch.float32)
             for name in folded:
                 columns[name].append(values[name].reshape(basis.shape[0], -1))

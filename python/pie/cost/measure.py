@@ -380,8 +380,8 @@ def _measure_linear(layers: list[tuple[Any, ...]], reps: int, threads: int) -> d
             if team is not None:  # per thread of the team it splits across, as predict counts it
                 share = 1.0 if team == 1 else 1.0 / threads
                 o = w.shape[0]
-                tile_macs, outputs = native_work(1, 1, o, y.size // o, w.size // o)
-                native_rows.extend([[tile_macs * share, outputs * share, w.size * share, 1.0,
+                vector_macs, outputs = native_work(1, 1, o, y.size // o, w.size // o)
+                native_rows.extend([[vector_macs * share, outputs * share, w.size * share, 1.0,
                                      float(team != 1)]] * reps)
                 native_times.extend(native_runs[i])  # _nnls takes the median of each layer's runs
             if i in limb_runs:

@@ -242,13 +242,12 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
                     + max(0.0, wire.transfer(0, s2c) - server)
                     + (extra_rtt + wire.rtt if opening else 0.0)
                 )
-                macs, _, _ = _term_work(plan, term)
+                macs, _, weights = _term_work(plan, term)
                 threads = native_threads(macs)
                 if threads is not None:
                     team = 1 if threads == 1 else p.threads  # the work splits across the team
-                    tile_macs, outputs = _native_work(plan, term)
-                    weights = _term_work(plan, term)[2]
-                    est.online_seconds += ((p.linear_native_per_mac_s * tile_macs
+                    vector_macs, outputs = _native_work(plan, term)
+                    est.online_seconds += ((p.linear_native_per_mac_s * vector_macs
                                             + p.linear_native_per_element_s * outputs
                                             + p.linear_native_per_weight_s * weights) / team
                                            + p.linear_native_per_term_s

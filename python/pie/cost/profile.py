@@ -58,7 +58,7 @@ class Profile:
             :func:`pie.plan.reference.native_threads`).
         linear_native_per_mac_s, linear_native_per_element_s, linear_native_per_weight_s, linear_native_per_term_s:
             the same for a product in the native uint64 kernel, per thread of
-            its team: per multiply-accumulate of its whole vectors
+            its team: per multiply-accumulate in whole 8-channel vectors
             (:func:`pie.plan.reference.native_work`), per output element, per
             weight (layers on small images stream their taps from memory),
             fixed cost.
