@@ -1,6 +1,7 @@
 """Garbled-circuit throughput: the ReLU circuit at l = 37, per AND gate and per
 ReLU, one thread and all cores; end-to-end secure_relu bytes; AES in the same
-run; and the ratio of evaluation time per AND gate to its two hash calls.
+run; the ratio of evaluation time per AND gate to its two hash calls; and
+the fused kernels of every AES backend against each other in one run.
 
 Run: ``pytest bench/bench_gc.py --benchmark-enable``; figures are in
 ``benchmark.extra_info`` (``--benchmark-json`` keeps them). Targets
@@ -79,6 +80,32 @@ def test_evaluation_vs_hash_ratio(benchmark, relu: gc.Circuit) -> None:  # type:
         ratio_evaluate_to_two_hashes=per_and_eval / per_and_hashes,
         aes_blocks_per_second=(1 << 14) * 16 / aes_s,
     )
+
+
+FUSED = [b for b in crypto.aes_backends() if b != "openssl"]
+
+
+@pytest.mark.skipif(len(FUSED) < 2, reason="one fused AES kernel on this CPU")
+def test_kernel_by_backend(benchmark, relu: gc.Circuit) -> None:  # type: ignore[no-untyped-def]
+    """Garbling and evaluation per ReLU on one thread with each fused kernel
+    (VAES on 512-bit registers, AES-NI on 128-bit ones), interleaved so that
+    machine noise hits both alike; speedups are the widest kernel's over the
+    narrowest."""
+    samples: dict[tuple[str, str], list[float]] = {}
+
+    def run() -> None:
+        for mode in ("garble", "evaluate"):
+            for backend in FUSED:
+                seconds = gc.kernel_seconds(relu, N, 1, REPEAT, mode, backend=backend)
+                samples.setdefault((backend, mode), []).append(seconds / (REPEAT * N))
+
+    benchmark(run)
+    best = {key: min(v) for key, v in samples.items()}
+    wide, narrow = FUSED[0], FUSED[-1]
+    for (backend, mode), per_relu in best.items():
+        benchmark.extra_info[f"{backend}_{mode}_us_per_relu"] = per_relu * 1e6
+    for mode in ("garble", "evaluate"):
+        benchmark.extra_info[f"{mode}_speedup"] = best[narrow, mode] / best[wide, mode]
 
 
 def test_secure_relu_bytes(benchmark) -> None:  # type: ignore[no-untyped-def]

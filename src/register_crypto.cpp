@@ -19,10 +19,7 @@ namespace pie::bindings {
 namespace {
 
 AesBackend parse_backend(const std::optional<std::string>& name) {
-  if (!name) return default_aes_backend();
-  if (*name == "aes-ni") return AesBackend::kAesNi;
-  if (*name == "openssl") return AesBackend::kOpenSsl;
-  throw std::invalid_argument("backend must be 'aes-ni' or 'openssl', got '" + *name + "'");
+  return name ? aes_backend_from_string(*name) : default_aes_backend();
 }
 
 Block block_from(py::handle obj, const char* field) {
@@ -44,12 +41,15 @@ std::size_t block_count(const BufferView& view, const char* field) {
 
 void register_crypto(py::module_& m) {
   m.def("aesni_available", &aesni_available, "True if the CPU and this build support AES-NI.");
+  m.def("vaes_available", &vaes_available,
+        "True if the CPU and this build support VAES on 512-bit registers (AVX-512F).");
   m.def("default_aes_backend", [] { return to_string(default_aes_backend()); },
-        "The AES backend pie uses: 'aes-ni' or 'openssl' (the portable fallback).");
+        "The AES backend pie uses: 'vaes', 'aes-ni' or 'openssl' (the portable fallback).");
   m.def(
       "aes_backends",
       [] {
         std::vector<std::string> out;
+        if (vaes_available()) out.push_back(to_string(AesBackend::kVaes));
         if (aesni_available()) out.push_back(to_string(AesBackend::kAesNi));
         out.push_back(to_string(AesBackend::kOpenSsl));
         return out;

@@ -50,10 +50,7 @@ std::vector<Block> bytes_to_blocks(py::handle obj, std::size_t expected, const c
 }
 
 AesBackend parse_backend(const std::optional<std::string>& name) {
-  if (!name) return default_aes_backend();
-  if (*name == "aes-ni") return AesBackend::kAesNi;
-  if (*name == "openssl") return AesBackend::kOpenSsl;
-  throw std::invalid_argument("backend must be 'aes-ni' or 'openssl', got '" + *name + "'");
+  return name ? aes_backend_from_string(*name) : default_aes_backend();
 }
 
 Block block_arg(py::handle obj, const char* field) { return bytes_to_blocks(obj, 1, field)[0]; }
@@ -223,7 +220,7 @@ the constants ZERO and ONE; vectors are little-endian lists of bits.)doc")
       py::arg("circuit"), py::arg("n"), py::arg("tweak_base"), py::arg("delta") = py::none(),
       py::arg("seed") = py::none(), py::arg("backend") = py::none(), py::arg("tweak_prefix") = 0,
       R"doc(Garble n instances (pure function; input labels fresh from the OS-seeded PRG, or
-from a 16-byte seed for reproducible tests; backend 'aes-ni' or 'openssl'; tweak_prefix is the
+from a 16-byte seed for reproducible tests; backend 'vaes', 'aes-ni' or 'openssl'; tweak_prefix is the
 tweaks' high word, even). Returns a dict of
 bytes: delta, input_zero [n][inputs], tables [AND][n][2], output_zero [n][outputs],
 wire_labels [wire][n] (every wire's 0-label).)doc");
@@ -275,7 +272,7 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
   m.def(
       "gc_throughput",
       [](const Circuit& c, std::size_t n, int threads, std::size_t repeat, const std::string& mode,
-         std::size_t block_arg) {
+         std::size_t block_arg, const std::optional<std::string>& backend) {
         // Benchmark helper: garbles or evaluates n instances in blocks with
         // the session's parallel kernels, repeat times, with no channel; or
         // ("hash") runs the 2*A*n TCCR hash calls an evaluation needs, in the
@@ -291,7 +288,7 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
         std::vector<Block> tables(table_blocks(c, n));
         std::vector<Block> outputs(n * c.num_output_bits());
         const Block delta = random_delta();
-        const TccrHash hash;
+        const TccrHash hash(parse_backend(backend));
         double seconds = 0;
         {
           py::gil_scoped_release release;
@@ -321,10 +318,10 @@ wire_labels [wire][n] (every wire's 0-label).)doc");
         return seconds;
       },
       py::arg("circuit"), py::arg("n"), py::arg("threads") = 0, py::arg("repeat") = 1, py::arg("mode") = "garble",
-      py::arg("block") = 0,
+      py::arg("block") = 0, py::arg("backend") = py::none(),
       "Benchmark helper: seconds to garble / evaluate n instances (or run the hashes an evaluation needs) repeat times.");
   m.def("gc_tweak_probe_start", &tweak_probe::start,
-        "Test-only: start recording every tweak the AND gates feed to the hash (both backends).");
+        "Test-only: start recording every tweak the AND gates feed to the hash (every backend).");
   m.def("gc_tweak_probe_stop", [] { return probe_arrays(tweak_probe::stop()); },
         "Test-only: stop recording; returns (counter words, prefix words, garbler flags) as arrays.");
   m.def("gc_threads", [](int threads) { return resolve_threads(threads); }, py::arg("threads") = 0,

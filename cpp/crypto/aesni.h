@@ -3,13 +3,15 @@
 //
 // x86 only (PIE_HAVE_AESNI_PATH). Every function carries a per-function target
 // attribute, so nothing else in the build needs -maes; callers must check
-// aesni_available() at run time and must themselves be compiled with
-// PIE_TARGET_AESNI to inline these.
+// aesni_available() (vaes_available() for the PIE_TARGET_VAES functions) at
+// run time and must themselves be compiled with the same target to inline these.
 #pragma once
 
 #if defined(__x86_64__) || defined(__i386__)
 #define PIE_HAVE_AESNI_PATH 1
 #define PIE_TARGET_AESNI __attribute__((target("aes,sse2")))
+// VAES on 512-bit registers: four independent AES blocks per instruction.
+#define PIE_TARGET_VAES __attribute__((target("aes,sse2,avx512f,vaes")))
 
 #include <immintrin.h>
 
@@ -81,6 +83,38 @@ PIE_TARGET_AESNI inline void tccr_lanes(const KeySchedule& s, __m128i* x, const 
   for (int k = 0; k < K; ++k) x[k] = _mm_xor_si128(y[k], tw[k]);
   encrypt_lanes<K>(s, x);  // pi(pi(x) ^ j)
   for (int k = 0; k < K; ++k) x[k] = _mm_xor_si128(x[k], y[k]);
+}
+
+/// The round keys broadcast to all four 128-bit lanes of a 512-bit register.
+struct alignas(64) WideSchedule {
+  __m512i rk[11];
+};
+
+PIE_TARGET_VAES inline WideSchedule widen(const KeySchedule& s) {
+  WideSchedule w;
+  for (int r = 0; r < 11; ++r) w.rk[r] = _mm512_maskz_broadcast_i32x4(0xffff, s.rk[r]);
+  return w;
+}
+
+/// encrypt_lanes on K registers of four blocks each (4K blocks in flight).
+template <int K>
+PIE_TARGET_VAES inline void encrypt_lanes_wide(const WideSchedule& s, __m512i* x) {
+  for (int k = 0; k < K; ++k) x[k] = _mm512_xor_si512(x[k], s.rk[0]);
+  for (int r = 1; r < 10; ++r) {
+    for (int k = 0; k < K; ++k) x[k] = _mm512_aesenc_epi128(x[k], s.rk[r]);
+  }
+  for (int k = 0; k < K; ++k) x[k] = _mm512_aesenclast_epi128(x[k], s.rk[10]);
+}
+
+/// tccr_lanes on K registers of four blocks each.
+template <int K>
+PIE_TARGET_VAES inline void tccr_lanes_wide(const WideSchedule& s, __m512i* x, const __m512i* tw) {
+  __m512i y[K];
+  for (int k = 0; k < K; ++k) y[k] = x[k];
+  encrypt_lanes_wide<K>(s, y);  // pi(x)
+  for (int k = 0; k < K; ++k) x[k] = _mm512_xor_si512(y[k], tw[k]);
+  encrypt_lanes_wide<K>(s, x);  // pi(pi(x) ^ j)
+  for (int k = 0; k < K; ++k) x[k] = _mm512_xor_si512(x[k], y[k]);
 }
 
 }  // namespace pie::aesni

@@ -261,15 +261,154 @@ PIE_TARGET_AESNI void evaluate_and_aesni(const aesni::KeySchedule& s, std::uint6
   for (; i < n; ++i) evaluate_group<1, Probe>(s, prefix, t0, i, A, B, out, tab);
 }
 
+// ---- the same kernels on VAES: four instances per 512-bit register --------
+// Same results and tweaks as the 128-bit kernels (tested against the
+// portable hash); instance k of a group sits in 128-bit lane k.
+
+// Tweaks of instances [i, i + 4): lane k holds (prefix, t0 + 2 (i + k)).
+PIE_TARGET_VAES inline __m512i wide_tweaks(std::uint64_t prefix, std::uint64_t t0, std::size_t i) {
+  const __m512i lanes = _mm512_set_epi64(static_cast<long long>(prefix), 6, static_cast<long long>(prefix), 4,
+                                         static_cast<long long>(prefix), 2, static_cast<long long>(prefix), 0);
+  return _mm512_add_epi64(lanes, _mm512_maskz_set1_epi64(0x55, static_cast<long long>(t0 + 2 * i)));
+}
+
+// The low 64 bits of every lane set to 1, the high ones to 0.
+PIE_TARGET_VAES inline __m512i low_ones() { return _mm512_maskz_set1_epi64(0x55, 1); }
+
+// Per lane: its colour bit (lowest bit of c) ? x : 0, branch-free.
+PIE_TARGET_VAES inline __m512i select_lsb_wide(__m512i c, __m512i x) {
+  const auto colour = static_cast<unsigned>(_mm512_test_epi64_mask(c, low_ones()));
+  return _mm512_maskz_mov_epi64(static_cast<__mmask8>(colour | (colour << 1)), x);
+}
+
+template <int K>
+PIE_TARGET_VAES void probe_wide(const __m512i* tw, bool garbler) {
+  Block b[4 * K];
+  for (int k = 0; k < K; ++k) _mm512_storeu_si512(b + 4 * k, tw[k]);
+  probe_record(b, 4 * K, garbler);
+}
+
+// Garbles instances [i, i + 4G) of one AND gate: 4 hashes per instance.
+template <int G, bool Probe>
+PIE_TARGET_VAES inline void garble_wide(const aesni::WideSchedule& s, __m512i d, std::uint64_t prefix,
+                                        std::uint64_t t0, std::size_t i, const Block* A, const Block* B, Block* out,
+                                        Block* tab) {
+  // The table of instance k is (tg_k, te_k): interleave two registers' lanes.
+  const __m512i first = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+  const __m512i second = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+  __m512i a[G];
+  __m512i b[G];
+  __m512i x[4 * G];
+  __m512i tw[4 * G];
+  for (int g = 0; g < G; ++g) {
+    const std::size_t ig = i + 4 * static_cast<std::size_t>(g);
+    a[g] = _mm512_loadu_si512(A + ig);
+    b[g] = _mm512_loadu_si512(B + ig);
+    x[4 * g] = a[g];
+    x[4 * g + 1] = _mm512_xor_si512(a[g], d);
+    x[4 * g + 2] = b[g];
+    x[4 * g + 3] = _mm512_xor_si512(b[g], d);
+    tw[4 * g] = tw[4 * g + 1] = wide_tweaks(prefix, t0, ig);
+    tw[4 * g + 2] = tw[4 * g + 3] = _mm512_add_epi64(tw[4 * g], low_ones());
+  }
+  if constexpr (Probe) probe_wide<4 * G>(tw, true);
+  aesni::tccr_lanes_wide<4 * G>(s, x, tw);
+  for (int g = 0; g < G; ++g) {
+    const std::size_t ig = i + 4 * static_cast<std::size_t>(g);
+    const __m512i* h = &x[4 * g];
+    const __m512i tg = _mm512_xor_si512(_mm512_xor_si512(h[0], h[1]), select_lsb_wide(b[g], d));
+    const __m512i wg = _mm512_xor_si512(h[0], select_lsb_wide(a[g], tg));
+    const __m512i te = _mm512_xor_si512(_mm512_xor_si512(h[2], h[3]), a[g]);
+    const __m512i we = _mm512_xor_si512(h[2], select_lsb_wide(b[g], _mm512_xor_si512(te, a[g])));
+    _mm512_storeu_si512(tab + 2 * ig, _mm512_permutex2var_epi64(tg, first, te));
+    _mm512_storeu_si512(tab + 2 * ig + 4, _mm512_permutex2var_epi64(tg, second, te));
+    _mm512_storeu_si512(out + ig, _mm512_xor_si512(wg, we));
+  }
+}
+
+template <bool Probe>
+PIE_TARGET_VAES void garble_and_vaes(const aesni::KeySchedule& ks, const aesni::WideSchedule& s, const Block& delta,
+                                     std::uint64_t prefix, std::uint64_t t0, std::size_t n, const Block* A,
+                                     const Block* B, Block* out, Block* tab) {
+  constexpr int kGroups = 2;
+  const __m512i d = _mm512_maskz_broadcast_i32x4(0xffff, aesni::load(&delta));
+  std::size_t i = 0;
+  for (; i + 4 * kGroups <= n; i += 4 * kGroups) garble_wide<kGroups, Probe>(s, d, prefix, t0, i, A, B, out, tab);
+  if (i < n) garble_and_aesni<Probe>(ks, delta, prefix, t0 + 2 * i, n - i, A + i, B + i, out + i, tab + 2 * i);
+}
+
+// Evaluates instances [i, i + 4G) of one AND gate: 2 hashes per instance.
+template <int G, bool Probe>
+PIE_TARGET_VAES inline void evaluate_wide(const aesni::WideSchedule& s, std::uint64_t prefix, std::uint64_t t0,
+                                          std::size_t i, const Block* A, const Block* B, Block* out,
+                                          const Block* tab) {
+  // Split instance k's table (tg_k, te_k) out of two registers.
+  const __m512i garbler_rows = _mm512_set_epi64(13, 12, 9, 8, 5, 4, 1, 0);
+  const __m512i evaluator_rows = _mm512_set_epi64(15, 14, 11, 10, 7, 6, 3, 2);
+  __m512i a[G];
+  __m512i b[G];
+  __m512i x[2 * G];
+  __m512i tw[2 * G];
+  for (int g = 0; g < G; ++g) {
+    const std::size_t ig = i + 4 * static_cast<std::size_t>(g);
+    a[g] = x[2 * g] = _mm512_loadu_si512(A + ig);
+    b[g] = x[2 * g + 1] = _mm512_loadu_si512(B + ig);
+    tw[2 * g] = wide_tweaks(prefix, t0, ig);
+    tw[2 * g + 1] = _mm512_add_epi64(tw[2 * g], low_ones());
+  }
+  if constexpr (Probe) probe_wide<2 * G>(tw, false);
+  aesni::tccr_lanes_wide<2 * G>(s, x, tw);
+  for (int g = 0; g < G; ++g) {
+    const std::size_t ig = i + 4 * static_cast<std::size_t>(g);
+    const __m512i lo = _mm512_loadu_si512(tab + 2 * ig);
+    const __m512i hi = _mm512_loadu_si512(tab + 2 * ig + 4);
+    const __m512i tg = _mm512_permutex2var_epi64(lo, garbler_rows, hi);
+    const __m512i te = _mm512_permutex2var_epi64(lo, evaluator_rows, hi);
+    const __m512i wg = _mm512_xor_si512(x[2 * g], select_lsb_wide(a[g], tg));
+    const __m512i we = _mm512_xor_si512(x[2 * g + 1], select_lsb_wide(b[g], _mm512_xor_si512(te, a[g])));
+    _mm512_storeu_si512(out + ig, _mm512_xor_si512(wg, we));
+  }
+}
+
+template <bool Probe>
+PIE_TARGET_VAES void evaluate_and_vaes(const aesni::KeySchedule& ks, const aesni::WideSchedule& s,
+                                       std::uint64_t prefix, std::uint64_t t0, std::size_t n, const Block* A,
+                                       const Block* B, Block* out, const Block* tab) {
+  constexpr int kGroups = 4;
+  std::size_t i = 0;
+  for (; i + 4 * kGroups <= n; i += 4 * kGroups) evaluate_wide<kGroups, Probe>(s, prefix, t0, i, A, B, out, tab);
+  if (i < n) evaluate_and_aesni<Probe>(ks, prefix, t0 + 2 * i, n - i, A + i, B + i, out + i, tab + 2 * i);
+}
+
+// out[i] = A[i] ^ B[i]: the free XOR gate, four labels per register.
+PIE_TARGET_VAES void xor_wide(const Block* A, const Block* B, Block* out, std::size_t n) {
+  std::size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    _mm512_storeu_si512(out + i, _mm512_xor_si512(_mm512_loadu_si512(A + i), _mm512_loadu_si512(B + i)));
+  }
+  for (; i < n; ++i) out[i] = A[i] ^ B[i];
+}
+
+// The fixed key's round keys in every lane (TccrHash::aesni_schedule widened).
+PIE_TARGET_VAES const aesni::WideSchedule& wide_schedule() {
+  static const aesni::WideSchedule s = aesni::widen(TccrHash::aesni_schedule());
+  return s;
+}
+
 #endif  // PIE_HAVE_AESNI_PATH
 
-bool use_fused(const TccrHash& hash) {
+// Which AND-gate kernel a hash backend runs: the portable one through
+// TccrHash::hash, or one fused with the hash in registers.
+enum class Kernel { kPortable, kAesNi, kVaes };
+
+Kernel kernel_for(const TccrHash& hash) {
 #ifdef PIE_HAVE_AESNI_PATH
-  return hash.backend() == AesBackend::kAesNi;
+  if (hash.backend() == AesBackend::kVaes) return Kernel::kVaes;
+  if (hash.backend() == AesBackend::kAesNi) return Kernel::kAesNi;
 #else
   (void)hash;
-  return false;
 #endif
+  return Kernel::kPortable;
 }
 
 void check_prefix(std::uint64_t prefix) {
@@ -289,7 +428,7 @@ void check_input_width(const Circuit& c, const InputView& in) {
 // gates are the party's own (`inv(A, out)`, `and_gate(k, A, B, out)` for the
 // k-th AND gate). Templated on the lambdas so the per-gate calls inline.
 template <class Inv, class And>
-void walk_gates(const Circuit& c, std::size_t n, std::size_t hashes_per_gate, const InputView& in,
+void walk_gates(const Circuit& c, std::size_t n, std::size_t hashes_per_gate, bool wide, const InputView& in,
                 const OutputSink& out_sink, GcWorkspace& ws, Inv inv, And and_gate) {
   check_input_width(c, in);
   prepare(c, n, ws, hashes_per_gate);
@@ -301,6 +440,12 @@ void walk_gates(const Circuit& c, std::size_t n, std::size_t hashes_per_gate, co
     const Block* A = L + static_cast<std::size_t>(g.a) * n;
     const Block* B = L + static_cast<std::size_t>(g.b) * n;
     if (g.type == GateType::kXor) {
+#ifdef PIE_HAVE_AESNI_PATH
+      if (wide) {
+        xor_wide(A, B, out, n);
+        continue;
+      }
+#endif
       for (std::size_t i = 0; i < n; ++i) out[i] = A[i] ^ B[i];
     } else if (g.type == GateType::kInv) {
       inv(A, out);
@@ -316,10 +461,10 @@ void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta
                       const InputView& input_zero, Block* tables, const OutputSink& output_zero, GcWorkspace& ws) {
   if (!delta.lsb()) throw std::invalid_argument("delta: lowest bit must be 1 (point-and-permute)");
   check_prefix(tweak_prefix);
-  const bool fused = use_fused(hash);
+  const Kernel kernel = kernel_for(hash);
   [[maybe_unused]] const bool probe = probing();
   walk_gates(
-      c, n, fused ? 0 : 4, input_zero, output_zero, ws,
+      c, n, kernel != Kernel::kPortable ? 0 : 4, kernel == Kernel::kVaes, input_zero, output_zero, ws,
       [&](const Block* A, Block* out) {
         for (std::size_t i = 0; i < n; ++i) out[i] = A[i] ^ delta;
       },
@@ -327,8 +472,17 @@ void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta
         const std::uint64_t t0 = tweak_base + 2 * k * n;
         Block* tab = tables + 2 * k * n;
 #ifdef PIE_HAVE_AESNI_PATH
-        if (fused) {
-          const auto& ks = TccrHash::aesni_schedule();
+        const auto& ks = TccrHash::aesni_schedule();
+        if (kernel == Kernel::kVaes) {
+          const auto& ws_keys = wide_schedule();
+          if (probe) {
+            garble_and_vaes<true>(ks, ws_keys, delta, tweak_prefix, t0, n, A, B, out, tab);
+          } else {
+            garble_and_vaes<false>(ks, ws_keys, delta, tweak_prefix, t0, n, A, B, out, tab);
+          }
+          return;
+        }
+        if (kernel == Kernel::kAesNi) {
           if (probe) {
             garble_and_aesni<true>(ks, delta, tweak_prefix, t0, n, A, B, out, tab);
           } else {
@@ -345,17 +499,26 @@ void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tw
                         std::uint64_t tweak_base, std::size_t n, const InputView& input_labels,
                         const Block* tables, const OutputSink& output_labels, GcWorkspace& ws) {
   check_prefix(tweak_prefix);
-  const bool fused = use_fused(hash);
+  const Kernel kernel = kernel_for(hash);
   [[maybe_unused]] const bool probe = probing();
   walk_gates(
-      c, n, fused ? 0 : 2, input_labels, output_labels, ws,
+      c, n, kernel != Kernel::kPortable ? 0 : 2, kernel == Kernel::kVaes, input_labels, output_labels, ws,
       [&](const Block* A, Block* out) { std::copy(A, A + n, out); },
       [&](std::uint64_t k, const Block* A, const Block* B, Block* out) {
         const std::uint64_t t0 = tweak_base + 2 * k * n;
         const Block* tab = tables + 2 * k * n;
 #ifdef PIE_HAVE_AESNI_PATH
-        if (fused) {
-          const auto& ks = TccrHash::aesni_schedule();
+        const auto& ks = TccrHash::aesni_schedule();
+        if (kernel == Kernel::kVaes) {
+          const auto& ws_keys = wide_schedule();
+          if (probe) {
+            evaluate_and_vaes<true>(ks, ws_keys, tweak_prefix, t0, n, A, B, out, tab);
+          } else {
+            evaluate_and_vaes<false>(ks, ws_keys, tweak_prefix, t0, n, A, B, out, tab);
+          }
+          return;
+        }
+        if (kernel == Kernel::kAesNi) {
           if (probe) {
             evaluate_and_aesni<true>(ks, tweak_prefix, t0, n, A, B, out, tab);
           } else {

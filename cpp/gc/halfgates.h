@@ -22,10 +22,12 @@
 // instead of copying whole batches.
 //
 // Interleaving: each AND gate is processed for all n instances at once. With
-// the AES-NI backend the hash is fused into the gate (eight hashes in flight
-// in registers: two garbled or four evaluated instances per group); with the
-// OpenSSL backend the gate batches its 4n (or 2n) hashes through TccrHash.
-// Both give identical tables (tested).
+// the AES-NI backends the hash is fused into the gate: on VAES, four
+// instances per 512-bit register and 32 hashes in flight (eight garbled or
+// sixteen evaluated instances per group); on 128-bit AES-NI eight hashes
+// (two garbled or four evaluated instances). With the OpenSSL backend the
+// gate batches its 4n (or 2n) hashes through TccrHash. All give identical
+// tables (tested).
 #pragma once
 
 #include <cstddef>

@@ -1,7 +1,8 @@
 """Symmetric primitives of the native core.
 
-- :class:`Aes128`: AES-128 (FIPS-197), AES-NI when the CPU has it, otherwise
-  OpenSSL (``backend="aes-ni"`` or ``"openssl"`` forces one).
+- :class:`Aes128`: AES-128 (FIPS-197), AES-NI when the CPU has it (on 512-bit
+  registers with VAES where AVX-512 is there too), otherwise OpenSSL
+  (``backend="vaes"``, ``"aes-ni"`` or ``"openssl"`` forces one).
 - :class:`Prg`: AES-CTR generator, OS-seeded unless given a 16-byte seed.
 - :class:`TccrHash`: the tweakable circular correlation-robust hash of
   Guo-Katz-Wang-Yu (IEEE S&P 2020) used by garbling and OT extension.
@@ -18,6 +19,7 @@ TccrHash = core.TccrHash
 sha256 = core.sha256
 secure_random = core.secure_random
 aesni_available = core.aesni_available
+vaes_available = core.vaes_available
 aes_backends = core.aes_backends
 default_aes_backend = core.default_aes_backend
 openssl_version = core.openssl_version
@@ -28,6 +30,7 @@ __all__ = [
     "TccrHash",
     "aes_backends",
     "aesni_available",
+    "vaes_available",
     "default_aes_backend",
     "openssl_version",
     "secure_random",

@@ -301,13 +301,15 @@ def worker_threads(requested: int = 0) -> int:
 
 
 def kernel_seconds(
-    circuit: Circuit, n: int, threads: int = 0, repeat: int = 1, mode: str = "garble", block: int = 0
+    circuit: Circuit, n: int, threads: int = 0, repeat: int = 1, mode: str = "garble", block: int = 0,
+    backend: str | None = None,
 ) -> float:
     """Benchmark helper: wall-clock seconds to ``mode`` = "garble" or
     "evaluate" ``n`` instances ``repeat`` times with the engine's parallel
     kernels (no I/O, setup excluded), or ("hash") to run the ``2 * num_and * n``
-    TCCR hash calls an evaluation needs, batched the same way, on one thread."""
-    return float(core.gc_throughput(circuit.native, n, threads, repeat, mode, block))
+    TCCR hash calls an evaluation needs, batched the same way, on one thread.
+    ``backend`` picks the AES as for :func:`garble` (default: the engine's)."""
+    return float(core.gc_throughput(circuit.native, n, threads, repeat, mode, block, backend))
 
 
 def garble(
@@ -322,8 +324,8 @@ def garble(
     """Garble ``n`` instances (the pure half-gates function, for tests and tools).
 
     Input 0-labels come from the OS-seeded PRG, or from ``seed`` (16 bytes) for
-    reproducible runs; ``backend`` picks the hash's AES ("aes-ni", the fused
-    kernel, or "openssl", the portable path). Returns bytes ``delta``,
+    reproducible runs; ``backend`` picks the hash's AES ("vaes" or "aes-ni",
+    the fused kernels, or "openssl", the portable path). Returns bytes ``delta``,
     ``input_zero`` ([n][inputs] 16-byte 0-labels), ``tables`` ([AND][n][2]),
     ``output_zero`` and ``wire_labels`` ([wire][n]).
     """

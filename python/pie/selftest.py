@@ -54,6 +54,8 @@ class SelfTestReport:
 
 def _aes_path() -> str:
     backend = crypto.default_aes_backend()
+    if backend == "vaes":
+        return "vaes (hardware AES instructions on 512-bit registers)"
     if backend == "aes-ni":
         return "aes-ni (hardware AES instructions)"
     return "openssl (portable fallback: this CPU or build has no AES-NI path)"
