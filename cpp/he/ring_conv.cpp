@@ -229,33 +229,45 @@ void conv_item_avx512(const RingConvShape& s, const PaddedInput& xp, const WorkI
 // A matrix-vector product (one output pixel, 1x1 taps, no groups: a fully
 // connected layer) runs row by row instead: the micro-kernel would walk each
 // 32-channel block's taps at a stride of o weights, a TLB miss per tap once a
-// dense layer of the input holds megabytes of them. Here each thread streams
-// its contiguous slice of every weight row into sums that stay in L1/L2.
+// dense layer of the input holds megabytes of them. Here each thread takes a
+// contiguous range of input channels (weight rows), so it streams one
+// contiguous stretch of the weights, four rows at a time into sums of every
+// output; the threads' sums are added at the end.
 bool is_matrix_vector(const RingConvShape& s) {
   return s.groups == 1 && s.kh == 1 && s.kw == 1 && s.out_h() * s.out_w() == 1 && s.pad_h == 0 && s.pad_w == 0;
 }
 
 template <typename W>
-__attribute__((target("avx512f,avx512dq"))) void matrix_vector_slice(const RingConvShape& s, const std::uint64_t* x,
-                                                                       const W* weight, std::uint64_t* y,
-                                                                       std::uint64_t keep, std::size_t lo,
-                                                                       std::size_t hi, std::uint64_t* sums) {
-  const std::size_t vec_hi = lo + (hi - lo) / 8 * 8;
-  for (std::size_t n = 0; n < s.n; ++n) {
-    std::fill(sums, sums + (hi - lo), std::uint64_t{0});
-    const std::uint64_t* xn = x + n * s.c * s.h * s.w;  // the one input pixel of each channel
-    for (std::size_t c = 0; c < s.c; ++c) {
-      const std::uint64_t xc = xn[c * s.h * s.w];
-      const __m512i xb = _mm512_set1_epi64(static_cast<long long>(xc));
-      const W* row = weight + c * s.o;
-      std::size_t k = lo;
-      for (; k < vec_hi; k += 8) {
-        __m512i* acc = reinterpret_cast<__m512i*>(sums + (k - lo));
-        _mm512_storeu_si512(acc, _mm512_add_epi64(_mm512_loadu_si512(acc), _mm512_mullo_epi64(xb, load8(row + k))));
-      }
-      for (; k < hi; ++k) sums[k - lo] += xc * static_cast<std::uint64_t>(static_cast<std::int64_t>(row[k]));
+__attribute__((target("avx512f,avx512dq"))) void matrix_vector_rows(const RingConvShape& s, const std::uint64_t* xn,
+                                                                      const W* weight, std::size_t lo, std::size_t hi,
+                                                                      std::uint64_t* sums) {
+  constexpr std::size_t kRows = 4;
+  const std::size_t plane = s.h * s.w;  // channel c's one input pixel is xn[c * plane]
+  const std::size_t vec_o = s.o / 8 * 8;
+  std::fill(sums, sums + s.o, std::uint64_t{0});
+  std::size_t c = lo;
+  for (; c + kRows <= hi; c += kRows) {
+    __m512i xb[kRows];
+    const W* row[kRows];
+    for (std::size_t r = 0; r < kRows; ++r) {
+      xb[r] = _mm512_set1_epi64(static_cast<long long>(xn[(c + r) * plane]));
+      row[r] = weight + (c + r) * s.o;
     }
-    for (std::size_t k = lo; k < hi; ++k) y[n * s.o + k] = sums[k - lo] & keep;
+    for (std::size_t k = 0; k < vec_o; k += 8) {
+      __m512i acc = _mm512_loadu_si512(sums + k);
+      for (std::size_t r = 0; r < kRows; ++r) acc = _mm512_add_epi64(acc, _mm512_mullo_epi64(xb[r], load8(row[r] + k)));
+      _mm512_storeu_si512(sums + k, acc);
+    }
+    for (std::size_t k = vec_o; k < s.o; ++k) {
+      for (std::size_t r = 0; r < kRows; ++r) {
+        sums[k] += xn[(c + r) * plane] * static_cast<std::uint64_t>(static_cast<std::int64_t>(row[r][k]));
+      }
+    }
+  }
+  for (; c < hi; ++c) {
+    const std::uint64_t xc = xn[c * plane];
+    const W* row = weight + c * s.o;
+    for (std::size_t k = 0; k < s.o; ++k) sums[k] += xc * static_cast<std::uint64_t>(static_cast<std::int64_t>(row[k]));
   }
 }
 
@@ -299,16 +311,25 @@ void ring_conv2d(const RingConvShape& s, const std::uint64_t* x, const W* weight
 #endif
 #ifdef PIE_HAVE_AVX512_PATH
   if (simd && kAvx512 && is_matrix_vector(s)) {
-    // Output channels split into one contiguous slice per thread, in whole vectors.
-    const std::size_t parts = std::min<std::size_t>(static_cast<std::size_t>(team), (s.o + 7) / 8);
-    const std::size_t per = (s.o / parts + 7) / 8 * 8;
-    std::vector<std::uint64_t> sums(parts * per);  // allocated here: nothing may throw inside the region
+    // Input channels split into one contiguous range per thread; each thread
+    // keeps its own sums of every output, added up afterwards.
+    const std::size_t parts = std::min<std::size_t>(static_cast<std::size_t>(team), s.c);
+    const std::size_t per = (s.c + parts - 1) / parts;
+    std::vector<std::uint64_t> sums(parts * s.o);  // allocated here: nothing may throw inside the region
+    for (std::size_t n = 0; n < s.n; ++n) {
+      const std::uint64_t* xn = x + n * s.c * s.h * s.w;
 #ifdef PIE_HAVE_OPENMP
 #pragma omp parallel for schedule(static) num_threads(static_cast<int>(parts)) if (parts > 1)
 #endif
-    for (std::size_t t = 0; t < parts; ++t) {
-      const std::size_t lo = std::min(s.o, t * per), hi = std::min(s.o, lo + per);
-      if (lo < hi) matrix_vector_slice(s, x, weight, y, keep, lo, hi, sums.data() + t * per);
+      for (std::size_t t = 0; t < parts; ++t) {
+        const std::size_t lo = std::min(s.c, t * per), hi = std::min(s.c, lo + per);
+        matrix_vector_rows(s, xn, weight, lo, hi, sums.data() + t * s.o);
+      }
+      for (std::size_t k = 0; k < s.o; ++k) {
+        std::uint64_t total = 0;
+        for (std::size_t t = 0; t < parts; ++t) total += sums[t * s.o + k];
+        y[n * s.o + k] = total & keep;
+      }
     }
     return;
   }
