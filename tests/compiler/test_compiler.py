@@ -282,7 +282,7 @@ def test_bad_arguments():
 
 
 def test_truncations_share_rounds_with_relus_and_schedule_is_topological():
-    _, plan = compiled("DRD_C100_29K")  # its culled stage 1 is too large to fold
+    _, plan = compiled("DRD_C100_29K")  # folded head; a stage-4 truncation rides in a ReLU's round
     rounds = plan.rounds()
     truncs = [s for s in plan.steps if isinstance(s, TruncateStep)]
     relu_rounds = {rounds[s.output] for s in plan.steps if isinstance(s, ReluStep)}

@@ -120,7 +120,7 @@ def compile(  # noqa: A001 - the public name the package exposes
     round_cost_and_gates: int = 1 << 18,
     search_budget: int = 12,
     fold_tail_weights: int = 1 << 22,
-    fold_head_weights: int = 1 << 25,
+    fold_head_weights: int = 1 << 26,
     output: str = "logits",
 ) -> Plan:
     """Compile a float network into a fixed-point Plan.
@@ -158,9 +158,11 @@ def compile(  # noqa: A001 - the public name the package exposes
             the ReLU-free region starting at the input (a culled first stage) is
             folded into, one dense fully connected layer of the input per tensor
             the rest of the network reads from it (0: never fold). The default
-            folds a culled stage 1 at 16x16 (DRD_C100_7K, 12K, 14K: 25M
-            weights, the server's online products ~4.6 ms on two cores); larger
-            ones keep a truncation instead.
+            (2^26) folds a culled stage 1 at 16x16: DRD_C100_7K, 12K and 14K
+            (25M weights, the server's online products ~1.4 ms on two cores)
+            and 29K (50M weights, ~3.2 ms, and ~1.2 s more offline HE work;
+            it halves 29K's online bytes and time). Larger ones keep a
+            truncation instead.
         output: what the client learns: ``"logits"``, or ``"label"`` (only the
             index of the largest logit, by a garbled argmax; see
             :meth:`Plan.with_output`).
