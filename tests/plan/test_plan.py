@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -6,9 +7,7 @@ import pytest
 import pie.plan as planmod
 from pie import gc
 from pie.compiler import compile
-import dataclasses
-
-from pie.plan import LinearStep, Plan, PlanFormatError, ReluStep, TensorSpec
+from pie.plan import WEIGHT_DTYPES, LinearStep, Plan, PlanFormatError, ReluStep, TensorSpec, weight_dtype
 
 from netutil import random_images
 from tinynet import tiny
@@ -109,6 +108,40 @@ def test_save_load_round_trip_and_digest(plan, tmp_path):
     assert loaded.private == plan.private
     with np.load(path, allow_pickle=False) as data:  # a plain npz, no pickled objects
         assert "header" in data.files
+
+
+def _weights_as(plan, dtype):
+    """The plan's steps with every weight converted to ``dtype``."""
+    def term(t):
+        return t if t.op == "scale" else dataclasses.replace(t, weight=t.weight.astype(dtype))
+    return [dataclasses.replace(s, terms=[term(t) for t in s.terms]) if isinstance(s, LinearStep) else s
+            for s in plan.steps]
+
+
+def test_weights_are_stored_narrow_and_every_width_computes_alike(plan, tmp_path):
+    """The compiler stores each term's weights in the narrowest of int16 / int32 /
+    int64; a file keeps that type; the same weights in a wider type compute
+    the same; other types are refused."""
+    weighted = [t for s in plan.steps if isinstance(s, LinearStep) for t in s.terms if t.op != "scale"]
+    for t in weighted:
+        largest = int(np.abs(t.weight.astype(np.int64)).max())
+        assert t.weight.dtype == weight_dtype(largest) and t.weight.dtype in WEIGHT_DTYPES
+    plan.save(tmp_path / "narrow.plan")
+    loaded = Plan.load(tmp_path / "narrow.plan")
+    assert [t.weight.dtype for s in loaded.steps if isinstance(s, LinearStep) for t in s.terms
+            if t.op != "scale"] == [t.weight.dtype for t in weighted]
+    pixels = np.random.default_rng(3).integers(0, 256, (3, 3, 8, 8))
+    want = plan.run_reference_int(pixels)
+    np.testing.assert_array_equal(loaded.run_reference_int(pixels), want)
+    for wide in (np.int32, np.int64):
+        widened = Plan(plan.input, plan.pixel_max, plan.tensors, _weights_as(plan, wide), plan.policy, plan.private)
+        np.testing.assert_array_equal(widened.run_reference_int(pixels), want)
+    for bad in (np.float64, np.uint16, np.int8):
+        with pytest.raises(PlanFormatError, match="int16, int32 or int64"):
+            Plan(plan.input, plan.pixel_max, plan.tensors, _weights_as(plan, bad), plan.policy)
+    assert weight_dtype(32767) == np.int16 and weight_dtype(32768) == np.int32
+    with pytest.raises(ValueError, match="int64"):
+        weight_dtype(1 << 63)
 
 
 def test_public_plan_has_no_weights_and_same_digest(plan, tmp_path):

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from ..plan import (ConvTerm, FCTerm, LinearStep, OutputStep, Plan, ReluStep, ScaleTerm, Step,
-                    TensorSpec, Term, TruncateStep, truncate_and_gates)
+                    TensorSpec, Term, TruncateStep, truncate_and_gates, weight_dtype)
 from .lowering import INPUT, CompileError, FloatGraph, FloatLinear, FloatRelu, FloatTerm
 
 __all__ = ["Assigner", "Params", "Precision"]
@@ -132,16 +132,18 @@ class WeightCache:
         return self._exponents[id(t)]
 
     def quantised(self, t: FloatTerm, fw: int) -> np.ndarray:
-        """``round(w * 2^fw)`` as int64 (shared: callers must not modify it)."""
+        """``round(w * 2^fw)`` in the narrowest of the Plan's weight types
+        (shared: callers must not modify it)."""
         cached = self._quantised.get(id(t))
         if cached is not None and cached[0] == fw:
             return cached[1]
         assert t.weight is not None
         w = t.weight * 2.0**fw
         np.rint(w, out=w)
-        if max(w.max(initial=0), -w.min(initial=0)) >= 2**40:
+        largest = max(w.max(initial=0), -w.min(initial=0))
+        if largest >= 2**40:
             raise CompileError(f"weights of a term reading '{t.input}' need more than 40 bits")
-        wi = w.astype(np.int64)
+        wi = w.astype(weight_dtype(int(largest)))
         self._quantised[id(t)] = [fw, wi, None]
         return wi
 

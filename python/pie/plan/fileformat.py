@@ -1,8 +1,8 @@
 """The Plan's file format: JSON-compatible public part, canonical digest, ``.npz`` read and write.
 
 A plan file is one ``.npz`` archive without pickles: a canonical JSON header
-(``{"public": ..., "private": ...}``) plus the int64 weights ``w{step}_{term}``
-and biases ``b{step}``. Parsing checks every field's type and bounds, since a
+(``{"public": ..., "private": ...}``) plus the weights ``w{step}_{term}`` (int16,
+int32 or int64, as the Plan holds them) and the int64 biases ``b{step}``. Parsing checks every field's type and bounds, since a
 plan may come from an untrusted peer.
 """
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .steps import (
-    MAX_HE_RING_BITS, ConvTerm, LinearStep, OutputStep, PlanFormatError, ReluStep, ScaleTerm,
-    Step, TensorSpec, TruncateStep, he_ring_bits, relu_and_gates, truncate_and_gates,
+    MAX_HE_RING_BITS, WEIGHT_DTYPES, ConvTerm, LinearStep, OutputStep, PlanFormatError, ReluStep,
+    ScaleTerm, Step, TensorSpec, TruncateStep, he_ring_bits, relu_and_gates, truncate_and_gates,
 )
 
 __all__ = ["gc_cost", "has_weights", "last_uses", "output_step", "relu_count", "rounds",
@@ -205,8 +205,8 @@ def _validate_linear(where: str, t: Mapping[str, TensorSpec], s: LinearStep) -> 
             if term.weight_shape != (out.numel, src.numel):
                 raise PlanFormatError(f"{where}: fc shapes do not fit {term.input!r}")
         if term.weight is not None and (
-            term.weight.dtype != np.int64 or term.weight.shape != term.weight_shape
+            term.weight.dtype not in WEIGHT_DTYPES or term.weight.shape != term.weight_shape
         ):
-            raise PlanFormatError(f"{where}: weight must be int64 of shape {term.weight_shape}")
+            raise PlanFormatError(f"{where}: weight must be int16, int32 or int64 of shape {term.weight_shape}")
     if s.bias is not None and (s.bias.dtype != np.int64 or s.bias.shape != out.shape):
         raise PlanFormatError(f"{where}: bias must be int64 of shape {out.shape}")

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from .._native import core
 from .graph import last_uses
 from .steps import (
-    ConvTerm, FCTerm, LinearStep, OutputStep, ReluStep, Step, TensorSpec, TruncateStep,
+    ConvTerm, FCTerm, LinearStep, OutputStep, ReluStep, Step, TensorSpec, TruncateStep, weight_dtype,
 )
 
 __all__ = [
@@ -115,7 +115,12 @@ def truncate_shift(x: np.ndarray, bits_in: int, shift: int, bits_out: int) -> np
 
 def _limb_bits(weight: np.ndarray) -> int:
     """Largest limb width ``b`` with ``max_row_L1(weight) * 2^b <= 2^53`` (see module doc)."""
-    rows = np.abs(weight.reshape(weight.shape[0], -1)).sum(axis=1, dtype=np.float64)
+    flat = weight.reshape(weight.shape[0], -1)
+    # In float64 (exact here: |w| < 2^53), a few rows at a time: a narrow
+    # type's abs could wrap, and a whole dense layer's copy is hundreds of MB.
+    step = max(1, (1 << 20) // max(1, flat.shape[1]))
+    rows = np.concatenate([np.abs(flat[i:i + step], dtype=np.float64).sum(axis=1)
+                           for i in range(0, flat.shape[0], step)] or [np.zeros(0)])
     l1 = int(rows.max()) if rows.size else 0
     if l1 == 0:
         return _FLOAT_EXACT_BITS
@@ -180,13 +185,15 @@ class RingWeight:
 
 
 def prepare_weight(weight: np.ndarray) -> RingWeight:
-    """Prepare an int64 weight for repeated exact ring products."""
-    w = np.asarray(weight).astype(np.int64)
-    largest = int(np.abs(w).max(initial=0))
-    narrow = next(t for t in (np.int16, np.int32, np.int64) if largest <= np.iinfo(t).max)
+    """Prepare an integer weight (any of the Plan's weight types) for repeated
+    exact ring products."""
+    w = np.asarray(weight)
+    if w.dtype.kind != "i":
+        raise ValueError(f"weight must be a signed integer array, got {w.dtype}")
+    largest = max(-int(w.min(initial=0)), int(w.max(initial=0)))
     as_conv = w if w.ndim == 4 else w.reshape(*w.shape, 1, 1)
-    taps = np.ascontiguousarray(as_conv.transpose(1, 2, 3, 0), dtype=narrow)
-    return RingWeight(w.shape, _limb_bits(weight), taps)
+    taps = np.ascontiguousarray(as_conv.transpose(1, 2, 3, 0), dtype=weight_dtype(largest))
+    return RingWeight(w.shape, _limb_bits(w), taps)
 
 
 def native_threads(macs: int) -> int | None:

@@ -8,10 +8,11 @@ Step kinds (``step.kind``):
 
 ``"linear"`` (:class:`LinearStep`)
     ``y = sum_i term_i(x_i) + bias  mod 2^ring(y)``. Each term applies one
-    primitive to one input tensor: ``"conv2d"`` (:class:`ConvTerm`: int64
+    primitive to one input tensor: ``"conv2d"`` (:class:`ConvTerm`: integer
     weights, stride, zero padding, groups; depthwise is ``groups == channels``),
-    ``"fc"`` (:class:`FCTerm`: int64 weights over the input flattened in C-major
-    order) or ``"scale"`` (:class:`ScaleTerm`: ``x * 2^shift``, local to each
+    ``"fc"`` (:class:`FCTerm`: integer weights over the input flattened in C-major
+    order; weights are int16, int32 or int64, the narrowest that holds them:
+    see :func:`weight_dtype`) or ``"scale"`` (:class:`ScaleTerm`: ``x * 2^shift``, local to each
     party's share, also a free lift to a larger ring). ``bias`` is an int64
     tensor of the output's full shape (the centred representative mod the
     output ring). Conv and FC terms are computed with HE and multiplied by
@@ -53,12 +54,26 @@ __all__ = [
     "TensorSpec",
     "Term",
     "TruncateStep",
+    "WEIGHT_DTYPES",
     "he_ring_bits",
     "relu_and_gates",
     "truncate_and_gates",
+    "weight_dtype",
 ]
 
 MAX_HE_RING_BITS = 59
+
+# The integer types a term's weights may be stored in: a folded dense layer of
+# tens of millions of 12-bit weights takes a quarter of int64's memory and file.
+WEIGHT_DTYPES = (np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64))
+
+
+def weight_dtype(largest: int) -> np.dtype:
+    """The narrowest of :data:`WEIGHT_DTYPES` that holds ``-largest .. largest``."""
+    for t in WEIGHT_DTYPES:
+        if largest <= np.iinfo(t).max:
+            return t
+    raise ValueError(f"a weight of magnitude {largest} does not fit int64")
 
 
 class PlanFormatError(ValueError):
