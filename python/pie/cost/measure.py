@@ -97,7 +97,10 @@ def measure_profile(seconds: float = 60.0, threads: int = 0,
     bandwidth, rtt = _measure_transports(int(16 * scale) << 20)
     say("garbled circuits")
     gc_fit = _measure_gc(threads, [int(4096 * scale), int(32768 * scale)], reps)
-    layers = _SAMPLE_LAYERS if scale >= 0.5 else _SAMPLE_LAYERS[::2]
+    # A short budget samples every other conv shape, but every fc: the fc
+    # products' own coefficient needs the large dense layer.
+    layers = _SAMPLE_LAYERS if scale >= 0.5 else (
+        [("conv", *c) for c in _CONV_SAMPLES[::2]] + [("fc", *f) for f in _FC_SAMPLES])
     say("HE linear layers")
     he_fit = _measure_he(layers, reps)
     say("online linear arithmetic")
@@ -270,18 +273,21 @@ def _measure_he(layers: list[tuple[Any, ...]], reps: int) -> dict[str, float]:
         for layer, (wall, encrypt, compute, decrypt) in zip(jobs, timings):
             lay = _sample_layout(layer)
             n_in, n_prod, n_out = lay["num_inputs"], lay["num_products"], lay["num_outputs"]
-            for (rows, ys), row, y in ((enc, [n_in], encrypt), (srv, [n_in, n_prod, n_out], compute),
+            conv_prod, fc_prod = (n_prod, 0) if layer[0] == "conv" else (0, n_prod)
+            for (rows, ys), row, y in ((enc, [n_in], encrypt),
+                                       (srv, [n_in, conv_prod, fc_prod, n_out], compute),
                                        (dec, [n_out * limbs], decrypt),
-                                       (rest, [n_in, n_prod, 1.0], wall - encrypt - compute - decrypt)):
+                                       (rest, [n_in, conv_prod, fc_prod, 1.0], wall - encrypt - compute - decrypt)):
                 rows.append(row)
                 ys.append(max(y, 0.0))
     (a_in,) = _nnls(*enc)
-    b_in, b_prod, b_out = _nnls(*srv)
+    b_in, b_prod, b_fc, b_out = _nnls(*srv)
     (c_limb,) = _nnls(*dec)
-    r_in, r_prod, r_term = _nnls(*rest)
+    r_in, r_prod, r_fc, r_term = _nnls(*rest)
     return {
         "he_per_input_s": a_in + b_in + r_in,
         "he_per_product_s": b_prod + r_prod,
+        "he_per_fc_product_s": b_fc + r_fc,
         "he_per_reply_s": b_out,
         "he_per_reply_limb_s": c_limb,
         "he_per_term_s": r_term,

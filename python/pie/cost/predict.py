@@ -234,7 +234,8 @@ def _estimate(plan: Plan, profile: Profile, transport: str, frames: dict[str, in
                 # replies drain while the server computes (the exchange's
                 # later terms), so only the part of their transfer that
                 # outlasts the server's work adds, as for garbled tables.
-                server = (p.he_per_product_s * lay["num_products"]
+                per_product = p.he_per_fc_product_s if isinstance(term, FCTerm) else p.he_per_product_s
+                server = (per_product * lay["num_products"]
                           + (p.he_per_reply_s + p.he_per_reply_limb_s * limbs) * lay["num_outputs"])
                 est.offline_seconds += (
                     p.he_per_input_s * lay["num_inputs"] + server + p.he_per_term_s

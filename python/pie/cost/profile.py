@@ -17,7 +17,7 @@ __all__ = ["Profile", "ProfileError"]
 PathLike = Union[str, "os.PathLike[str]"]
 
 PROFILE_FORMAT = "pie-profile"
-PROFILE_VERSION = 4
+PROFILE_VERSION = 5
 
 
 class ProfileError(ValueError):
@@ -42,11 +42,13 @@ class Profile:
             (XOR, INV) gate, selection + transfer per server input label,
             fixed cost per step.
         base_ot_s: base-OT set-up of one circuit shape (first use of its IKNP).
-        he_per_input_s, he_per_product_s, he_per_reply_s, he_per_reply_limb_s,
-        he_per_term_s: offline HE term: per input ciphertext (encrypt, send,
-            load), per ciphertext-plaintext product (weight encoding, product),
-            per reply (re-randomise, flood, switch), per reply and final RNS
-            limb (send, decrypt), fixed cost per term.
+        he_per_input_s, he_per_product_s, he_per_fc_product_s, he_per_reply_s,
+        he_per_reply_limb_s, he_per_term_s: offline HE term: per input
+            ciphertext (encrypt, send, load), per ciphertext-plaintext product
+            of a conv and of a fully connected term (weight encoding, product:
+            an fc encodes a full plaintext of weights for every product, a
+            conv reuses its kernel's), per reply (re-randomise, flood, switch),
+            per reply and final RNS limb (send, decrypt), fixed cost per term.
         he_session_s: one HE key set-up on the client (key generation, sending
             the public key; the server loads it in parallel).
         linear_per_limb_mac_s, linear_per_limb_element_s, linear_per_limb_weight_s, linear_per_term_s:
@@ -82,6 +84,7 @@ class Profile:
     base_ot_s: float
     he_per_input_s: float
     he_per_product_s: float
+    he_per_fc_product_s: float
     he_per_reply_s: float
     he_per_reply_limb_s: float
     he_per_term_s: float
