@@ -463,6 +463,11 @@ void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta
   check_prefix(tweak_prefix);
   const Kernel kernel = kernel_for(hash);
   [[maybe_unused]] const bool probe = probing();
+#ifdef PIE_HAVE_AESNI_PATH
+  // The fused kernels' key schedules, looked up once (never on a CPU without AES-NI).
+  const aesni::KeySchedule* ks = kernel != Kernel::kPortable ? &TccrHash::aesni_schedule() : nullptr;
+  const aesni::WideSchedule* wide = kernel == Kernel::kVaes ? &wide_schedule() : nullptr;
+#endif
   walk_gates(
       c, n, kernel != Kernel::kPortable ? 0 : 4, kernel == Kernel::kVaes, input_zero, output_zero, ws,
       [&](const Block* A, Block* out) {
@@ -472,21 +477,19 @@ void garble_instances(const Circuit& c, const TccrHash& hash, const Block& delta
         const std::uint64_t t0 = tweak_base + 2 * k * n;
         Block* tab = tables + 2 * k * n;
 #ifdef PIE_HAVE_AESNI_PATH
-        const auto& ks = TccrHash::aesni_schedule();
         if (kernel == Kernel::kVaes) {
-          const auto& ws_keys = wide_schedule();
           if (probe) {
-            garble_and_vaes<true>(ks, ws_keys, delta, tweak_prefix, t0, n, A, B, out, tab);
+            garble_and_vaes<true>(*ks, *wide, delta, tweak_prefix, t0, n, A, B, out, tab);
           } else {
-            garble_and_vaes<false>(ks, ws_keys, delta, tweak_prefix, t0, n, A, B, out, tab);
+            garble_and_vaes<false>(*ks, *wide, delta, tweak_prefix, t0, n, A, B, out, tab);
           }
           return;
         }
         if (kernel == Kernel::kAesNi) {
           if (probe) {
-            garble_and_aesni<true>(ks, delta, tweak_prefix, t0, n, A, B, out, tab);
+            garble_and_aesni<true>(*ks, delta, tweak_prefix, t0, n, A, B, out, tab);
           } else {
-            garble_and_aesni<false>(ks, delta, tweak_prefix, t0, n, A, B, out, tab);
+            garble_and_aesni<false>(*ks, delta, tweak_prefix, t0, n, A, B, out, tab);
           }
           return;
         }
@@ -501,6 +504,11 @@ void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tw
   check_prefix(tweak_prefix);
   const Kernel kernel = kernel_for(hash);
   [[maybe_unused]] const bool probe = probing();
+#ifdef PIE_HAVE_AESNI_PATH
+  // The fused kernels' key schedules, looked up once (never on a CPU without AES-NI).
+  const aesni::KeySchedule* ks = kernel != Kernel::kPortable ? &TccrHash::aesni_schedule() : nullptr;
+  const aesni::WideSchedule* wide = kernel == Kernel::kVaes ? &wide_schedule() : nullptr;
+#endif
   walk_gates(
       c, n, kernel != Kernel::kPortable ? 0 : 2, kernel == Kernel::kVaes, input_labels, output_labels, ws,
       [&](const Block* A, Block* out) { std::copy(A, A + n, out); },
@@ -508,21 +516,19 @@ void evaluate_instances(const Circuit& c, const TccrHash& hash, std::uint64_t tw
         const std::uint64_t t0 = tweak_base + 2 * k * n;
         const Block* tab = tables + 2 * k * n;
 #ifdef PIE_HAVE_AESNI_PATH
-        const auto& ks = TccrHash::aesni_schedule();
         if (kernel == Kernel::kVaes) {
-          const auto& ws_keys = wide_schedule();
           if (probe) {
-            evaluate_and_vaes<true>(ks, ws_keys, tweak_prefix, t0, n, A, B, out, tab);
+            evaluate_and_vaes<true>(*ks, *wide, tweak_prefix, t0, n, A, B, out, tab);
           } else {
-            evaluate_and_vaes<false>(ks, ws_keys, tweak_prefix, t0, n, A, B, out, tab);
+            evaluate_and_vaes<false>(*ks, *wide, tweak_prefix, t0, n, A, B, out, tab);
           }
           return;
         }
         if (kernel == Kernel::kAesNi) {
           if (probe) {
-            evaluate_and_aesni<true>(ks, tweak_prefix, t0, n, A, B, out, tab);
+            evaluate_and_aesni<true>(*ks, tweak_prefix, t0, n, A, B, out, tab);
           } else {
-            evaluate_and_aesni<false>(ks, tweak_prefix, t0, n, A, B, out, tab);
+            evaluate_and_aesni<false>(*ks, tweak_prefix, t0, n, A, B, out, tab);
           }
           return;
         }
