@@ -38,7 +38,7 @@ def _small_cnn() -> pie.Plan:
 
 def _small_drd() -> pie.Plan:
     """Culled stage 1 (not folded, so that it keeps its truncation) and bottom
-    thinning: truncations, several rings and GC shapes."""
+    thinning (shortcuts not composed): truncations, several rings and GC shapes."""
     torch.manual_seed(2)
     cfg = ResNetConfig(blocks=(1, 1, 1, 1), alpha=0.125, rho=1.0, culled=(True, False, False, False),
                        thinned=(False, True), num_classes=10)
@@ -49,7 +49,7 @@ def _small_drd() -> pie.Plan:
             m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
             m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
     return pie.compile(net, (3, 16, 16), calibration=np.random.default_rng(0).random((16, 3, 16, 16)),
-                       fold_head_weights=0)
+                       fold_head_weights=0, fold_pointwise_weights=0)
 
 
 @pytest.fixture(scope="module", params=["cnn", "drd", "cnn-label"])

@@ -39,7 +39,7 @@ def plan() -> pie.Plan:
     torch.manual_seed(0)
     cfg = ResNetConfig(alpha=0.125, culled=(True, False, False, False), thinned=(False, True),
                        num_classes=10, input_size=16)
-    return pie.compile(_random_bn(from_config(cfg), 1), SHAPE)
+    return pie.compile(_random_bn(from_config(cfg), 1), SHAPE, fold_pointwise_weights=0)
 
 
 def _serve_in_thread(plan: pie.Plan, channel: pie.Channel) -> tuple[threading.Thread, list[BaseException]]:
@@ -60,6 +60,22 @@ def _serve_in_thread(plan: pie.Plan, channel: pie.Channel) -> tuple[threading.Th
 def _images() -> list[np.ndarray]:
     rng = np.random.default_rng(7)
     return [np.zeros(SHAPE), np.ones(SHAPE), rng.random(SHAPE)]
+
+
+def test_composed_shortcuts_are_bit_exact() -> None:
+    # Default compile of the same network: projection shortcuts and the
+    # classifier composed into the stream's terms, so linear steps read several
+    # ReLU outputs (HE and ring terms of several inputs, strides up to 8).
+    torch.manual_seed(0)
+    cfg = ResNetConfig(alpha=0.125, culled=(True, False, False, False), thinned=(False, True),
+                       num_classes=10, input_size=16)
+    plan = pie.compile(_random_bn(from_config(cfg), 1), SHAPE)
+    relus = {s.output for s in plan.steps if s.kind == "relu"}
+    assert plan.policy["composed_pointwise"]
+    assert any(sum(t.input in relus for t in s.terms) >= 3 for s in plan.steps if s.kind == "linear")
+    for x in _images():
+        logits, _ = pie.infer(plan, x)
+        assert np.array_equal(logits, plan.run_reference(x))
 
 
 def test_secure_output_equals_reference_bit_for_bit(plan: pie.Plan) -> None:

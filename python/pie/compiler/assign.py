@@ -13,8 +13,10 @@ The policy (all of it public and recorded in ``plan.policy``):
   a stream of a larger scale (a residual add) the branch's conv carries the
   difference as a term ``shift`` (its product times ``2^shift``), so neither
   the stream's scale nor the ReLU output's ring grows; the stream's scale
-  rises only where a shortcut conv multiplies it. ``2^(shift-1)`` is added to the preceding bias
-  so the shift rounds to nearest.
+  rises only where a shortcut conv multiplies it (projection shortcuts are
+  composed into the stream's terms before this, :func:`.folding.fold_pointwise`,
+  so it hardly does). ``2^(shift-1)`` is added to the preceding bias so the
+  shift rounds to nearest.
 * Rings are worked out backwards. A tensor read by a garbled circuit (ReLU,
   truncation) or decoded as output needs ``bitlen(ceil(m * 2^frac)) + 1 +
   ring_margin_bits`` bits, where ``m`` is the largest magnitude seen on the
@@ -32,10 +34,10 @@ The policy (all of it public and recorded in ``plan.policy``):
   truncated tensor that feeds a ReLU and fits without the truncation keeps
   reading the untruncated tensor, so the truncation shares that ReLU's round.
   Truncations remain where a culled region that is not at the output (stage
-  1 of every DeepReDuce network) chains more products than 59 bits hold, and
-  on the residual stream of bottom-thinned networks, which never passes a
-  ReLU. Every truncation and lowering is reported with its reason and cost
-  (``plan.summary()``, ``plan.gc_cost()``).
+  1 of a DeepReDuce network at full resolution, too large to fold into dense
+  layers) chains more products than 59 bits hold. Every truncation and
+  lowering is reported with its reason and cost (``plan.summary()``,
+  ``plan.gc_cost()``).
 """
 
 from __future__ import annotations

@@ -26,6 +26,11 @@ Fixed-point policy (all of it public and recorded in ``plan.policy``):
   reads from it (:func:`pie.compiler.folding.fold_linear_head`), where those
   matrices fit ``fold_head_weights``: the residual stream then starts at one
   product's scale, and no truncation is needed before the first ReLU.
+  Projection shortcuts (1x1 convolutions) and the classifier are composed into
+  the terms of the linear ops they read (:func:`pie.compiler.folding.fold_pointwise`,
+  exact: a 1x1 convolution commutes with its input's padding): on a residual
+  stream that never passes a ReLU every product then reads a ReLU output and
+  is quantised once, so the stream's scale does not grow stage by stage.
 * Linear steps never truncate; ReLU shifts choose the scales; rings are sized
   from the calibrated magnitudes, and a ring over ``max_ring_bits`` is fitted by
   lowering ``frac_w`` or by a truncation step, each reported with its reason and
@@ -47,7 +52,7 @@ from torch import nn
 
 from ..plan import MAX_HE_RING_BITS, OUTPUT_REVEALS, Plan
 from .assign import Assigner, Params
-from .folding import fold_linear_head, fold_linear_tail
+from .folding import fold_linear_head, fold_linear_tail, fold_pointwise
 from .lowering import CompileError, UnsupportedOpError, lower
 from .precision import DEFAULT_CALIBRATION_IMAGES, Search, Tolerance, calibrate, calibration_pixels
 from .tracing import trace
@@ -91,6 +96,8 @@ REVEALED_FIELDS: dict[str, str] = {
                                  "the model is to rounding its weights",
     "policy.chosen_act_bits": "per ReLU the chosen activation bits, likewise",
     "policy.folded_tail": "which ReLU-free chain at the output was folded into one linear map",
+    "policy.composed_pointwise": "which linear ops had a projection shortcut or the classifier "
+                                 "composed into the terms it reads",
     "policy.folded_head": "which tensors of the ReLU-free region at the input were folded into dense "
                           "layers of the input",
     "policy.ring_margin_bits": "the compile option",
@@ -121,6 +128,7 @@ def compile(  # noqa: A001 - the public name the package exposes
     search_budget: int = 12,
     fold_tail_weights: int = 1 << 22,
     fold_head_weights: int = 1 << 26,
+    fold_pointwise_weights: int = 1 << 24,
     output: str = "logits",
 ) -> Plan:
     """Compile a float network into a fixed-point Plan.
@@ -163,6 +171,9 @@ def compile(  # noqa: A001 - the public name the package exposes
             and 29K (50M weights, ~3.2 ms, and ~1.2 s more offline HE work;
             it halves 29K's online bytes and time). Larger ones keep a
             truncation instead.
+        fold_pointwise_weights: the largest dense matrix (entries) that a
+            composition of a projection shortcut or the classifier with the
+            terms it reads may make (0: never compose).
         output: what the client learns: ``"logits"``, or ``"label"`` (only the
             index of the largest logit, by a garbled argmax; see
             :meth:`Plan.with_output`).
@@ -190,8 +201,9 @@ def compile(  # noqa: A001 - the public name the package exposes
         raise ValueError(f"pixel_max must be positive, got {pixel_max}")
     if round_cost_and_gates < 0:
         raise ValueError(f"round_cost_and_gates must be >= 0, got {round_cost_and_gates}")
-    if search_budget < 0 or fold_tail_weights < 0 or fold_head_weights < 0:
-        raise ValueError("search_budget, fold_tail_weights and fold_head_weights must be >= 0")
+    if min(search_budget, fold_tail_weights, fold_head_weights, fold_pointwise_weights) < 0:
+        raise ValueError("search_budget, fold_tail_weights, fold_head_weights and "
+                         "fold_pointwise_weights must be >= 0")
     if output not in OUTPUT_REVEALS:
         raise ValueError(f"output must be one of {OUTPUT_REVEALS}, got {output!r}")
     tol = tolerance if tolerance is not None else Tolerance()
@@ -201,6 +213,7 @@ def compile(  # noqa: A001 - the public name the package exposes
     shape = traced.input_shape
     folded = fold_linear_tail(graph, fold_tail_weights) if fold_tail_weights else None
     folded_head = fold_linear_head(graph, fold_head_weights) if fold_head_weights else None
+    composed = fold_pointwise(graph, fold_pointwise_weights) if fold_pointwise_weights else []
 
     pixels, calibration_desc = calibration_pixels(calibration, shape, pixel_max)
     maxabs, want = calibrate(graph, pixels)
@@ -231,6 +244,7 @@ def compile(  # noqa: A001 - the public name the package exposes
         "chosen_act_bits": dict(sorted(prec.act.items())),
         "folded_tail": folded,
         "folded_head": folded_head,
+        "composed_pointwise": composed,
         "ring_margin_bits": ring_margin_bits,
         "max_ring_bits": max_ring_bits,
         "round_cost_and_gates": round_cost_and_gates,

@@ -19,10 +19,11 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .lowering import INPUT, FloatGraph, FloatLinear, FloatOp, FloatRelu, FloatTerm
 
-__all__ = ["fold_linear_head", "fold_linear_tail"]
+__all__ = ["fold_linear_head", "fold_linear_tail", "fold_pointwise"]
 
 
 def _tail_region(g: FloatGraph, cut: str) -> list[FloatLinear] | None:
@@ -180,3 +181,156 @@ def _run_region(sub: FloatGraph, cut: str, x: torch.Tensor) -> torch.Tensor:
                                        for t in op.terms], op.bias) for op in sub.ops]
     graph = FloatGraph(sub.shapes, renamed, sub.output, sub.output_shape)
     return graph.run(x)[sub.output]
+
+
+def _dense_groups(weight: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped conv weight ``(O, C/g, kh, kw)`` as the equal ungrouped one ``(O, C, kh, kw)``."""
+    if groups == 1:
+        return weight
+    o, cg, kh, kw = weight.shape
+    og = o // groups
+    full = np.zeros((o, cg * groups, kh, kw))
+    for gi in range(groups):
+        full[gi * og : (gi + 1) * og, gi * cg : (gi + 1) * cg] = weight[gi * og : (gi + 1) * og]
+    return full
+
+
+def _pointwise(t: FloatTerm) -> bool:
+    """A 1x1 convolution without padding or groups (a projection shortcut)."""
+    return (t.op == "conv2d" and t.weight is not None and t.weight.shape[2:] == (1, 1)
+            and t.padding == (0, 0) and t.groups == 1)
+
+
+def _apply(t: FloatTerm, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A pointwise or fc term applied to one value of its input's ``shape`` (float64)."""
+    assert t.weight is not None
+    if t.op == "fc":
+        return t.weight @ value.reshape(-1)
+    x = torch.from_numpy(value.reshape(1, *shape))
+    return F.conv2d(x, torch.from_numpy(t.weight), None, t.stride)[0].numpy()
+
+
+def _compose(t: FloatTerm, u: FloatTerm, shapes: dict[str, tuple[int, ...]]) -> FloatTerm:
+    """``t(u(x))`` as one term of ``x``, for ``t`` pointwise or fc: exact (a 1x1
+    convolution reads one position of ``u``'s output, so it commutes with ``u``'s
+    padding; a dense layer composes with anything)."""
+    assert t.weight is not None
+    if u.op == "scale":
+        return dataclasses.replace(t, input=u.input)
+    assert u.weight is not None
+    if t.op == "conv2d":
+        if u.op == "conv2d":
+            w = np.einsum("oc,cikl->oikl", t.weight[:, :, 0, 0], _dense_groups(u.weight, u.groups))
+            stride = (u.stride[0] * t.stride[0], u.stride[1] * t.stride[1])
+            return FloatTerm("conv2d", u.input, w, stride, u.padding, 1)
+        cols = torch.from_numpy(np.ascontiguousarray(u.weight.T).reshape(-1, *shapes[t.input]))
+        out = F.conv2d(cols, torch.from_numpy(t.weight), None, t.stride)
+        return FloatTerm("fc", u.input, out.reshape(out.shape[0], -1).T.numpy().copy())
+    if u.op == "fc":
+        return FloatTerm("fc", u.input, t.weight @ u.weight)
+    # A dense layer after a convolution: its rows through the convolution's adjoint.
+    (_, hi, wi), (_, h, w), (kh, kw) = shapes[u.input], shapes[t.input], u.weight.shape[2:]
+    extra = (hi + 2 * u.padding[0] - kh - (h - 1) * u.stride[0],
+             wi + 2 * u.padding[1] - kw - (w - 1) * u.stride[1])
+    rows = torch.from_numpy(t.weight.reshape(-1, *shapes[t.input]))
+    out = F.conv_transpose2d(rows, torch.from_numpy(u.weight), None, u.stride, u.padding,
+                             extra, u.groups)
+    return FloatTerm("fc", u.input, out.reshape(out.shape[0], -1).numpy())
+
+
+def _term_key(t: FloatTerm) -> tuple:
+    shape = None if t.weight is None else t.weight.shape
+    return (t.op, t.input, t.stride, t.padding, t.groups, shape)
+
+
+def _merge(terms: list[FloatTerm]) -> list[FloatTerm]:
+    """Weighted terms of one input and geometry summed into one (their weights add)."""
+    out: dict[tuple, FloatTerm] = {}
+    kept: list[FloatTerm] = []
+    for t in terms:
+        if t.weight is None:
+            kept.append(t)
+            continue
+        key = _term_key(t)
+        prev = out.get(key)
+        out[key] = t if prev is None else dataclasses.replace(prev, weight=prev.weight + t.weight)
+    return kept + list(out.values())
+
+
+def _expand(t: FloatTerm, producers: dict[str, FloatOp], shapes: dict[str, tuple[int, ...]],
+            max_weights: int) -> tuple[list[FloatTerm], np.ndarray | None]:
+    """``t`` (pointwise or fc) composed into the terms of the linear op it reads,
+    recursively while the composites stay pointwise or fc: the terms, and what the
+    ops' biases add to the reader's (None: ``t`` is kept as it is)."""
+    op = producers.get(t.input)
+    if not isinstance(op, FloatLinear) or not (_pointwise(t) or t.op == "fc"):
+        return [t], None
+    assert t.weight is not None
+    rows = t.weight.shape[0] if t.op == "fc" else math.prod(_out_shape(t, shapes))
+    if any(rows * math.prod(shapes[u.input]) > max_weights
+           for u in op.terms if t.op == "fc" or u.op == "fc"):
+        return [t], None
+    terms: list[FloatTerm] = []
+    bias = _apply(t, op.bias, shapes[t.input])
+    for u in op.terms:
+        sub, sub_bias = _expand(_compose(t, u, shapes), producers, shapes, max_weights)
+        terms += sub
+        if sub_bias is not None:
+            bias = bias + sub_bias
+    return terms, bias
+
+
+def _out_shape(t: FloatTerm, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    c, h, w = shapes[t.input]
+    assert t.weight is not None
+    return (t.weight.shape[0], (h - 1) // t.stride[0] + 1, (w - 1) // t.stride[1] + 1)
+
+
+def fold_pointwise(g: FloatGraph, max_weights: int) -> list[str]:
+    """Compose every projection shortcut (1x1 convolution) and dense layer into the
+    terms of the linear op it reads, through sums and identity shortcuts.
+
+    In a bottom-thinned network the residual stream never passes a ReLU, so each
+    projection shortcut multiplies the stream's scale by its weights' (it adds
+    their fractional bits), and the stream carries them to every later ReLU
+    input and to the classifier. A 1x1 convolution reads a single position of
+    its input, so composed with a padded convolution it is again one
+    convolution (strides multiply), exactly; a dense layer composes with
+    anything. Rewritten, each stream term is one product of a ReLU output (or
+    of the input) quantised once, and the stream's scale no longer grows stage
+    by stage. A dense composite is only made while it has at most
+    ``max_weights`` entries. Ops no longer read are removed. Returns the names
+    of the ops whose terms changed.
+    """
+    changed: list[str] = []
+    for op in g.ops:
+        if not isinstance(op, FloatLinear):
+            continue
+        producers = g.producers()
+        terms: list[FloatTerm] = []
+        bias = op.bias
+        touched = False
+        for t in op.terms:
+            sub, sub_bias = _expand(t, producers, g.shapes, max_weights)
+            terms += sub
+            if sub_bias is not None:
+                touched = True
+                bias = bias + sub_bias.reshape(bias.shape)
+        if touched:
+            op.terms, op.bias = _merge(terms), bias
+            changed.append(op.output)
+    _drop_unread(g)
+    return changed
+
+
+def _drop_unread(g: FloatGraph) -> None:
+    """Remove linear ops nothing reads any more (the output excepted)."""
+    while True:
+        consumers = g.consumers()
+        dead = [op for op in g.ops if isinstance(op, FloatLinear) and op.output != g.output
+                and not consumers.get(op.output)]
+        if not dead:
+            return
+        for op in dead:
+            g.ops.remove(op)
+            del g.shapes[op.output]
