@@ -254,15 +254,24 @@ void ReluClient::evaluate(ReluClientMaterial& m) {
   }
   const std::size_t l_in = shape_.l_in;
   const std::size_t client_bits = l_in + shape_.l_out;
+  settle_labels();  // an earlier batch of this session, not yet replied to
   // Scratch reused across batches: fresh batch-sized buffers would cost page
   // faults on the online critical path.
   grow_scratch(n);
-  ch_.recv(labels_scratch_.data(), n * l_in * sizeof(Block));
-  // Circuit inputs: x_s (the server's labels), then x_c and r (from OT), gathered per block.
-  const InputView in{InputPart{labels_scratch_.data(), l_in, l_in},
-                     InputPart{m.own_labels_.data(), client_bits, client_bits}};
-  session_.evaluate(circuit_, m.tables_, in, OutputSink{nullptr, colours_scratch_.data()});
-  m.reply_ = pack_bits(colours_scratch_.data(), n * shape_.l_out);
+  // The labels are checked after the reply is sent (reply()), while the server
+  // decodes it: off the round's critical path. The scratch stays untouched until then.
+  ch_.recv_deferred_check(labels_scratch_.data(), n * l_in * sizeof(Block));
+  labels_unchecked_ = true;
+  try {
+    // Circuit inputs: x_s (the server's labels), then x_c and r (from OT), gathered per block.
+    const InputView in{InputPart{labels_scratch_.data(), l_in, l_in},
+                       InputPart{m.own_labels_.data(), client_bits, client_bits}};
+    session_.evaluate(circuit_, m.tables_, in, OutputSink{nullptr, colours_scratch_.data()});
+    m.reply_ = pack_bits(colours_scratch_.data(), n * shape_.l_out);
+  } catch (...) {
+    settle_labels();
+    throw;
+  }
   m.evaluated_ = true;
 }
 
@@ -272,8 +281,23 @@ void ReluClient::reply(ReluClientMaterial& m) {
   m.evaluated_ = false;
   ch_.send(m.reply_.data(), m.reply_.size());
   ch_.flush();
+  settle_labels();
   m.reply_.clear();
   m.reply_.shrink_to_fit();
+}
+
+void ReluClient::settle_labels() {
+  if (!labels_unchecked_) return;
+  labels_unchecked_ = false;
+  ch_.settle_check();
+}
+
+ReluClient::~ReluClient() {
+  try {
+    settle_labels();  // the channel outlives this session (the bindings keep it alive)
+  } catch (...) {
+    // A check that cannot be computed any more fails the transcript comparison later.
+  }
 }
 
 void ReluClient::release(ReluClientMaterial& m) {

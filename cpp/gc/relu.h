@@ -138,6 +138,9 @@ class ReluServer {
 class ReluClient {
  public:
   ReluClient(Channel& ch, ReluShape shape, GcOptions opt);
+  ReluClient(const ReluClient&) = delete;
+  ReluClient& operator=(const ReluClient&) = delete;
+  ~ReluClient();
   const Circuit& circuit() const { return circuit_; }
 
   /// Obtains the labels of x_c and r (n each) and stores the garbled tables:
@@ -180,6 +183,10 @@ class ReluClient {
   void grow_scratch(std::size_t n);
 
   std::vector<Block> labels_scratch_;         // the server's labels of the batch being evaluated
+  // labels_scratch_ holds received bytes the channel has not checked yet
+  // (Channel::recv_deferred_check): settled before the scratch is reused.
+  bool labels_unchecked_ = false;
+  void settle_labels();
   std::vector<std::uint8_t> colours_scratch_;  // its output colour bits, before packing
 };
 

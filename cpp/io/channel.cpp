@@ -99,16 +99,31 @@ Channel::Channel(bool transcript_check) : hashes_(std::make_unique<Hashes>(trans
 Channel::~Channel() = default;
 
 ChannelTranscript Channel::transcript() const {
+  check_buffered();
+  settle_check();
   return ChannelTranscript{hash_snapshot(hashes_->sent), hash_snapshot(hashes_->received)};
 }
 
+void Channel::check_buffered() const {
+  hash_update(hashes_->sent, out_.data() + out_checked_, out_.size() - out_checked_);
+  out_checked_ = out_.size();
+}
+
+void Channel::settle_check() const {
+  // Taken out first: should a check fail, no region is checked twice or left
+  // pointing at a buffer its owner frees (the comparison then fails, closed).
+  std::vector<std::pair<const std::uint8_t*, std::size_t>> regions;
+  regions.swap(unchecked_);
+  for (const auto& [bytes, n] : regions) hash_update(hashes_->received, bytes, n);
+}
+
+// The sent stream is checked after it was handed to the transport: the peer
+// can read (and answer) while this end checks. Stream order is kept, since
+// out_ is always written (and checked) before a large payload.
 void Channel::send(const void* data, std::size_t n) {
   const auto* bytes = static_cast<const std::uint8_t*>(data);
   stats_.bytes_sent += n;
-  // Hashed when handed over: the order of send() calls is the order of the
-  // stream, whether the bytes are buffered or written at once.
   if (out_.size() + n <= kBufferBytes) {
-    hash_update(hashes_->sent, bytes, n);
     out_.insert(out_.end(), bytes, bytes + n);
     return;
   }
@@ -116,35 +131,37 @@ void Channel::send(const void* data, std::size_t n) {
   sent_since_recv_ = true;
   if (!out_.empty()) {
     write_all(out_.data(), out_.size());
+    check_buffered();
     out_.clear();
+    out_checked_ = 0;
   }
-  // Hash and write in cache-sized pieces so the peer reads (and hashes) one
-  // piece while this end hashes the next.
-  while (n > 0) {
-    const std::size_t piece = std::min(n, kHashPieceBytes);
-    hash_update(hashes_->sent, bytes, piece);
-    write_all(bytes, piece);
-    bytes += piece;
-    n -= piece;
-  }
+  write_all(bytes, n);
+  hash_update(hashes_->sent, bytes, n);
 }
 
 void Channel::flush() {
   if (out_.empty()) return;
   write_all(out_.data(), out_.size());
+  check_buffered();
   out_.clear();
+  out_checked_ = 0;
   ++stats_.flushes;
   sent_since_recv_ = true;
 }
 
-void Channel::recv(void* data, std::size_t n) {
+void Channel::start_recv() {
   flush();
   if (sent_since_recv_) {
     ++stats_.round_trips;
     sent_since_recv_ = false;
   }
+}
+
+void Channel::recv(void* data, std::size_t n) {
+  start_recv();
+  settle_check();
   auto* bytes = static_cast<std::uint8_t*>(data);
-  // Hashed piece by piece while the piece is still in cache (see send()).
+  // Checked piece by piece while the piece is still in cache.
   std::size_t left = n;
   do {
     const std::size_t piece = std::min(left, kHashPieceBytes);
@@ -153,6 +170,14 @@ void Channel::recv(void* data, std::size_t n) {
     bytes += piece;
     left -= piece;
   } while (left > 0);
+  stats_.bytes_received += n;
+}
+
+void Channel::recv_deferred_check(void* data, std::size_t n) {
+  start_recv();
+  auto* bytes = static_cast<std::uint8_t*>(data);
+  read_all(bytes, n);
+  if (n > 0) unchecked_.emplace_back(bytes, n);
   stats_.bytes_received += n;
 }
 

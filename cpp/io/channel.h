@@ -71,7 +71,18 @@ class Channel {
   ///         ChannelTimeoutError if no progress happens within timeout().
   void recv(void* data, std::size_t n);
 
-  /// Pushes buffered bytes to the peer.
+  /// Like recv(), but the bytes enter the received-stream check later: at the
+  /// next recv(), transcript() or settle_check(), in stream order. The caller
+  /// keeps `data` unchanged and alive until then. A party that answers what it
+  /// received (the client evaluating the server's labels) checks them while
+  /// the peer works on the answer, not on the round's critical path.
+  void recv_deferred_check(void* data, std::size_t n);
+
+  /// Checks the bytes of earlier recv_deferred_check() calls now.
+  void settle_check() const;
+
+  /// Pushes buffered bytes to the peer (and then checks them: the peer need
+  /// not wait for this end's check).
   void flush();
 
   /// Sends one framed control message and flushes it.
@@ -116,9 +127,17 @@ class Channel {
   static constexpr std::size_t kBufferBytes = 1 << 20;
   static constexpr std::size_t kHashPieceBytes = 256 << 10;
 
+  void check_buffered() const;  // out_ past out_checked_ into the sent-stream check
+  void start_recv();            // flushes, counts a round trip if this end sent
+
   struct Hashes;  // the two running OpenSSL Poly1305 contexts
 
   std::vector<std::uint8_t> out_;
+  // Bytes of out_ already in the sent-stream check (transcript() checks
+  // buffered bytes before they are written).
+  mutable std::size_t out_checked_ = 0;
+  // recv_deferred_check() regions not yet in the received-stream check.
+  mutable std::vector<std::pair<const std::uint8_t*, std::size_t>> unchecked_;
   ChannelStats stats_;
   std::unique_ptr<Hashes> hashes_;
   std::chrono::milliseconds timeout_{std::chrono::seconds(120)};
