@@ -127,7 +127,7 @@ def compile(  # noqa: A001 - the public name the package exposes
     round_cost_and_gates: int = 1 << 18,
     search_budget: int = 12,
     fold_tail_weights: int = 1 << 22,
-    fold_head_weights: int = 1 << 26,
+    fold_head_weights: int = 1 << 28,
     fold_pointwise_weights: int = 1 << 24,
     output: str = "logits",
 ) -> Plan:
@@ -166,11 +166,13 @@ def compile(  # noqa: A001 - the public name the package exposes
             the ReLU-free region starting at the input (a culled first stage) is
             folded into, one dense fully connected layer of the input per tensor
             the rest of the network reads from it (0: never fold). The default
-            (2^26) folds a culled stage 1 at 16x16: DRD_C100_7K, 12K and 14K
-            (25M weights, the server's online products ~1.4 ms on two cores)
-            and 29K (50M weights, ~3.2 ms, and ~1.2 s more offline HE work;
-            it halves 29K's online bytes and time). Larger ones keep a
-            truncation instead.
+            (2^28) folds the culled stage 1 of every DRD_C100 network: 25M
+            weights at 16x16 (7K, 12K, 14K), 50M (29K), 100M at 32x32 and
+            half width (49K, 57K), 200M at full width (115K, 230K: ~0.4 GB of
+            int16 weights, the server's online products ~11 ms on two cores,
+            and ~7 s more offline HE work, against a truncation of the whole
+            stage-1 output, its extra online round and ~40% of the online
+            bytes). Larger ones (64x64 inputs) keep a truncation instead.
         fold_pointwise_weights: the largest dense matrix (entries) that a
             composition of a projection shortcut or the classifier with the
             terms it reads may make (0: never compose).

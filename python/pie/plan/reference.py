@@ -327,9 +327,10 @@ def execute(
     last_use = None if keep_all else last_uses(steps)
     parts: list[dict[str, np.ndarray]] = []
     overflow: dict[str, int] = {}
+    weights: dict[int, RingWeight] = {}  # prepared once for all chunks (a folded head holds 10^8)
     for start in range(0, x.shape[0], chunk):
         part = x[start : start + chunk]
-        parts.append(_execute(input, tensors, steps, part, last_use, wide, overflow))
+        parts.append(_execute(input, tensors, steps, part, last_use, wide, overflow, weights))
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return merged, overflow
 
@@ -342,8 +343,15 @@ def _execute(
     last_use: dict[int, list[str]] | None,
     wide: bool,
     overflow: dict[str, int],
+    weights: dict[int, RingWeight],
 ) -> dict[str, np.ndarray]:
-    """One chunk of :func:`execute`, adding to ``overflow``; ``last_use`` None keeps every tensor."""
+    """One chunk of :func:`execute`, adding to ``overflow``; ``last_use`` None keeps every
+    tensor; ``weights``: the terms' prepared weights by term id, filled on first use."""
+
+    def weight(term: ConvTerm | FCTerm) -> RingWeight:
+        if id(term) not in weights:
+            weights[id(term)] = prepare_weight(_weight(term))
+        return weights[id(term)]
 
     def ring(name: str) -> int:
         return 64 if wide else specs[name].ring_bits
@@ -371,7 +379,7 @@ def _execute(
                 if term.op == "scale":
                     acc += src << np.uint64(term.shift)
                 else:
-                    acc += term_product(src, term, _weight(term), bits).reshape(acc.shape)
+                    acc += term_product(src, term, weight(term), bits).reshape(acc.shape)
             values[step.output] = mask(acc, bits)
         elif isinstance(step, ReluStep):
             src = gc_input(step.input)
