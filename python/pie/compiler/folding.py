@@ -257,33 +257,27 @@ def _merge(terms: list[FloatTerm]) -> list[FloatTerm]:
     return kept + list(out.values())
 
 
-def _expand(t: FloatTerm, producers: dict[str, FloatOp], shapes: dict[str, tuple[int, ...]],
-            max_weights: int) -> tuple[list[FloatTerm], np.ndarray | None]:
-    """``t`` (pointwise or fc) composed into the terms of the linear op it reads,
-    recursively while the composites stay pointwise or fc: the terms, and what the
-    ops' biases add to the reader's (None: ``t`` is kept as it is)."""
+def _expand(t: FloatTerm, rows: int, producers: dict[str, FloatOp],
+            shapes: dict[str, tuple[int, ...]], max_weights: int
+            ) -> tuple[list[FloatTerm], np.ndarray | None]:
+    """``t`` (pointwise or fc, a term of an op with ``rows`` output elements)
+    composed into the terms of the linear op it reads, recursively while the
+    composites stay pointwise or fc: the terms, and what the ops' biases add to
+    the reader's (None: ``t`` is kept as it is)."""
     op = producers.get(t.input)
     if not isinstance(op, FloatLinear) or not (_pointwise(t) or t.op == "fc"):
         return [t], None
-    assert t.weight is not None
-    rows = t.weight.shape[0] if t.op == "fc" else math.prod(_out_shape(t, shapes))
     if any(rows * math.prod(shapes[u.input]) > max_weights
            for u in op.terms if t.op == "fc" or u.op == "fc"):
         return [t], None
     terms: list[FloatTerm] = []
     bias = _apply(t, op.bias, shapes[t.input])
     for u in op.terms:
-        sub, sub_bias = _expand(_compose(t, u, shapes), producers, shapes, max_weights)
+        sub, sub_bias = _expand(_compose(t, u, shapes), rows, producers, shapes, max_weights)
         terms += sub
         if sub_bias is not None:
             bias = bias + sub_bias
     return terms, bias
-
-
-def _out_shape(t: FloatTerm, shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
-    c, h, w = shapes[t.input]
-    assert t.weight is not None
-    return (t.weight.shape[0], (h - 1) // t.stride[0] + 1, (w - 1) // t.stride[1] + 1)
 
 
 def fold_pointwise(g: FloatGraph, max_weights: int) -> list[str]:
@@ -303,15 +297,16 @@ def fold_pointwise(g: FloatGraph, max_weights: int) -> list[str]:
     of the ops whose terms changed.
     """
     changed: list[str] = []
+    producers = g.producers()  # ops are rewritten in place: later ones see the composed terms
     for op in g.ops:
         if not isinstance(op, FloatLinear):
             continue
-        producers = g.producers()
         terms: list[FloatTerm] = []
         bias = op.bias
         touched = False
+        rows = math.prod(g.shapes[op.output])
         for t in op.terms:
-            sub, sub_bias = _expand(t, producers, g.shapes, max_weights)
+            sub, sub_bias = _expand(t, rows, producers, g.shapes, max_weights)
             terms += sub
             if sub_bias is not None:
                 touched = True
